@@ -1,0 +1,200 @@
+"""The engine: validate, plan against the cache, run what is missing, report through hooks."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache import OutputCache, UnhashableInput, node_key
+from .context import CancelToken, NodeContext
+from .errors import UNHASHABLE_INPUT, Interrupted, NodeExecutionError, ValidationFailed, ValidationIssue
+from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
+from .plan import CompiledGraph
+from .registry import NodeRegistry
+from .schema import NodeResult
+from .validation import check_value, compile_workflow
+from .workflow import Workflow
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    ui: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What each output node showed (e.g. saved images), by node id."""
+    values: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """The output values of the run's target nodes, by node id."""
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Engine:
+    """Runs workflows against one node registry, sharing one output cache between runs.
+
+    Args:
+        registry: the node types this engine knows (it never imports a node library itself).
+        env: the application's environment, handed to nodes as `ctx.env` (paths, devices, model cache).
+        cache: the output cache; a default bounded LRU cache when omitted.
+        hooks: hooks that watch every run of this engine.
+    """
+
+    def __init__(self, registry: NodeRegistry, *, env: Any = None, cache: OutputCache | None = None,
+                 hooks: Iterable[Hooks] = ()) -> None:
+        self.registry = registry
+        self.env = env
+        self.cache = cache if cache is not None else OutputCache()
+        self.hooks = list(hooks)
+        self._lock = threading.Lock()
+
+    def compile(self, workflow: Workflow | CompiledGraph, outputs: Sequence[str] | None = None) -> CompiledGraph:
+        if isinstance(workflow, CompiledGraph):
+            return workflow
+        return compile_workflow(workflow, self.registry, self.env, outputs)
+
+    def run(self, workflow: Workflow | CompiledGraph, *, outputs: Sequence[str] | None = None,
+            hooks: Iterable[Hooks] = (), cancel: CancelToken | None = None, run_id: str | None = None) -> RunResult:
+        """Run the nodes the outputs need, taking unchanged ones from the cache.
+
+        Raises:
+            ValidationFailed: the workflow is invalid; nothing ran.
+            NodeExecutionError: a node raised; the run stopped there.
+            Interrupted: `cancel` was set; the run stopped at the next check.
+        """
+        graph = self.compile(workflow, outputs)
+        hook = HookSet([*self.hooks, *hooks])
+        cancel = cancel or CancelToken()
+        run = RunInfo(run_id=run_id or uuid.uuid4().hex, outputs=list(graph.outputs))
+        with self._lock:  # one run at a time per engine: runs share the cache
+            return self._run(graph, run, hook, cancel)
+
+    def _run(self, graph: CompiledGraph, run: RunInfo, hook: HookSet, cancel: CancelToken) -> RunResult:
+        started = time.perf_counter()
+        order = graph.order()
+        keys = self._keys(graph, order, run.run_id)
+        store, to_execute = self._plan(graph, order, keys)
+        run.order = [nid for nid in order if nid in store or nid in to_execute]
+        run.cached = [nid for nid in run.order if nid in store]
+        run.execute = [nid for nid in run.order if nid in to_execute]
+        result = RunResult(run_id=run.run_id, cached=list(run.cached))
+        hook.run_start(run)
+        targets = set(graph.outputs)
+        consumers = {nid: 0 for nid in run.order}
+        for nid in run.execute:
+            for source, _ in graph.nodes[nid].links.values():
+                consumers[source] += 1
+        try:
+            for nid in run.order:
+                node = graph.nodes[nid]
+                if nid in store:
+                    entry_ui = store[nid][1]
+                    hook.node_end(run, nid, node.type_id, cached=True, ui=entry_ui, seconds=0.0)
+                    if entry_ui:
+                        result.ui[nid] = entry_ui
+                    continue
+                if cancel.cancelled:
+                    raise Interrupted(nid)
+                outputs, ui = self._execute(graph, nid, store, run, hook, cancel)
+                store[nid] = (outputs, ui)
+                result.executed.append(nid)
+                self.cache.put(keys[nid], outputs, ui)
+                if ui:
+                    result.ui[nid] = ui
+                for source, _ in node.links.values():  # free what no remaining node needs
+                    consumers[source] -= 1
+                    if consumers[source] == 0 and source not in targets:
+                        store.pop(source, None)
+        except Interrupted as exc:
+            hook.run_end(run, "interrupted", exc)
+            raise
+        except NodeExecutionError as exc:
+            hook.run_end(run, "error", exc)
+            raise
+        result.values = {nid: store[nid][0] for nid in graph.outputs if nid in store}
+        result.seconds = time.perf_counter() - started
+        hook.run_end(run, "success")
+        return result
+
+    def _keys(self, graph: CompiledGraph, order: list[str], run_id: str) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        issues: list[ValidationIssue] = []
+        for nid in order:
+            node = graph.nodes[nid]
+            schema = node.schema
+            upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
+            try:
+                fingerprint = node.node_cls.fingerprint(NodeContext(nid, schema.type_id, self.env), **node.widgets)
+                nonce = None if schema.deterministic else run_id
+                keys[nid] = node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint, nonce)
+            except UnhashableInput as exc:
+                issues.append(ValidationIssue(type=UNHASHABLE_INPUT, message="Input cannot be hashed for the cache",
+                                              details=str(exc), node_id=nid, class_type=schema.type_id))
+            except Exception as exc:
+                issues.append(ValidationIssue(type="exception_during_validation", message=f"fingerprint failed: {exc}",
+                                              details=type(exc).__name__, node_id=nid, class_type=schema.type_id))
+        if issues:
+            raise ValidationFailed(issues)
+        return keys
+
+    def _plan(self, graph: CompiledGraph, order: list[str],
+              keys: dict[str, str]) -> tuple[dict[str, tuple[tuple[Any, ...], dict[str, Any]]], set[str]]:
+        """Walk back from the outputs: a cached node needs nothing upstream, a missing one needs its inputs."""
+        store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        to_execute: set[str] = set()
+        needed = set(graph.outputs)
+        for nid in reversed(order):
+            if nid not in needed:
+                continue
+            entry = self.cache.get(keys[nid])
+            if entry is not None:
+                store[nid] = (entry.outputs, entry.ui)  # held for this run even if evicted meanwhile
+                continue
+            to_execute.add(nid)
+            needed.update(src for src, _ in graph.nodes[nid].links.values())
+        return store, to_execute
+
+    def _execute(self, graph: CompiledGraph, nid: str, store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]],
+                 run: RunInfo, hook: HookSet, cancel: CancelToken) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        node = graph.nodes[nid]
+        schema = node.schema
+        ctx = NodeContext(nid, schema.type_id, self.env, run, hook, cancel)
+        hook.node_start(run, nid, schema.type_id)
+        started = time.perf_counter()
+        try:
+            kwargs = dict(node.widgets)
+            for name, (src, slot) in node.links.items():
+                value = store[src][0][slot]
+                spec = schema.input_map[name]
+                if spec.is_widget:  # a widget converted to a socket: check the linked value now
+                    value, issue = check_value(spec, value, self.env)
+                    if issue is not None:
+                        raise ValueError(f"linked value for {name!r}: {issue.message} ({issue.details})")
+                kwargs[name] = value
+            returned = node.node_cls.execute(ctx, **kwargs)
+            outputs, ui = _normalise(returned, len(schema.outputs), schema.type_id)
+        except Interrupted:
+            raise
+        except Exception as exc:
+            text = traceback.format_exc()
+            hook.node_error(run, NodeErrorInfo(nid, schema.type_id, type(exc).__name__, str(exc), text))
+            raise NodeExecutionError(nid, schema.type_id, exc, text) from exc
+        hook.node_end(run, nid, schema.type_id, cached=False, ui=ui, seconds=time.perf_counter() - started)
+        return outputs, ui
+
+
+def _normalise(returned: Any, n_outputs: int, type_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(returned, NodeResult):
+        outputs, ui = tuple(returned.outputs), dict(returned.ui)
+    elif returned is None and n_outputs == 0:
+        outputs, ui = (), {}
+    elif isinstance(returned, tuple):
+        outputs, ui = returned, {}
+    else:
+        raise TypeError(f"{type_id}.execute must return a tuple or NodeResult, got {type(returned).__name__}")
+    if len(outputs) != n_outputs:
+        raise TypeError(f"{type_id}.execute returned {len(outputs)} value(s) for {n_outputs} declared output(s)")
+    return outputs, ui

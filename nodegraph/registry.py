@@ -1,0 +1,80 @@
+"""The node registry: an object the application fills and hands to the engine.
+
+The engine never imports a node library; node packs (ours included) register through the
+`nodegraph.nodes` entry-point group, whose objects are `register(registry)` functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from importlib.metadata import entry_points
+
+from .schema import Node, NodeSchema
+
+ENTRY_POINT_GROUP = "nodegraph.nodes"
+log = logging.getLogger(__name__)
+
+
+class RegistryError(ValueError):
+    pass
+
+
+class NodeRegistry:
+    """Node types by stable type id."""
+
+    def __init__(self, nodes: Iterable[type[Node]] = ()) -> None:
+        self._types: dict[str, type[Node]] = {}
+        self.load_errors: dict[str, str] = {}
+        for node in nodes:
+            self.register(node)
+
+    def register(self, node: type[Node]) -> type[Node]:
+        """Add a node class; usable as a decorator. A type id may be registered once."""
+        schema = getattr(node, "schema", None)
+        if not isinstance(schema, NodeSchema):
+            raise RegistryError(f"{node!r} has no NodeSchema in its `schema` attribute")
+        if not callable(getattr(node, "execute", None)):
+            raise RegistryError(f"{schema.type_id}: node class has no execute()")
+        existing = self._types.get(schema.type_id)
+        if existing is not None and existing is not node:
+            raise RegistryError(f"node type {schema.type_id!r} is already registered by {existing.__module__}")
+        self._types[schema.type_id] = node
+        return node
+
+    def get(self, type_id: str) -> type[Node] | None:
+        return self._types.get(type_id)
+
+    def __getitem__(self, type_id: str) -> type[Node]:
+        try:
+            return self._types[type_id]
+        except KeyError:
+            raise KeyError(f"unknown node type {type_id!r}") from None
+
+    def __contains__(self, type_id: object) -> bool:
+        return type_id in self._types
+
+    def __iter__(self) -> Iterator[type[Node]]:
+        return iter(self._types.values())
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def schemas(self) -> list[NodeSchema]:
+        return [node.schema for node in self._types.values()]
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> NodeRegistry:
+        """Register every installed node pack; a pack that fails is recorded, not fatal."""
+        for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+            try:
+                register = entry.load()
+                register(self)
+            except Exception as exc:  # a broken third-party pack must not take the app down
+                self.load_errors[entry.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("node pack %r failed to load: %s", entry.name, exc)
+        return self
+
+
+def default_registry() -> NodeRegistry:
+    """A registry of all installed node packs."""
+    return NodeRegistry().load_entry_points()

@@ -1,0 +1,135 @@
+"""Socket payloads of the SD node set: small frozen types, never dicts with magic keys.
+
+IMAGE sockets carry a float tensor [B, H, W, C] in 0..1 and MASK sockets a float tensor [B, H, W]
+in 0..1 (ComfyUI's conventions, so masks and images move between node packs unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+
+Family = Literal["sd1", "sd2", "sdxl"]
+Prediction = Literal["epsilon", "v_prediction"]
+
+
+def _module_nbytes(*modules: Any) -> int:
+    total = 0
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total
+
+
+@dataclass(frozen=True)
+class ModelPatch:
+    """One change to how a model denoises, applied at sampling time and never to the cached base.
+
+    `kind` says where it acts ("weights", "attention", "residual", "guidance"); `apply` is called
+    with the object it patches and returns what undoes it (or None).
+    """
+
+    kind: str
+    name: str
+    apply: Callable[..., Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """MODEL: a denoising UNet plus its noise schedule. Patch nodes return new handles (`with_patch`)."""
+
+    unet: torch.nn.Module
+    """A diffusers UNet2DConditionModel; shared with the cache and other branches: never mutate it."""
+    family: Family
+    prediction: Prediction
+    alphas_cumprod: torch.Tensor
+    """The training schedule's cumulative alphas (1000 values, float64): sigmas derive from it."""
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    patches: tuple[ModelPatch, ...] = ()
+    source: str = ""
+
+    def with_patch(self, patch: ModelPatch) -> ModelHandle:
+        return replace(self, patches=(*self.patches, patch))
+
+    @property
+    def nbytes(self) -> int:
+        return _module_nbytes(self.unet)
+
+
+@dataclass(frozen=True)
+class ClipHandle:
+    """CLIP: one text encoder (SD1/SD2) or two (SDXL: CLIP-L then OpenCLIP-bigG), each with its tokenizer."""
+
+    encoders: tuple[torch.nn.Module, ...]
+    tokenizers: tuple[Any, ...]
+    family: Family
+    layer_idx: int = -1
+    """CLIPSetLastLayer's stop_at_clip_layer: -1 is the last layer, -2 the one before (clip skip 2)."""
+    embedding_dirs: tuple[str, ...] = ()
+    device: str = "cpu"
+    patches: tuple[ModelPatch, ...] = ()
+    source: str = ""
+
+    def with_patch(self, patch: ModelPatch) -> ClipHandle:
+        return replace(self, patches=(*self.patches, patch))
+
+    @property
+    def nbytes(self) -> int:
+        return _module_nbytes(*self.encoders)
+
+
+@dataclass(frozen=True)
+class VaeHandle:
+    """VAE: a diffusers AutoencoderKL; latents are scaled by `scaling_factor` (and shifted, if set)."""
+
+    vae: torch.nn.Module
+    scaling_factor: float
+    shift_factor: float = 0.0
+    device: str = "cpu"
+    source: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return _module_nbytes(self.vae)
+
+
+@dataclass(frozen=True)
+class CondItem:
+    """One conditioning entry: token embeddings plus where and how strongly it applies."""
+
+    embeds: torch.Tensor
+    """[1, tokens, dim] last hidden states (SDXL: both encoders concatenated, dim 2048)."""
+    pooled: torch.Tensor | None = None
+    """[1, dim] pooled text embedding (SDXL's text_embeds)."""
+    area: tuple[int, int, int, int] | None = None
+    """(height, width, y, x) in latent pixels (image pixels // 8); None covers the whole image."""
+    strength: float = 1.0
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Typed extras added by other node sets (ControlNet hints, SDXL size conditioning, ...)."""
+
+
+Conditioning = tuple[CondItem, ...]
+"""CONDITIONING: a tuple of entries; ConditioningCombine concatenates tuples."""
+
+
+@dataclass(frozen=True)
+class Latent:
+    """LATENT: SD latents [B, 4, H/8, W/8] (unscaled by the VAE's factor: what the UNet sees)."""
+
+    samples: torch.Tensor
+    noise_mask: torch.Tensor | None = None
+    """[B or 1, 1, H, W] in 0..1: where sampling may change the latent (1) and where it keeps it (0)."""
+    batch_index: tuple[int, ...] | None = None
+    """Which noise each batch item gets (so item k of a batch equals a single run with that index)."""
+
+    @property
+    def nbytes(self) -> int:
+        total = self.samples.element_size() * self.samples.nelement()
+        if self.noise_mask is not None:
+            total += self.noise_mask.element_size() * self.noise_mask.nelement()
+        return total
