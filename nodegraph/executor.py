@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +20,23 @@ from .errors import UNHASHABLE_INPUT, Interrupted, NodeExecutionError, Validatio
 from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
 from .plan import CompiledGraph
 from .registry import NodeRegistry
-from .schema import NodeResult
-from .validation import check_value, compile_workflow
+from .schema import Node, NodeResult
+from .validation import check_dynamic_options, check_value, compile_workflow
 from .workflow import Workflow
+
+PLAN_MEMO_SIZE = 16
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Planning allocates many small objects at once; the cyclic GC only slows it (not used around nodes)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
@@ -50,11 +68,28 @@ class Engine:
         self.cache = cache if cache is not None else OutputCache()
         self.hooks = list(hooks)
         self._lock = threading.Lock()
+        self._plans: OrderedDict[str, CompiledGraph] = OrderedDict()
 
     def compile(self, workflow: Workflow | CompiledGraph, outputs: Sequence[str] | None = None) -> CompiledGraph:
+        """Validate and plan; an identical workflow reuses its plan, re-checking only what the environment
+        can change (COMBO options read from disk). Raises `ValidationFailed`."""
         if isinstance(workflow, CompiledGraph):
             return workflow
-        return compile_workflow(workflow, self.registry, self.env, outputs)
+        with gc_paused():
+            digest = hashlib.blake2b(workflow.model_dump_json().encode(), digest_size=20)
+            digest.update(repr(None if outputs is None else list(outputs)).encode())
+            memo_key = digest.hexdigest()
+            graph = self._plans.get(memo_key)
+            if graph is not None and graph.registry_size == len(self.registry):
+                self._plans.move_to_end(memo_key)
+                check_dynamic_options(graph, self.env)
+                return graph
+            graph = compile_workflow(workflow, self.registry, self.env, outputs)
+            graph.registry_size = len(self.registry)
+            self._plans[memo_key] = graph
+            while len(self._plans) > PLAN_MEMO_SIZE:
+                self._plans.popitem(last=False)
+            return graph
 
     def run(self, workflow: Workflow | CompiledGraph, *, outputs: Sequence[str] | None = None,
             hooks: Iterable[Hooks] = (), cancel: CancelToken | None = None, run_id: str | None = None) -> RunResult:
@@ -74,9 +109,10 @@ class Engine:
 
     def _run(self, graph: CompiledGraph, run: RunInfo, hook: HookSet, cancel: CancelToken) -> RunResult:
         started = time.perf_counter()
-        order = graph.order()
-        keys = self._keys(graph, order, run.run_id)
-        store, to_execute = self._plan(graph, order, keys)
+        with gc_paused():
+            order = graph.order()
+            keys = self._keys(graph, order, run.run_id)
+            store, to_execute = self._plan(graph, order, keys)
         run.order = [nid for nid in order if nid in store or nid in to_execute]
         run.cached = [nid for nid in run.order if nid in store]
         run.execute = [nid for nid in run.order if nid in to_execute]
@@ -120,16 +156,27 @@ class Engine:
         return result
 
     def _keys(self, graph: CompiledGraph, order: list[str], run_id: str) -> dict[str, str]:
+        """Merkle keys in dependency order. Keys of "static" nodes (deterministic, no fingerprint, all
+        upstream static) depend on the graph alone and are kept with the plan for the next run."""
         keys: dict[str, str] = {}
+        static = graph.static_keys
         issues: list[ValidationIssue] = []
         for nid in order:
+            known = static.get(nid)
+            if known is not None:
+                keys[nid] = known
+                continue
             node = graph.nodes[nid]
             schema = node.schema
             upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
             try:
-                fingerprint = node.node_cls.fingerprint(NodeContext(nid, schema.type_id, self.env), **node.widgets)
+                has_fingerprint = node.node_cls.fingerprint.__func__ is not Node.fingerprint.__func__
+                fingerprint = (node.node_cls.fingerprint(NodeContext(nid, schema.type_id, self.env), **node.widgets)
+                               if has_fingerprint else None)
                 nonce = None if schema.deterministic else run_id
                 keys[nid] = node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint, nonce)
+                if not has_fingerprint and schema.deterministic and all(src in static for src, _ in node.links.values()):
+                    static[nid] = keys[nid]
             except UnhashableInput as exc:
                 issues.append(ValidationIssue(type=UNHASHABLE_INPUT, message="Input cannot be hashed for the cache",
                                               details=str(exc), node_id=nid, class_type=schema.type_id))
@@ -169,7 +216,7 @@ class Engine:
             for name, (src, slot) in node.links.items():
                 value = store[src][0][slot]
                 spec = schema.input_map[name]
-                if spec.is_widget:  # a widget converted to a socket: check the linked value now
+                if spec.is_value_type:  # a linked INT/FLOAT/...: check it against its constraints now
                     value, issue = check_value(spec, value, self.env)
                     if issue is not None:
                         raise ValueError(f"linked value for {name!r}: {issue.message} ({issue.details})")

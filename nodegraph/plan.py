@@ -40,14 +40,18 @@ class CompiledGraph:
     graph: nx.DiGraph
     outputs: list[str]
     """The output nodes this graph runs for."""
+    static_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    """Cache keys that depend on the graph alone, filled by the engine's first run of this plan."""
+    registry_size: int = 0
     _order: list[str] | None = field(default=None, repr=False)
 
     def order(self) -> list[str]:
         """Every node that the outputs need, upstream first; ties broken by node id."""
         if self._order is None:
             needed = needed_nodes(self.graph, self.outputs)
-            sub = self.graph.subgraph(needed)
-            self._order = list(nx.lexicographical_topological_sort(sub, key=id_sort_key))
+            # Sorting the whole graph and filtering keeps a valid order and avoids slow subgraph views.
+            full = nx.lexicographical_topological_sort(self.graph, key=id_sort_key)
+            self._order = [node for node in full if node in needed]
         return self._order
 
 

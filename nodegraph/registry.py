@@ -7,7 +7,8 @@ The engine never imports a node library; node packs (ours included) register thr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 from importlib.metadata import entry_points
 
 from .schema import Node, NodeSchema
@@ -26,6 +27,7 @@ class NodeRegistry:
     def __init__(self, nodes: Iterable[type[Node]] = ()) -> None:
         self._types: dict[str, type[Node]] = {}
         self.load_errors: dict[str, str] = {}
+        self._env_setups: list[Callable[[Any], None]] = []
         for node in nodes:
             self.register(node)
 
@@ -41,6 +43,15 @@ class NodeRegistry:
             raise RegistryError(f"node type {schema.type_id!r} is already registered by {existing.__module__}")
         self._types[schema.type_id] = node
         return node
+
+    def add_environment_setup(self, setup: Callable[[Any], None]) -> None:
+        """Let a node pack prepare the application's environment (e.g. list a model it ships)."""
+        self._env_setups.append(setup)
+
+    def setup_environment(self, env: Any) -> Any:
+        for setup in self._env_setups:
+            setup(env)
+        return env
 
     def get(self, type_id: str) -> type[Node] | None:
         return self._types.get(type_id)

@@ -54,6 +54,8 @@ class InputSpec(BaseModel):
     """INT widgets (seeds): the editor offers fixed/increment/decrement/randomize after each queue."""
     image_upload: bool = False
     """COMBO widgets naming an input file: the editor shows an upload button."""
+    force_input: bool = False
+    """A value type (e.g. STRING) that must come from a link: shown as a socket, never as a widget."""
     tooltip: str | None = None
 
     @model_validator(mode="after")
@@ -72,6 +74,12 @@ class InputSpec(BaseModel):
 
     @property
     def is_widget(self) -> bool:
+        """Edited in the node (it may still be converted to a socket and linked)."""
+        return self.type in WIDGET_TYPES and not self.force_input
+
+    @property
+    def is_value_type(self) -> bool:
+        """INT, FLOAT, STRING, BOOLEAN or COMBO: checked against its constraints even when linked."""
         return self.type in WIDGET_TYPES
 
     @property
@@ -210,10 +218,8 @@ def Combo(name: str, options: OptionsSource, default: str | None = None, *, imag
 
 
 def Socket(name: str, type: str, *, optional: bool = False, tooltip: str | None = None) -> InputSpec:
-    """An input fed by a link from another node's output of the same type."""
-    if type in WIDGET_TYPES:
-        raise ValueError(f"socket {name!r}: {type} is a widget type; declare it with Int/Float/String/...")
-    return InputSpec(name=name, type=type, optional=optional, tooltip=tooltip)
+    """An input fed by a link from another node's output of the same type (value types too: forceInput)."""
+    return InputSpec(name=name, type=type, optional=optional, tooltip=tooltip, force_input=type in WIDGET_TYPES)
 
 
 def Out(type: str, name: str = "", *, tooltip: str | None = None) -> OutputSpec:

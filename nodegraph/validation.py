@@ -122,10 +122,12 @@ def compile_workflow(workflow: Workflow, registry: NodeRegistry, env: Any = None
             schemas[node_id] = node_cls.schema
 
     links: dict[str, dict[str, tuple[str, int]]] = {nid: {} for nid in workflow.nodes}
+    bad_links: dict[str, set[str]] = {nid: set() for nid in workflow.nodes}
     for (to_node, to_input), group in workflow.links_into().items():
         issue = _check_link(workflow, schemas, group, to_node, to_input)
         if issue is not None:
             issues.append(issue)
+            bad_links.get(to_node, set()).add(to_input)  # reported once, not again as missing
             continue
         link = group[0]
         links[to_node][to_input] = (link.from_node, link.from_slot)
@@ -133,7 +135,8 @@ def compile_workflow(workflow: Workflow, registry: NodeRegistry, env: Any = None
 
     compiled: dict[str, CompiledNode] = {}
     for node_id, schema in schemas.items():
-        widgets, node_issues = _check_node_inputs(schema, workflow.nodes[node_id].widgets, links[node_id], env)
+        widgets, node_issues = _check_node_inputs(schema, workflow.nodes[node_id].widgets, links[node_id],
+                                                  bad_links[node_id], env)
         for issue in node_issues:
             issues.append(issue.model_copy(update={"node_id": node_id, "class_type": schema.type_id}))
         compiled[node_id] = CompiledNode(id=node_id, node_cls=registry[schema.type_id], widgets=widgets,
@@ -146,6 +149,20 @@ def compile_workflow(workflow: Workflow, registry: NodeRegistry, env: Any = None
         issues.sort(key=lambda i: (id_sort_key(i.node_id) if i.node_id else (-1, 0, ""), i.input_name or ""))
         raise ValidationFailed(issues)
     return CompiledGraph(nodes=compiled, graph=graph, outputs=chosen)
+
+
+def check_dynamic_options(graph: CompiledGraph, env: Any) -> None:
+    """Re-check COMBO values whose options come from the environment (files may have gone since)."""
+    issues = []
+    for node in graph.nodes.values():
+        for name, value in node.widgets.items():
+            spec = node.schema.input_map[name]
+            if spec.type == "COMBO" and callable(spec.options):
+                _, issue = check_value(spec, value, env)
+                if issue is not None:
+                    issues.append(issue.model_copy(update={"node_id": node.id, "class_type": node.type_id}))
+    if issues:
+        raise ValidationFailed(issues)
 
 
 def validate_workflow(workflow: Workflow, registry: NodeRegistry, env: Any = None,
@@ -194,7 +211,7 @@ def _check_link(workflow: Workflow, schemas: dict[str, NodeSchema], group: list[
 
 
 def _check_node_inputs(schema: NodeSchema, given: dict[str, Any], linked: dict[str, tuple[str, int]],
-                       env: Any) -> tuple[dict[str, Any], list[ValidationIssue]]:
+                       bad_links: set[str], env: Any) -> tuple[dict[str, Any], list[ValidationIssue]]:
     issues: list[ValidationIssue] = []
     widgets: dict[str, Any] = {}
     for name, value in given.items():
@@ -203,14 +220,14 @@ def _check_node_inputs(schema: NodeSchema, given: dict[str, Any], linked: dict[s
             issues.append(ValidationIssue(type=E.UNKNOWN_INPUT, message=f"{schema.type_id} has no input {name!r}",
                                           details=f"inputs are {[s.name for s in schema.inputs]}",
                                           input_name=name, received_value=value))
-        elif not spec.is_widget and name not in linked:
+        elif not spec.is_widget and name not in linked and name not in bad_links:
             issues.append(ValidationIssue(type=E.INVALID_INPUT_TYPE, message=f"Input {name!r} is a {spec.type} socket and needs a link",
                                           details="a literal value was given", input_name=name, received_value=value))
     for spec in schema.inputs:
-        if spec.name in linked:
+        if spec.name in linked or spec.name in bad_links:
             continue  # a link wins over a widget value kept for when it is unlinked
         if not spec.is_widget:
-            if not spec.optional:
+            if not spec.optional and spec.name not in given:  # a literal given instead is reported above
                 issues.append(ValidationIssue(type=E.REQUIRED_INPUT_MISSING, message="Required input is missing",
                                               details=f"{spec.name} ({spec.type}) is not linked", input_name=spec.name))
             continue

@@ -1,0 +1,172 @@
+"""The `nodegraph` command: run, validate and list workflows' nodes from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .app import AppConfig, build_engine
+from .errors import Interrupted, NodeExecutionError, ValidationFailed
+from .formats import load_workflow_file
+from .hooks import Hooks, RunInfo
+from .workflow import Workflow, WorkflowFormatError
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`NODE_ID.INPUT=VALUE`; VALUE is read as JSON when it parses (5, 1.5, true, "x"), else as text."""
+    target, sep, raw = text.partition("=")
+    node_id, dot, name = target.partition(".")
+    if not sep or not dot or not node_id or not name:
+        raise CliError(f"--set {text!r}: expected NODE_ID.INPUT=VALUE, e.g. --set 3.seed=42")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return node_id, name, value
+
+
+class ProgressBar(Hooks):
+    """A terminal progress bar over the nodes to execute, with the current node's steps."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def run_start(self, run: RunInfo) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(run.execute), unit="node", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} nodes [{elapsed}<{remaining}]{postfix}")
+
+    def node_start(self, run: RunInfo, node_id: str, node_type: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"{node_type} #{node_id}")
+
+    def progress(self, run: RunInfo, node_id: str, value: int, total: int, preview: Any = None) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"step {value}/{total}")
+
+    def node_end(self, run: RunInfo, node_id: str, node_type: str, *, cached: bool, ui: dict[str, Any],
+                 seconds: float) -> None:
+        if self.bar is not None and not cached:
+            self.bar.set_postfix_str("")
+            self.bar.update(1)
+
+    def run_end(self, run: RunInfo, status: str, error: BaseException | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _config(args: argparse.Namespace) -> AppConfig:
+    return AppConfig(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
+                     models_dir=Path(args.models_dir), extra_model_dirs=[Path(p) for p in args.extra_models_dir],
+                     device=args.device, precision=args.precision)
+
+
+def _load(args: argparse.Namespace, engine: Any) -> Workflow:
+    workflow = load_workflow_file(args.workflow, engine.registry)
+    for override in args.set:
+        node_id, name, value = parse_override(override)
+        try:
+            workflow = workflow.with_widget(node_id, name, value)
+        except KeyError as exc:
+            raise CliError(f"--set {override!r}: {exc.args[0]}") from None
+    return workflow
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    engine = build_engine(_config(args))
+    workflow = _load(args, engine)
+    result = engine.run(workflow, hooks=[ProgressBar(enabled=not args.quiet)])
+    for node_id, ui in result.ui.items():
+        for key in ("images", "files"):
+            for entry in ui.get(key, []):
+                base = engine.env.output_dir if entry.get("type", "output") == "output" else engine.env.temp_dir
+                print(Path(base, entry.get("subfolder", ""), entry["filename"]))
+    print(f"done in {result.seconds:.2f} s: {len(result.executed)} node(s) run, {len(result.cached)} cached",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    engine = build_engine(_config(args))
+    workflow = _load(args, engine)
+    graph = engine.compile(workflow)
+    print(f"{args.workflow}: valid ({len(graph.nodes)} nodes, outputs {', '.join(graph.outputs)})")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    engine = build_engine(_config(args))
+    schemas = sorted(engine.registry.schemas(), key=lambda s: (s.category, s.type_id))
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in schemas], indent=2))
+        return 0
+    for schema in schemas:
+        ins = ", ".join(f"{i.name}: {i.type}{'?' if i.optional else ''}" for i in schema.inputs)
+        outs = ", ".join(f"{o.name}: {o.type}" for o in schema.outputs) or ("(output node)" if schema.output_node else "")
+        print(f"{schema.type_id:32} [{schema.category}] ({ins}) -> {outs}")
+    for pack, error in engine.registry.load_errors.items():
+        print(f"warning: node pack {pack!r} failed to load: {error}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodegraph", description="Typed node-graph workflows for Stable Diffusion.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output-dir", default="output", help="where output nodes write (default: ./output)")
+    common.add_argument("--input-dir", default="input", help="where LoadImage reads (default: ./input)")
+    common.add_argument("--models-dir", default="models", help="models root with ComfyUI folder names")
+    common.add_argument("--extra-models-dir", action="append", default=[], metavar="DIR",
+                        help="another models root, e.g. an existing ComfyUI models/ tree (repeatable)")
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    common.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="UNet precision (auto: fp16 on CUDA, fp32 on CPU)")
+    common.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext, func in (("run", "run a workflow", cmd_run), ("validate", "check a workflow", cmd_validate)):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("workflow", help="workflow file")
+        p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                       help="override a widget value, e.g. --set 3.seed=42 (repeatable)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=func)
+    p = sub.add_parser("nodes", parents=[common], help="list node types")
+    p.add_argument("--json", action="store_true", help="print the declarations as JSON")
+    p.set_defaults(func=cmd_nodes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (CliError, WorkflowFormatError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except NodeExecutionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.verbose:
+            print(exc.traceback, file=sys.stderr)
+        return 4
+    except (Interrupted, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The application's environment handed to nodes: folders, model paths, device, shared resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paths import list_files, safe_join
+
+MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": (".safetensors", ".ckpt", ".pt", ".pth"),
+    "vae": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "loras": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "controlnet": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "embeddings": (".safetensors", ".pt", ".pth", ".bin"),
+}
+"""ComfyUI's model folder names and the file types each lists."""
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+@dataclass
+class ModelPaths:
+    """Model folders: a models root with ComfyUI's folder names, extra roots (e.g. an existing ComfyUI
+    `models/` tree), and built-in files that node packs ship (listed first)."""
+
+    roots: list[Path] = field(default_factory=list)
+    builtin: dict[str, dict[str, Path]] = field(default_factory=dict)
+
+    def add_builtin(self, folder: str, name: str, path: Path) -> None:
+        self.builtin.setdefault(folder, {})[name] = Path(path)
+
+    def folder_dirs(self, folder: str) -> list[Path]:
+        return [root / folder for root in self.roots]
+
+    def list(self, folder: str) -> list[str]:
+        """File names in a model folder: built-ins first, then each root's files, without duplicates."""
+        extensions = MODEL_FOLDERS.get(folder)
+        names = list(self.builtin.get(folder, {}))
+        for directory in self.folder_dirs(folder):
+            names.extend(name for name in list_files(directory, extensions) if name not in names)
+        return names
+
+    def resolve(self, folder: str, name: str) -> Path:
+        """The path of a listed model file; refuses names that escape the folder."""
+        if name in self.builtin.get(folder, {}):
+            return self.builtin[folder][name]
+        for directory in self.folder_dirs(folder):
+            path = safe_join(directory, name)  # raises UnsafePath for names that escape
+            if path.is_file():
+                return path
+        available = ", ".join(self.list(folder)[:20]) or "none"
+        raise ModelNotFound(f"{folder}/{name} not found (available: {available})")
+
+
+@dataclass
+class Environment:
+    """Everything a node may need from the application besides its inputs."""
+
+    output_dir: Path = Path("output")
+    input_dir: Path = Path("input")
+    temp_dir: Path = Path("temp")
+    models: ModelPaths = field(default_factory=ModelPaths)
+    device: str = "cpu"
+    """"cuda" or "cpu"; nodes place models and tensors there."""
+    precision: str = "auto"
+    """UNet precision: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16"."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Long-lived state node packs share across runs (loaded model caches), keyed by the pack."""
+
+    def input_path(self, name: str) -> Path:
+        return safe_join(self.input_dir, name)
+
+
+def pick_device(requested: str = "auto") -> str:
+    """"auto" picks CUDA when torch sees a GPU."""
+    if requested != "auto":
+        return requested
+    try:
+        import torch
+    except ImportError:  # the engine itself does not need torch
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,103 @@
+"""Safe file access: every user-supplied name is resolved inside an allowed root, or refused."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+_COUNTER = re.compile(r"_(\d{5,})_\.[A-Za-z0-9]+$")
+
+
+class UnsafePath(ValueError):
+    """A name that would escape its root: `..`, absolute paths, NUL bytes, symlinks pointing out."""
+
+
+def safe_join(root: str | os.PathLike[str], name: str) -> Path:
+    """Resolve `name` under `root` (symlinks followed) and refuse anything that lands outside it.
+
+    Args:
+        root: the allowed directory.
+        name: a relative name from a user or a workflow, e.g. "sub/image.png".
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafePath(f"empty or non-text file name {name!r}")
+    if "\x00" in name:
+        raise UnsafePath(f"file name {name!r} contains a NUL byte")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or os.path.isabs(name):
+        raise UnsafePath(f"file name {name!r} is absolute")
+    parts = re.split(r"[\\/]", name)
+    if any(part == ".." for part in parts):
+        raise UnsafePath(f"file name {name!r} contains '..'")
+    base = Path(root).resolve()
+    target = (base / Path(*[p for p in parts if p not in ("", ".")])).resolve()
+    if target != base and base not in target.parents:
+        raise UnsafePath(f"file name {name!r} resolves outside its folder")
+    return target
+
+
+def list_files(root: str | os.PathLike[str], extensions: Iterable[str] | None = None) -> list[str]:
+    """Relative names (with forward slashes) of files under `root` whose real path stays inside it."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    real_base = base.resolve()
+    wanted = {ext.lower() for ext in extensions} if extensions is not None else None
+    names = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            path = Path(dirpath) / filename
+            if wanted is not None and path.suffix.lower() not in wanted:
+                continue
+            real = path.resolve()
+            if real_base not in real.parents:
+                continue  # a symlink pointing out of the folder
+            names.append(path.relative_to(base).as_posix())
+    return sorted(names)
+
+
+def next_output_path(directory: str | os.PathLike[str], prefix: str, extension: str) -> Path:
+    """A new, unused `prefix_00001_.ext` path in `directory` (ComfyUI's naming); never overwrites.
+
+    `prefix` may name a subfolder ("portraits/face"), which is created inside `directory`.
+    """
+    target = safe_join(directory, f"{prefix}_00000_.{extension}")
+    folder, stem = target.parent, target.name[: -len(f"_00000_.{extension}")]
+    folder.mkdir(parents=True, exist_ok=True)
+    highest = 0
+    for existing in folder.glob(f"{glob_escape(stem)}_*_.{extension}"):
+        match = _COUNTER.search(existing.name)
+        if match and existing.name[: match.start()] == stem:
+            highest = max(highest, int(match.group(1)))
+    counter = highest + 1
+    while True:
+        candidate = folder / f"{stem}_{counter:05d}_.{extension}"
+        try:
+            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # claim the name atomically
+        except FileExistsError:
+            counter += 1
+            continue
+        os.close(fd)
+        return candidate
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,52 @@
+"""Safe file access: names resolve inside their folder or are refused; outputs never overwrite."""
+
+import os
+
+import pytest
+
+from nodegraph.environment import ModelNotFound, ModelPaths
+from nodegraph.paths import UnsafePath, list_files, next_output_path, safe_join
+
+
+@pytest.mark.parametrize("name", ["../x.png", "a/../../x.png", "/etc/passwd", "C:\\x.png", "a\x00.png", "",
+                                  "..\\x.png", "sub/../../etc"])
+def test_escaping_names_are_refused(tmp_path, name):
+    with pytest.raises(UnsafePath):
+        safe_join(tmp_path, name)
+
+
+def test_symlink_pointing_out_is_refused_and_not_listed(tmp_path):
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"x")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "inside.safetensors").write_bytes(b"y")
+    os.symlink(outside, root / "link.safetensors")
+    with pytest.raises(UnsafePath):
+        safe_join(root, "link.safetensors")
+    assert list_files(root, [".safetensors"]) == ["inside.safetensors"]
+    assert safe_join(root, "sub/./x.png") == (root / "sub" / "x.png").resolve()
+
+
+def test_next_output_path_never_overwrites(tmp_path):
+    first = next_output_path(tmp_path, "img", "png")
+    second = next_output_path(tmp_path, "img", "png")
+    nested = next_output_path(tmp_path, "faces/img", "png")
+    assert (first.name, second.name) == ("img_00001_.png", "img_00002_.png")
+    assert nested == (tmp_path / "faces" / "img_00001_.png").resolve()
+    with pytest.raises(UnsafePath):
+        next_output_path(tmp_path, "../img", "png")
+
+
+def test_model_paths_list_builtins_first_and_refuse_escapes(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "b.safetensors").write_bytes(b"")
+    (tmp_path / "checkpoints" / "notes.txt").write_text("")
+    paths = ModelPaths(roots=[tmp_path])
+    paths.add_builtin("checkpoints", "default.safetensors", tmp_path / "pkg.safetensors")
+    assert paths.list("checkpoints") == ["default.safetensors", "b.safetensors"]
+    assert paths.resolve("checkpoints", "b.safetensors") == (tmp_path / "checkpoints" / "b.safetensors").resolve()
+    with pytest.raises(ModelNotFound, match="available: default.safetensors, b.safetensors"):
+        paths.resolve("checkpoints", "v1-5-pruned-emaonly.safetensors")
+    with pytest.raises(UnsafePath):
+        paths.resolve("checkpoints", "../checkpoints/b.safetensors")
