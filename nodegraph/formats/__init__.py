@@ -25,6 +25,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 def to_workflow(data: Any, registry: NodeRegistry, source: str = "workflow") -> Workflow:
     """Convert parsed workflow data of any supported format to our native model."""
+    from .api import from_api, is_api_format
+
+    if is_api_format(data):
+        return from_api(data, source)
     return parse_workflow(data, source)
 
 
