@@ -37,6 +37,11 @@ class NodeContext:
         self._hooks = hooks
         self._cancel = cancel
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The run's metadata (e.g. "prompt", "workflow" for PNG text chunks); empty outside a run."""
+        return self._run.metadata if self._run is not None else {}
+
     def check_interrupted(self) -> None:
         """Raise `Interrupted` if the run was asked to stop; call it between steps."""
         if self._cancel is not None and self._cancel.cancelled:

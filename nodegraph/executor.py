@@ -92,8 +92,11 @@ class Engine:
             return graph
 
     def run(self, workflow: Workflow | CompiledGraph, *, outputs: Sequence[str] | None = None,
-            hooks: Iterable[Hooks] = (), cancel: CancelToken | None = None, run_id: str | None = None) -> RunResult:
+            hooks: Iterable[Hooks] = (), cancel: CancelToken | None = None, run_id: str | None = None,
+            metadata: dict[str, Any] | None = None) -> RunResult:
         """Run the nodes the outputs need, taking unchanged ones from the cache.
+
+        `metadata` is handed to nodes as `ctx.metadata` (not part of any cache key).
 
         Raises:
             ValidationFailed: the workflow is invalid; nothing ran.
@@ -103,7 +106,7 @@ class Engine:
         graph = self.compile(workflow, outputs)
         hook = HookSet([*self.hooks, *hooks])
         cancel = cancel or CancelToken()
-        run = RunInfo(run_id=run_id or uuid.uuid4().hex, outputs=list(graph.outputs))
+        run = RunInfo(run_id=run_id or uuid.uuid4().hex, outputs=list(graph.outputs), metadata=dict(metadata or {}))
         with self._lock:  # one run at a time per engine: runs share the cache
             return self._run(graph, run, hook, cancel)
 

@@ -22,6 +22,8 @@ class RunInfo:
     """Every node of the run that is executed or taken from the cache, in order."""
     cached: list[str] = field(default_factory=list)
     execute: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What the caller attached to the run, e.g. the prompt and workflow that SaveImage embeds in PNGs."""
 
 
 @dataclass(frozen=True)

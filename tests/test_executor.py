@@ -240,3 +240,18 @@ def test_reused_plan_still_rechecks_options_read_from_disk(tmp_path):
     (tmp_path / "a.txt").unlink()
     with pytest.raises(ValidationFailed, match="value_not_in_list"):
         engine.run(wf.model_copy(deep=True))
+
+
+def test_run_metadata_reaches_nodes_and_not_the_cache_key():
+    from nodegraph import Node, NodeRegistry, NodeResult, NodeSchema
+
+    class ShowMeta(Node):
+        schema = NodeSchema(type_id="ShowMeta", inputs=(), output_node=True, deterministic=False)
+
+        @classmethod
+        def execute(cls, ctx):
+            return NodeResult(ui={"meta": [ctx.metadata.get("prompt")]})
+
+    engine = Engine(NodeRegistry([ShowMeta]))
+    wf = workflow({"1": ("ShowMeta", {})}, [])
+    assert engine.run(wf, metadata={"prompt": {"x": 1}}).ui["1"] == {"meta": [{"x": 1}]}

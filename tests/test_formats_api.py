@@ -40,3 +40,12 @@ def test_export_drops_muted_and_wires_bypassed_nodes():
 def test_malformed_api_prompt_is_a_clear_error():
     with pytest.raises(WorkflowFormatError, match="node 2 has no class_type"):
         from_api({"2": {"class_type": "", "inputs": {}}})
+
+
+def test_map_models_substitutes_names():
+    from nodegraph.formats import map_models
+
+    wf = from_api({"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}}})
+    mapped = map_models(wf, {"v1-5-pruned-emaonly.safetensors": "tiny.safetensors"})
+    assert mapped.nodes["4"].widgets == {"ckpt_name": "tiny.safetensors"}
+    assert wf.nodes["4"].widgets == {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}  # original untouched

@@ -35,3 +35,15 @@ def to_workflow(data: Any, registry: NodeRegistry, source: str = "workflow") -> 
 def load_workflow_file(path: str | os.PathLike[str], registry: NodeRegistry) -> Workflow:
     """Load a workflow file of any supported format."""
     return to_workflow(read_json(path), registry, str(path))
+
+
+def map_models(workflow: Workflow, mapping: dict[str, str]) -> Workflow:
+    """Substitute model names: every string widget equal to an OLD name becomes NEW (`--map-model OLD=NEW`),
+    so a downloaded ComfyUI workflow can be tried with the models that are here."""
+    if not mapping:
+        return workflow
+    nodes = {}
+    for node_id, node in workflow.nodes.items():
+        widgets = {k: mapping.get(v, v) if isinstance(v, str) else v for k, v in node.widgets.items()}
+        nodes[node_id] = node if widgets == node.widgets else node.model_copy(update={"widgets": widgets})
+    return workflow.model_copy(update={"nodes": nodes})
