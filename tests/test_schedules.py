@@ -66,27 +66,31 @@ def test_beta_drops_repeated_timesteps_like_comfyui(sigmas: torch.Tensor) -> Non
 def test_normal_matches_diffusers_linspace_exactly(steps: int) -> None:
     """At these step counts every timestep of linspace(999, 0, steps) is an integer: the same sigmas."""
     reference = euler(steps, timestep_spacing="linspace")
-    torch.testing.assert_close(schedules.normal(diffusers_sigmas(reference), steps), reference.sigmas, rtol=1e-6, atol=0)
+    ours = schedules.normal(diffusers_sigmas(reference), steps)
+    torch.testing.assert_close(ours, reference.sigmas, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("steps", [20, 25, 33])
 def test_normal_matches_diffusers_linspace_between_timesteps(steps: int) -> None:
     """Between integer timesteps ComfyUI (and we) interpolate log-sigma, diffusers sigma: within 1e-4 relative."""
     reference = euler(steps, timestep_spacing="linspace")
-    torch.testing.assert_close(schedules.normal(diffusers_sigmas(reference), steps), reference.sigmas, rtol=1e-4, atol=0)
+    ours = schedules.normal(diffusers_sigmas(reference), steps)
+    torch.testing.assert_close(ours, reference.sigmas, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("steps", [4, 10, 20, 25, 50])
 def test_simple_matches_diffusers_trailing(steps: int) -> None:
     """ComfyUI floors 1000 * i / steps where diffusers rounds: equal when steps divides 1000."""
     reference = euler(steps, timestep_spacing="trailing")
-    torch.testing.assert_close(schedules.simple(diffusers_sigmas(reference), steps), reference.sigmas, rtol=1e-6, atol=0)
+    ours = schedules.simple(diffusers_sigmas(reference), steps)
+    torch.testing.assert_close(ours, reference.sigmas, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("steps", [3, 10, 30])
 def test_karras_matches_diffusers(steps: int) -> None:
     reference = euler(steps, use_karras_sigmas=True)
-    torch.testing.assert_close(schedules.karras(diffusers_sigmas(reference), steps), reference.sigmas, rtol=1e-6, atol=0)
+    ours = schedules.karras(diffusers_sigmas(reference), steps)
+    torch.testing.assert_close(ours, reference.sigmas, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("steps", [3, 10, 30])
