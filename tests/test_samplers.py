@@ -145,6 +145,19 @@ class TestEverySampler:
         assert received and set(received) == {"t"}
 
 
+@pytest.mark.parametrize("name, std_tolerance", [("euler", 0.10), ("heun", 0.01), ("dpm_2", 0.01)])
+def test_churn_adds_noise_and_still_converges(karras_sigmas: Tensor, name: str, std_tolerance: float) -> None:
+    """Karras et al. 2022's stochastic sampler (Algorithm 2 with S_churn): raise sigma, add matching noise.
+    (diffusers applies churn after evaluating the model, a different scheme, so there is no reference.)"""
+    noise = torch.randn(256, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = MU + math.sqrt(S**2 + float(karras_sigmas[0]) ** 2) * noise
+    plain = SAMPLERS[name](gaussian_denoiser, x, karras_sigmas)
+    generator = torch.Generator().manual_seed(1)
+    churned = SAMPLERS[name](gaussian_denoiser, x, karras_sigmas, s_churn=10.0, generator=generator)
+    assert not torch.allclose(plain, churned, atol=0.01)
+    assert abs(float(churned.mean()) - MU) < 0.01 and abs(float(churned.std()) / S - 1) < std_tolerance
+
+
 def test_brownian_noise_increments_add_up_over_overlapping_intervals() -> None:
     """dpmpp_sde asks for (sigma, sigma_mid) then (sigma, sigma_next): both must come from one path."""
     x = torch.zeros(4096)

@@ -43,16 +43,9 @@ def to_d(x: Tensor, sigma: float, denoised: Tensor) -> Tensor:
     return (x - denoised) / sigma
 
 
-def _churn(
-    x: Tensor, sigma: float, steps: int, noise: NoiseSampler, sigmas: Tensor, i: int, opts: dict[str, float]
-) -> tuple[Tensor, float]:
-    """Karras et al. 2022, Algorithm 2 lines 4-6: optionally raise sigma by gamma and add matching noise."""
-    churn, tmin, tmax = opts["s_churn"], opts["s_tmin"], opts["s_tmax"]
-    gamma = min(churn / steps, 2**0.5 - 1) if churn > 0 and tmin <= sigma <= tmax else 0.0
-    sigma_hat = sigma * (gamma + 1)
-    if gamma > 0:
-        x = x + noise(sigmas[i], sigmas[i + 1]) * opts["s_noise"] * (sigma_hat**2 - sigma**2) ** 0.5
-    return x, sigma_hat
+def churn_gamma(sigma: float, steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+    """Karras et al. 2022, Algorithm 2 line 4: how far to raise sigma before a step (0: no churn)."""
+    return min(s_churn / steps, 2**0.5 - 1) if s_churn > 0 and s_tmin <= sigma <= s_tmax else 0.0
 
 
 @torch.no_grad()
@@ -73,9 +66,10 @@ def sample_euler(
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without the Heun step)."""
     extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
-    opts = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise}
     for i in range(len(sig) - 1):
-        x, sigma_hat = _churn(x, sig[i], len(sig) - 1, noise, sigmas, i, opts)
+        sigma_hat = sig[i] * (churn_gamma(sig[i], len(sig) - 1, s_churn, s_tmin, s_tmax) + 1)
+        if sigma_hat > sig[i]:  # Algorithm 2 lines 5-6: noise that lifts x from sigma to sigma_hat
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         x = x + to_d(x, sigma_hat, denoised) * (sig[i + 1] - sigma_hat)
@@ -127,9 +121,10 @@ def sample_heun(
     """Heun's second-order method (Karras et al. 2022, Algorithm 2); the step to sigma 0 is plain Euler."""
     extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
-    opts = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise}
     for i in range(len(sig) - 1):
-        x, sigma_hat = _churn(x, sig[i], len(sig) - 1, noise, sigmas, i, opts)
+        sigma_hat = sig[i] * (churn_gamma(sig[i], len(sig) - 1, s_churn, s_tmin, s_tmax) + 1)
+        if sigma_hat > sig[i]:  # Algorithm 2 lines 5-6: noise that lifts x from sigma to sigma_hat
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         d = to_d(x, sigma_hat, denoised)
@@ -162,9 +157,10 @@ def sample_dpm_2(
     Lu et al. 2022); the step to sigma 0 is plain Euler."""
     extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
-    opts = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise}
     for i in range(len(sig) - 1):
-        x, sigma_hat = _churn(x, sig[i], len(sig) - 1, noise, sigmas, i, opts)
+        sigma_hat = sig[i] * (churn_gamma(sig[i], len(sig) - 1, s_churn, s_tmin, s_tmax) + 1)
+        if sigma_hat > sig[i]:  # Algorithm 2 lines 5-6: noise that lifts x from sigma to sigma_hat
+            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         d = to_d(x, sigma_hat, denoised)
