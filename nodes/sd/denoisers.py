@@ -137,19 +137,19 @@ def area_and_weight(item: CondItem, height: int, width: int) -> tuple[tuple[int,
     """
     if item.area is None:
         return (height, width, 0, 0), torch.full((1, 1, height, width), float(item.strength))
-    h, w, y, x = item.area
-    h, w = min(h, height - y), min(w, width - x)
-    if h <= 0 or w <= 0 or y < 0 or x < 0:
+    h, w, top, left = item.area
+    h, w = min(h, height - top), min(w, width - left)
+    if h <= 0 or w <= 0 or top < 0 or left < 0:
         raise ValueError(f"conditioning area {item.area} (h, w, y, x) lies outside the {height}x{width} latent")
     weight = torch.full((1, 1, h, w), float(item.strength))
-    for dim, size, offset, full in ((2, h, y, height), (3, w, x, width)):
+    for dim, size, offset, full in ((2, h, top, height), (3, w, left, width)):
         ramp = min(8, size // 4)
         for t in range(ramp):
             if offset != 0:
                 weight.narrow(dim, t, 1).mul_((t + 1) / ramp)
             if offset + size < full:
                 weight.narrow(dim, size - 1 - t, 1).mul_((t + 1) / ramp)
-    return (h, w, y, x), weight
+    return (h, w, top, left), weight
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def calc_cond_batch(
     counts = [torch.full_like(x, 1e-37) if items else None for items in cond_sets]
     sigma = sigma.reshape(-1).expand(batch)
     for pieces in groups.values():
-        crops = [x[:, :, y : y + h, x0 : x0 + w] for (h, w, y, x0) in (p.region for p in pieces)]
+        crops = [x[:, :, top : top + h, left : left + w] for (h, w, top, left) in (p.region for p in pieces)]
         kwargs: dict[str, Any] = {
             "encoder_hidden_states": torch.cat([p.item.embeds.expand(batch, -1, -1) for p in pieces]),
         }
@@ -209,12 +209,12 @@ def calc_cond_batch(
             }
         out = model(torch.cat(crops), sigma.repeat(len(pieces)), **kwargs)
         for k, piece in enumerate(pieces):
-            h, w, y, x0 = piece.region
+            h, w, top, left = piece.region
             weight = piece.weight.to(x.device, x.dtype)
             total, count = totals[piece.set_index], counts[piece.set_index]
             assert total is not None and count is not None
-            total[:, :, y : y + h, x0 : x0 + w] += out[k * batch : (k + 1) * batch] * weight
-            count[:, :, y : y + h, x0 : x0 + w] += weight
+            total[:, :, top : top + h, left : left + w] += out[k * batch : (k + 1) * batch] * weight
+            count[:, :, top : top + h, left : left + w] += weight
     return [None if total is None else total / count for total, count in zip(totals, counts)]
 
 
