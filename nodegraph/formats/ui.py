@@ -73,6 +73,7 @@ def from_ui(data: dict[str, Any], registry: NodeRegistry, source: str = "workflo
     extra[KEY] = {
         "top": {k: v for k, v in data.items() if k not in _TOP_FIELDS},
         "state": data.get("state"),
+        "last_ids": [data.get("last_node_id"), data.get("last_link_id")],
         "editor_nodes": [{k: v for k, v in by_id[nid].items() if not k.startswith("_")} for nid in by_id
                          if nid in editor_ids],
         "editor_links": [_link_out(link) for link in links.values()
