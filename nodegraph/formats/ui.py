@@ -84,6 +84,18 @@ def from_ui(data: dict[str, Any], registry: NodeRegistry, source: str = "workflo
     return Workflow(nodes=nodes, links=native_links, groups=groups, extra=extra)
 
 
+def with_widget_defaults(workflow: Workflow, registry: NodeRegistry) -> Workflow:
+    """Widgets a saved node has no value for take their declared default, as when the editor loads the node;
+    the prompt it queues then carries them."""
+    nodes = {}
+    for node_id, node in workflow.nodes.items():
+        node_cls = registry.get(node.type)
+        missing = {} if node_cls is None else {s.name: s.default for s in node_cls.schema.widgets
+                                               if s.name not in node.widgets and s.has_default}
+        nodes[node_id] = node.model_copy(update={"widgets": {**node.widgets, **missing}}) if missing else node
+    return workflow.model_copy(update={"nodes": nodes})
+
+
 def _convert_node(node_id: str, raw: dict[str, Any], by_id: dict[str, dict[str, Any]], links: dict[str, RawLink],
                   registry: NodeRegistry, source: str) -> tuple[NodeInstance, list[Link]]:
     node_type = str(raw["type"])
