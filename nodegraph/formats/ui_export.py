@@ -8,13 +8,14 @@ the control and upload slots, and the usual `properties`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import networkx as nx
 
 from ..plan import id_sort_key
 from ..registry import NodeRegistry
-from ..workflow import Link, NodeInstance, Workflow
+from ..workflow import NodeInstance, Workflow
 from .ui import KEY, MODES
 from .ui_widgets import values_from_widgets
 
@@ -31,7 +32,7 @@ def to_ui(workflow: Workflow, registry: NodeRegistry) -> dict[str, Any]:
     """
     kept = dict(workflow.extra.get(KEY) or {})
     ids = _editor_ids(workflow)
-    editor_nodes = [dict(n) for n in kept.get("editor_nodes") or []]
+    editor_nodes = copy.deepcopy(list(kept.get("editor_nodes") or []))  # the workflow's own copy stays as it is
     editor_ids = {str(n.get("id")) for n in editor_nodes}
     used_link_ids = _reserved_link_ids(workflow, kept)
     next_link = [max([0, *(i for i in used_link_ids if isinstance(i, int))]) + 1]

@@ -95,3 +95,13 @@ def test_edits_made_here_win_over_kept_editor_routes():
     assert clip7["link"] is None
     assert structure(exported)["links"].count(("14", 0, "6", "clip")) == 1
     assert wf.nodes["6"].model_extra[KEY]["routes"]["clip"]["source"] == ["4", 1]
+
+
+def test_export_leaves_the_workflow_untouched():
+    wf = from_ui(ui("png_sdxl_refiner_primitives.json"), REGISTRY)
+    before = wf.model_dump()
+    changed = wf.with_widget("10", "steps", 30)
+    exported = ui_from_native(changed, REGISTRY)
+    assert wf.model_dump() == before
+    primitive = next(n for n in exported["nodes"] if n["id"] == 45)
+    assert primitive["widgets_values"][0] == 30  # the PrimitiveNode shows the value edited here

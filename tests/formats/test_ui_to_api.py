@@ -48,3 +48,13 @@ def test_subgraph_flattens_into_the_prompt_with_unique_ids():
     assert api["83:3"]["inputs"]["model"] == ["83:28", 0]
     assert api["83:3"]["inputs"]["seed"] == 528562900154240
     assert "84" not in api and "83" not in api
+
+
+@pytest.mark.parametrize("name", ["api_default_graph.json", "api_sdxl_base_refiner.json"])
+def test_api_corpus_files_import_and_validate(name):
+    from nodegraph.formats import to_workflow
+    from nodegraph.validation import validate_workflow
+
+    wf = to_workflow(raw(name), REGISTRY, name)
+    assert set(wf.nodes) == set(raw(name))
+    assert {i.type for i in validate_workflow(wf, REGISTRY)} == {"value_not_in_list"}  # checkpoints not here
