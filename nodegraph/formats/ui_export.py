@@ -54,8 +54,8 @@ def to_ui(workflow: Workflow, registry: NodeRegistry) -> dict[str, Any]:
             if primitive_still_feeds or (link is not None and route.get("source") == [link.from_node, link.from_slot]):
                 routed.add((node_id, name))
         for name, link in incoming.items():
-            if (node_id, name) in routed:
-                continue
+            if (node_id, name) in routed or link.from_node not in ids:
+                continue  # kept as an editor route, or from a node that is not there (validation says so)
             link_id = (info.get("link_ids") or {}).get(name)
             link_id = link_id if link_id is not None and link_id not in _taken(raw_links) else new_link_id()
             raw_links.append([link_id, ids[link.from_node], link.from_slot, ids[node_id], None, None, name])

@@ -105,3 +105,11 @@ def test_export_leaves_the_workflow_untouched():
     assert wf.model_dump() == before
     primitive = next(n for n in exported["nodes"] if n["id"] == 45)
     assert primitive["widgets_values"][0] == 30  # the PrimitiveNode shows the value edited here
+
+
+def test_link_from_a_node_that_is_not_there_is_left_out_of_the_export():
+    data = ui("ui_default_graph.json")
+    wf = from_ui(data, REGISTRY)
+    wf = wf.model_copy(update={"nodes": {k: v for k, v in wf.nodes.items() if k != "4"}})  # loader gone
+    exported = ui_from_native(wf, REGISTRY)
+    assert not [link for link in exported["links"] if link[1] == 4]
