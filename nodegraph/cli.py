@@ -11,7 +11,7 @@ from typing import Any
 
 from .app import AppConfig, build_engine
 from .errors import Interrupted, NodeExecutionError, ValidationFailed
-from .formats import load_workflow_file
+from .formats import load_workflow_file, map_models
 from .hooks import Hooks, RunInfo
 from .workflow import Workflow, WorkflowFormatError
 
@@ -73,8 +73,20 @@ def _config(args: argparse.Namespace) -> AppConfig:
                      device=args.device, precision=args.precision)
 
 
+def parse_model_map(items: list[str]) -> dict[str, str]:
+    """`--map-model OLD=NEW` pairs; a downloaded workflow's model names become the ones that are here."""
+    mapping = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise CliError(f"--map-model {item!r}: expected OLD=NEW, e.g. --map-model v1-5-pruned-emaonly.ckpt=sd15.safetensors")
+        mapping[old] = new
+    return mapping
+
+
 def _load(args: argparse.Namespace, engine: Any) -> Workflow:
     workflow = load_workflow_file(args.workflow, engine.registry)
+    workflow = map_models(workflow, parse_model_map(getattr(args, "map_model", [])))
     for override in args.set:
         node_id, name, value = parse_override(override)
         try:
@@ -136,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext, func in (("run", "run a workflow", cmd_run), ("validate", "check a workflow", cmd_validate)):
         p = sub.add_parser(name, parents=[common], help=helptext)
-        p.add_argument("workflow", help="workflow file")
+        p.add_argument("workflow", help="workflow file: ours, ComfyUI's (UI or API JSON), or a PNG carrying one")
+        p.add_argument("--map-model", action="append", default=[], metavar="OLD=NEW",
+                       help="use model NEW wherever the workflow names OLD (repeatable)")
         p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                        help="override a widget value, e.g. --set 3.seed=42 (repeatable)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
