@@ -11,7 +11,7 @@ from typing import Any
 
 from .app import AppConfig, build_engine
 from .errors import Interrupted, NodeExecutionError, ValidationFailed
-from .formats import load_workflow_file, map_models
+from .formats import run_metadata, load_workflow_file, map_models
 from .hooks import Hooks, RunInfo
 from .workflow import Workflow, WorkflowFormatError
 
@@ -99,7 +99,8 @@ def _load(args: argparse.Namespace, engine: Any) -> Workflow:
 def cmd_run(args: argparse.Namespace) -> int:
     engine = build_engine(_config(args))
     workflow = _load(args, engine)
-    result = engine.run(workflow, hooks=[ProgressBar(enabled=not args.quiet)])
+    result = engine.run(workflow, hooks=[ProgressBar(enabled=not args.quiet)],
+                        metadata=run_metadata(workflow, engine.registry))
     for node_id, ui in result.ui.items():
         for key in ("images", "files"):
             for entry in ui.get(key, []):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
+from nodegraph.formats.png import png_info
 from nodegraph.paths import list_files, save_new_file
 
 from .sd.imageops import CROP_MODES, IMAGE_METHODS, resize_image
@@ -43,15 +43,6 @@ def image_to_png_bytes(image: torch.Tensor, pnginfo: PngImagePlugin.PngInfo | No
     Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buffer, "PNG", pnginfo=pnginfo,
                                                                               compress_level=4)
     return buffer.getvalue()
-
-
-def workflow_pnginfo(metadata: dict[str, Any]) -> PngImagePlugin.PngInfo:
-    """ComfyUI's text chunks (`prompt` API JSON, `workflow` UI JSON) plus our native workflow, when known."""
-    info = PngImagePlugin.PngInfo()
-    for key in ("prompt", "workflow", "nodegraph_workflow"):
-        if metadata.get(key) is not None:
-            info.add_text(key, json.dumps(metadata[key]))
-    return info
 
 
 class LoadImage(Node):
@@ -92,7 +83,8 @@ class SaveImage(Node):
     @classmethod
     def execute(cls, ctx: NodeContext, images: torch.Tensor, filename_prefix: str) -> NodeResult:
         directory = cls._directory(ctx)
-        info = workflow_pnginfo(ctx.metadata)
+        meta = ctx.metadata  # ComfyUI's `prompt` and `workflow` chunks plus our native workflow, when known
+        info = png_info(meta.get("prompt"), meta.get("workflow"), meta.get("nodegraph_workflow"))
         saved = []
         for image in images:
             path = save_new_file(directory, filename_prefix, "png", image_to_png_bytes(image, info))

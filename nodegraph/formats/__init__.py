@@ -74,3 +74,19 @@ def map_models(workflow: Workflow, mapping: dict[str, str]) -> Workflow:
         widgets = {k: mapping.get(v, v) if isinstance(v, str) else v for k, v in node.widgets.items()}
         nodes[node_id] = node if widgets == node.widgets else node.model_copy(update={"widgets": widgets})
     return workflow.model_copy(update={"nodes": nodes})
+
+
+def run_metadata(workflow: Workflow, registry: NodeRegistry, *, prompt: dict[str, Any] | None = None,
+                 workflow_ui: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What SaveImage embeds in its PNGs: the API prompt, the UI workflow (ComfyUI opens both) and ours.
+
+    Callers that received a prompt or UI workflow (the server) pass them so they are embedded as sent.
+    """
+    from .api import to_api
+    from ..workflow import dump_workflow
+
+    return {
+        "prompt": prompt if prompt is not None else to_api(workflow, registry),
+        "workflow": workflow_ui if workflow_ui is not None else ui_from_native(workflow, registry),
+        "nodegraph_workflow": dump_workflow(workflow),
+    }
