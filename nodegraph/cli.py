@@ -179,8 +179,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: node pack {pack!r} failed to load: {error}", file=sys.stderr)
     if args.port < 0 or args.port > 65535:
         raise CliError(f"--port {args.port}: not a TCP port")
-    server = ServerConfig(host=args.listen, port=args.port, token=args.token or os.environ.get("NODEGRAPH_TOKEN") or None,
-                          data_dir=data_dir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    token = args.token or os.environ.get("NODEGRAPH_TOKEN") or None
+    server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     run_server(engine, server, access_log=args.verbose)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> web.Applic
     """
     config = config or ServerConfig()
     if config.static_dir is None:
-        config.static_dir = default_static_dir()
+        config = dataclasses.replace(config, static_dir=default_static_dir())
     if engine.env is None:
         raise ValueError("the server needs an engine with an Environment (see nodegraph.app.build_engine)")
     store = QueueStore(config.database_path, durable=config.durable)

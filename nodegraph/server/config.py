@@ -22,7 +22,7 @@ class ServerConfig:
         max_upload_bytes: the largest accepted upload (and request body).
         max_attempts: how often a prompt may be started; one that was running when the process died is
             re-queued until it has been started this many times, then marked failed.
-        static_dir: the editor's files (`frontend.STATIC_DIR` by default); None serves no editor.
+        static_dir: the editor's files; None means the `frontend` package's `STATIC_DIR`.
     """
 
     host: str = "127.0.0.1"

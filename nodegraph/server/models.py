@@ -18,8 +18,9 @@ class PromptRequest(BaseModel):
     prompt: dict[str, Any] = Field(description="ComfyUI API format {id: {class_type, inputs}} or a nodegraph workflow")
     client_id: str | None = Field(None, description="the WebSocket clientId that receives this prompt's events")
     prompt_id: str | None = Field(None, description="an id of your choosing; a random one otherwise")
-    extra_data: dict[str, Any] = Field(default_factory=dict, description="extra_pnginfo.workflow is embedded in "
-                                                                        "saved PNGs; model_map {OLD: NEW} renames models")
+    extra_data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra_pnginfo.workflow is embedded in saved PNGs; model_map {OLD: NEW} renames models")
     front: bool = Field(False, description="queue before every waiting prompt")
     number: float | None = Field(None, description="explicit queue position (lower runs first)")
     partial_execution_targets: list[str] | None = Field(None, description="run only these output nodes")

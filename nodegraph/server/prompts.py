@@ -47,7 +47,8 @@ async def post_prompt(request: web.Request) -> web.Response:
         submitted = PromptRequest.model_validate(body)
     except ValidationError as exc:
         details = _pydantic_details(exc)
-        raise ApiError(400, "invalid_prompt", "Invalid prompt", body=invalid_prompt("Invalid prompt", details)) from None
+        raise ApiError(400, "invalid_prompt", "Invalid prompt",
+                       body=invalid_prompt("Invalid prompt", details)) from None
     registry = state.engine.registry
     extra_data = clean_extra_data(submitted.extra_data, submitted.client_id)
     try:
@@ -61,9 +62,9 @@ async def post_prompt(request: web.Request) -> web.Response:
                        body=validation_error_body(exc.issues, workflow, registry)) from None
     prompt_id = submitted.prompt_id or str(uuid.uuid4())
     try:
-        number, remaining = await state.db(state.store.add, prompt_id, submitted.prompt, extra_data, list(graph.outputs),
-                                           client_id=submitted.client_id, front=submitted.front,
-                                           number=submitted.number)
+        number, remaining = await state.db(state.store.add, prompt_id, submitted.prompt, extra_data,
+                                           list(graph.outputs), client_id=submitted.client_id,
+                                           front=submitted.front, number=submitted.number)
     except DuplicatePrompt as exc:
         raise ApiError(400, "invalid_prompt", str(exc), body=invalid_prompt("Duplicate prompt_id", str(exc))) from None
     state.worker.wake()

@@ -28,7 +28,8 @@ class ApiError(Exception):
         return {"error": error_object(self.type, self.message, self.details, self.extra_info)}
 
 
-def error_object(type: str, message: str, details: str = "", extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+def error_object(type: str, message: str, details: str = "",
+                 extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"type": type, "message": message, "details": details, "extra_info": extra_info or {}}
 
 

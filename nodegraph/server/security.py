@@ -102,10 +102,11 @@ def _check_origin(request: web.Request, host_header: str | None) -> None:
         parsed = urlsplit(origin)
         origin_host, origin_port = parsed.hostname, parsed.port or _default_port(parsed.scheme)
         target = urlsplit("//" + (host_header or ""))
-        host, port = target.hostname, target.port or _default_port(request.scheme)
+        host, port = target.hostname, target.port
     except ValueError:
         raise ApiError(403, "forbidden_origin", "Malformed Origin or Host header") from None
-    if not origin_host or origin_host != host or origin_port != port:
+    # A Host without a port (behind a TLS proxy) cannot tell the port: the host names must match then.
+    if not origin_host or origin_host != host or (port is not None and origin_port != port):
         raise ApiError(403, "forbidden_origin", "Cross-origin request refused",
                        f"Origin {origin!r} does not match Host {host_header!r}")
 

@@ -26,7 +26,7 @@ JPEG = 1
 """ComfyUI's binary image format id for JPEG (2 is PNG)."""
 MAX_OUTBOX = 2000
 """Messages waiting for one client before it is considered gone."""
-MAX_PREVIEW_BACKLOG = 8
+MAX_PREVIEW_BACKLOG = 64
 """Previews are dropped while a client has this many messages waiting."""
 
 

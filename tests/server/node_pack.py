@@ -40,7 +40,8 @@ class Marker(Node):
     """A slow output node: `steps` steps of `delay` seconds, then appends `tag` to output/runs.log."""
 
     schema = NodeSchema(type_id="Marker", category="test", output_node=True, deterministic=False,
-                        inputs=(String("tag", "x"), Int("steps", 5, min=1, max=1000), Float("delay", 0.1, min=0, max=5)))
+                        inputs=(String("tag", "x"), Int("steps", 5, min=1, max=1000),
+                                Float("delay", 0.1, min=0, max=5)))
 
     @classmethod
     def execute(cls, ctx: NodeContext, tag: str, steps: int, delay: float) -> NodeResult:

@@ -89,8 +89,9 @@ async def test_upload_reuses_same_content_and_renames_different(tmp_path):
         other = await (await client.post("/upload/image", data=_form(_png((0, 255, 0, 255))))).json()
         assert other["name"] == "pic (1).png"
         assert (tmp_path / "input" / "pic (1).png").read_bytes() == _png((0, 255, 0, 255))
-        replaced = await (await client.post("/upload/image", data=_form(_png((0, 0, 255, 255)), overwrite="true"))).json()
-        assert replaced["name"] == "pic.png" and (tmp_path / "input" / "pic.png").read_bytes() == _png((0, 0, 255, 255))
+        blue = _png((0, 0, 255, 255))
+        replaced = await (await client.post("/upload/image", data=_form(blue, overwrite="true"))).json()
+        assert replaced["name"] == "pic.png" and (tmp_path / "input" / "pic.png").read_bytes() == blue
         sub = await (await client.post("/upload/image", data=_form(_png(), subfolder="masks", type="temp"))).json()
         assert sub == {"name": "pic.png", "subfolder": "masks", "type": "temp"}
         assert (tmp_path / "temp" / "masks" / "pic.png").is_file()

@@ -31,7 +31,8 @@ class Server:
 
     def __init__(self, root: Path, port: int, token: str | None = None) -> None:
         self.root, self.port, self.token = root, port, token
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (REPO, REPO / "tests", REPO / "tests/server"))}
+        paths = (REPO, REPO / "tests", REPO / "tests" / "server")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
         env.pop("NODEGRAPH_TOKEN", None)
         if token:
             env["NODEGRAPH_TOKEN"] = token

@@ -9,7 +9,8 @@ import fake_nodes
 
 async def test_prompt_runs_and_lands_in_history(tmp_path):
     async with serve(tmp_path) as client:
-        reply = await submit(client, api_prompt(7), client_id="me", extra_data={"extra_pnginfo": {"workflow": {"x": 1}}})
+        extra = {"extra_pnginfo": {"workflow": {"x": 1}}}
+        reply = await submit(client, api_prompt(7), client_id="me", extra_data=extra)
         assert set(reply) == {"prompt_id", "number", "node_errors"} and reply["node_errors"] == {}
         entry = await wait_history(client, reply["prompt_id"])
         assert entry["outputs"] == {"3": {"value": [7]}}
@@ -74,7 +75,8 @@ async def test_other_invalid_bodies(tmp_path):
         kind, body = await post(json.dumps({"prompt": {**api_prompt(1), "9": {"class_type": "Nope", "inputs": {}}}}))
         assert kind == "missing_node_type" and body["error"]["extra_info"]["class_type"] == "Nope"
         assert body["node_errors"]["9"]["errors"][0]["type"] == "missing_node_type"
-        assert (await post(json.dumps({"prompt": api_prompt(1), "extra_data": {"model_map": [1]}})))[0] == "invalid_prompt"
+        bad_map = {"prompt": api_prompt(1), "extra_data": {"model_map": [1]}}
+        assert (await post(json.dumps(bad_map)))[0] == "invalid_prompt"
         await submit(client, api_prompt(1), prompt_id="dup", number=99)  # queued behind nothing, runs at once
         await wait_history(client, "dup")
 

@@ -43,6 +43,10 @@ async def test_listen_on_all_interfaces_accepts_other_host_names(tmp_path):
         response = await client.post("/prompt", json={"prompt": api_prompt(1)},
                                      headers={"Host": "gpu-box.lan:8188", "Origin": "http://evil.example"})
         assert response.status == 403  # still no cross-origin writes
+        behind_proxy = {"Host": "gpu.example.com", "Origin": "https://gpu.example.com"}  # TLS ends at the proxy
+        assert (await client.post("/interrupt", json={}, headers=behind_proxy)).status == 200
+        response = await client.post("/interrupt", json={}, headers={**behind_proxy, "Origin": "https://evil.com"})
+        assert response.status == 403
 
 
 async def test_token_on_http_and_websocket(tmp_path):
