@@ -181,7 +181,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"--port {args.port}: not a TCP port")
     token = args.token or os.environ.get("NODEGRAPH_TOKEN") or None
     server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    run_server(engine, server, access_log=args.verbose)
+    from .server.queue_store import StoreLocked
+
+    try:
+        run_server(engine, server, access_log=args.verbose)
+    except StoreLocked as exc:
+        raise CliError(f"{exc} (use another --data-dir)") from None
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.listen}:{args.port}: {exc.strerror or exc}") from None
     return 0
 
 

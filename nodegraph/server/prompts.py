@@ -50,7 +50,10 @@ async def post_prompt(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_prompt", "Invalid prompt",
                        body=invalid_prompt("Invalid prompt", details)) from None
     registry = state.engine.registry
-    extra_data = clean_extra_data(submitted.extra_data, submitted.client_id)
+    client_id = submitted.client_id
+    if client_id is None and isinstance(submitted.extra_data.get("client_id"), str):
+        client_id = submitted.extra_data["client_id"]  # older scripts put it there; ComfyUI honours it
+    extra_data = clean_extra_data(submitted.extra_data, client_id)
     try:
         workflow = build_workflow(submitted.prompt, extra_data, registry)
         loop = asyncio.get_running_loop()
@@ -63,7 +66,7 @@ async def post_prompt(request: web.Request) -> web.Response:
     prompt_id = submitted.prompt_id or str(uuid.uuid4())
     try:
         number, remaining = await state.db(state.store.add, prompt_id, submitted.prompt, extra_data,
-                                           list(graph.outputs), client_id=submitted.client_id,
+                                           list(graph.outputs), client_id=client_id,
                                            front=submitted.front, number=submitted.number)
     except DuplicatePrompt as exc:
         raise ApiError(400, "invalid_prompt", str(exc), body=invalid_prompt("Duplicate prompt_id", str(exc))) from None

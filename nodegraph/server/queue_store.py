@@ -45,6 +45,10 @@ class DuplicatePrompt(ValueError):
     """A prompt with this id is already queued or running."""
 
 
+class StoreLocked(RuntimeError):
+    """Another server uses this data dir: two workers on one queue would run prompts twice."""
+
+
 @dataclass(frozen=True)
 class QueueItem:
     """One queued prompt, as ComfyUI's `[number, prompt_id, prompt, extra_data, outputs_to_execute]`."""
@@ -72,8 +76,10 @@ class QueueStore:
     """
 
     def __init__(self, path: str | Path, *, durable: bool = True) -> None:
+        self._lock_file: Any = None
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _exclusive_lock(Path(f"{path}.lock"))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -84,6 +90,9 @@ class QueueStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock (so does the OS when the process dies)
+            self._lock_file = None
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
@@ -238,6 +247,21 @@ class _Transaction:
             self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
         finally:
             self._lock.release()
+
+
+def _exclusive_lock(path: Path) -> Any:
+    """Hold an exclusive advisory lock on `path` for as long as the returned file stays open."""
+    handle = open(path, "a+")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; SQLite's own locking still keeps the data consistent
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StoreLocked(f"{path.parent} is in use by another nodegraph server") from None
+    return handle
 
 
 def _next(db: sqlite3.Connection, name: str) -> int:

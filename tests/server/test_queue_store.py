@@ -2,7 +2,7 @@
 
 import pytest
 
-from nodegraph.server.queue_store import DuplicatePrompt, QueueStore
+from nodegraph.server.queue_store import DuplicatePrompt, QueueStore, StoreLocked
 
 
 def _add(store: QueueStore, prompt_id: str, **kwargs):
@@ -101,3 +101,11 @@ def test_clear_and_delete_pending_leave_the_running_one(tmp_path):
     assert store.delete_pending() == 1
     running, pending = store.queue()
     assert [i.prompt_id for i in running] == ["a"] and pending == []
+
+
+def test_one_server_per_data_dir(tmp_path):
+    store = QueueStore(tmp_path / "q.db")
+    with pytest.raises(StoreLocked):
+        QueueStore(tmp_path / "q.db")
+    store.close()
+    QueueStore(tmp_path / "q.db").close()

@@ -36,6 +36,7 @@ class Server:
         env.pop("NODEGRAPH_TOKEN", None)
         if token:
             env["NODEGRAPH_TOKEN"] = token
+        self.env = env
         self.log = open(root / f"server-{time.monotonic_ns()}.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nodegraph.cli", "serve", "--port", str(port), "--data-dir", str(root / "data"),
@@ -91,6 +92,10 @@ def test_kill_9_and_restart_lose_nothing_and_run_nothing_twice(tmp_path):
     port = free_port()
     server = Server(tmp_path, port)
     try:
+        second = subprocess.run([sys.executable, "-m", "nodegraph.cli", "serve", "--port", str(free_port()),
+                                 "--data-dir", str(tmp_path / "data"), "--device", "cpu"],
+                                cwd=tmp_path, env=server.env, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 2 and "in use by another nodegraph server" in second.stderr  # one per data dir
         for tag, steps in (("p1", 3), ("p2", 10), ("p3", 3)):
             server.request("POST", "/prompt", {"prompt": marker(tag, steps), "prompt_id": tag})
         wait_for(lambda: "p1" in server.request("GET", "/history"), what="p1 to finish")

@@ -94,9 +94,18 @@ async def test_events_go_to_the_submitting_client_and_status_to_all(tmp_path):
         await messages_until(mine, prompt_done(pid))
         seen = [await next_message(other), await next_message(other)]
         assert [event for event, _ in seen] == ["status", "status"]
-        reconnect = await client.ws_connect("/ws")  # no clientId: a fresh sid is assigned
+        reconnect = await client.ws_connect("/api/ws")  # no clientId: a fresh sid is assigned
         event, data = await next_message(reconnect)
         assert event == "status" and len(data["sid"]) == 32
+
+
+async def test_client_id_inside_extra_data_is_honoured(tmp_path):
+    async with serve(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=legacy")
+        await next_message(ws)
+        pid = (await submit(client, api_prompt(8), extra_data={"client_id": "legacy"}))["prompt_id"]
+        events = [m[0] for m in await messages_until(ws, prompt_done(pid))]
+        assert "execution_success" in events
 
 
 async def test_reconnecting_client_learns_the_running_node(tmp_path):
