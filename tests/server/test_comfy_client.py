@@ -54,3 +54,13 @@ async def test_comfy_api_simplified_reports_a_failed_prompt(tmp_path):
         assert history[prompt_id]["status"]["status_str"] == "error"
         with pytest.raises(comfy.ComfyApiError):  # a 400 for an invalid prompt
             await asyncio.to_thread(api.queue_prompt, {"1": {"class_type": "Nope", "inputs": {}}})
+
+
+async def test_comfy_api_simplified_with_the_token_as_its_password(tmp_path):
+    async with serve(tmp_path, token="s3cret") as client:
+        url = f"http://127.0.0.1:{client.port}"
+        with pytest.raises(comfy.ComfyApiError):
+            await asyncio.to_thread(comfy.ComfyApiWrapper(url).get_queue)
+        api = comfy.ComfyApiWrapper(url, user="me", password="s3cret")  # Basic auth on HTTP and WebSocket
+        images = await asyncio.to_thread(api.queue_and_wait_images, comfy.ComfyWorkflowWrapper(WORKFLOW), "Save Image")
+        assert len(images) == 1
