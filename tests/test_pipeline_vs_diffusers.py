@@ -158,3 +158,27 @@ def test_bf16_unet_on_cpu_stays_close_to_the_fp32_reference(tiny):
     diff = (image - reference).abs()
     print(f"bf16 vs fp32: mean {diff.mean():.2e}, max {diff.max():.2e}")
     assert diff.mean() < 0.05 and not torch.equal(image, reference)
+
+
+def test_cli_runs_an_sd_workflow_with_step_progress_and_embedded_workflow(tiny, tmp_path, capsys):
+    engine, _ = tiny
+    import json
+
+    from PIL import Image
+
+    from nodegraph.cli import main
+
+    path = tmp_path / "txt2img_api.json"
+    path.write_text(json.dumps(txt2img_prompt(steps=4)))
+    models = engine.env.models.roots[0]
+    assert main(["run", str(path), "--models-dir", str(models), "--output-dir", str(tmp_path / "out"),
+                 "--set", "3.seed=9"]) == 0
+    captured = capsys.readouterr()
+    assert "step 4/4" in captured.err and "KSampler #3" in captured.err
+    png = tmp_path / "out" / "tiny_00001_.png"
+    assert str(png) in captured.out
+    with Image.open(png) as image:
+        assert image.size == (64, 64)
+        assert json.loads(image.text["prompt"])["3"]["inputs"]["seed"] == 9
+        assert {"nodes", "links"} <= set(json.loads(image.text["workflow"]))
+        assert json.loads(image.text["nodegraph_workflow"])["nodes"]["3"]["widgets"]["seed"] == 9
