@@ -45,29 +45,21 @@ def _top_level_groups(text: str) -> list[str]:
     groups: list[str] = []
     start = 0
     depth = 0
-    group_start = 0
-    i = 0
-    while i < len(text):
-        char = text[i]
+    for i, char in enumerate(text):
         escaped = i > 0 and text[i - 1] == "\x00"
         if char == "(" and not escaped:
             if depth == 0:
                 if i > start:
                     groups.append(text[start:i])
-                group_start = i
+                start = i
             depth += 1
         elif char == ")" and not escaped and depth > 0:
             depth -= 1
             if depth == 0:
-                groups.append(text[group_start : i + 1])
+                groups.append(text[start : i + 1])
                 start = i + 1
-        i += 1
-    if depth > 0:
-        # An unclosed "(": ComfyUI keeps what follows as text at the enclosing weight.
-        if group_start > start:
-            groups.append(text[start:group_start])
-        groups.append(text[group_start:])
-    elif start < len(text):
+    if start < len(text):
+        # The rest, including an unclosed "(" and all after it: ComfyUI keeps that as text.
         groups.append(text[start:])
     return groups
 
