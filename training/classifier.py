@@ -117,13 +117,21 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def foreground_mask(pixels: np.ndarray, bg_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mask, foreground median colour) of an image given its background colour; (empty, None) if no shape."""
+    """(mask, foreground median colour) of an image given its background colour; (empty, None) if no shape.
+
+    Only pixels inside the border band's outer edge count: a dark frame around a sample must not
+    become the largest "shape".
+    """
     distance_to_bg = np.linalg.norm(pixels - bg_rgb, axis=2)
+    height, width = distance_to_bg.shape
+    outer = round(0.04 * min(height, width))
+    distance_to_bg[:outer], distance_to_bg[height - outer :] = 0.0, 0.0
+    distance_to_bg[:, :outer], distance_to_bg[:, width - outer :] = 0.0, 0.0
     seeds = distance_to_bg > FOREGROUND_DISTANCE
     if seeds.sum() < MIN_AREA_FRACTION * seeds.size:
         return np.zeros(seeds.shape, dtype=bool), None
     fg_rgb = np.median(pixels[seeds], axis=0)
-    mask = largest_component(np.linalg.norm(pixels - fg_rgb, axis=2) < distance_to_bg)
+    mask = largest_component((np.linalg.norm(pixels - fg_rgb, axis=2) < distance_to_bg) & (distance_to_bg > 0))
     if mask.sum() < MIN_AREA_FRACTION * mask.size:
         return np.zeros(seeds.shape, dtype=bool), None
     return mask, np.median(pixels[mask], axis=0)
