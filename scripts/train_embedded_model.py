@@ -1,5 +1,7 @@
 """Train the embedded default model (tiny SD1-layout shapes model); re-run the same command to resume.
 
+Exit status 0: complete; 3: unfinished (budget spent), re-run the same command to continue.
+
     OMP_NUM_THREADS=2 python scripts/train_embedded_model.py --minutes 120 \
         --card nodes/models/embedded/MODEL_CARD.md
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         command=command,
     )
-    if args.card and record["status"] == "complete":
+    if args.card and record["status"] in ("complete", "partial"):
         write_training_record(args.card, record)
     print(json.dumps({k: record[k] for k in record if k in ("status", "vae", "unet", "file")}, indent=2))
     return 0 if record["status"] == "complete" else 3

@@ -29,7 +29,8 @@ def _fmt(value: Any) -> str:
 
 def training_markdown(record: Mapping[str, Any]) -> str:
     """The training record as a short markdown list plus the full JSON (for exact reproduction)."""
-    lines = [f"- Command: `{record.get('command', '')}`", f"- Finished: {record.get('finished_utc', '')}"]
+    lines = [f"- Status: {record.get('status')}", f"- Command: `{record.get('command', '')}`",
+             f"- Finished: {record.get('finished_utc', '')}"]  # fmt: skip
     hw = record.get("hardware", {})
     lines.append(f"- Hardware: {hw.get('cuda_device') or hw.get('processor')}, {hw.get('cpu_count')} CPUs, "
                  f"{hw.get('torch_threads')} torch threads; torch {hw.get('torch')}, diffusers {hw.get('diffusers')}")  # fmt: skip

@@ -41,7 +41,8 @@ class VaeSettings:
     """Weight of the L1 loss on image gradients: sharp edges (the trials' 0.5 left them 3-4 px soft)."""
     kl_weight: float = 1e-4
     ema: float = 0.999
-    steps: int = 3000
+    steps: int = 4000
+    """Planned steps; with a time budget, the cap (the budget usually allows fewer on 2 CPU cores)."""
 
 
 @dataclass
@@ -67,8 +68,9 @@ class UnetSettings:
     """Min-SNR loss weighting (Hang et al. 2023, arXiv:2303.09556)."""
     ema: float = 0.999
     dataset_size: int = 16384
-    """Images rendered, encoded once and cached as latents (encoding costs ~15 ms an image on the CPU)."""
-    steps: int = 12000
+    """Images rendered, encoded once and cached as latents (encoding costs 10-25 ms an image on the CPU)."""
+    steps: int = 20000
+    """Planned steps; with a time budget, the cap."""
 
 
 @dataclass

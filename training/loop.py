@@ -21,8 +21,10 @@ from tqdm import tqdm
 from training.checkpointing import load_training_state, save_training_state
 from training.ema import EMA
 
-CALIBRATION_STEPS = 12
+CALIBRATION_STEPS = 30
 """Steps timed (after 2 warm-up steps) to turn a time budget into a step count."""
+BUDGET_SAFETY = 0.92
+"""Share of the remaining budget the fitted step count may use: the machine may slow down later."""
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, min_fraction: float) -> float:
@@ -145,7 +147,8 @@ def run_phase(
             timed_from = (step, time.perf_counter())
         if not fixed and timed_from and step - timed_from[0] == CALIBRATION_STEPS:
             per_step = (time.perf_counter() - timed_from[1]) / CALIBRATION_STEPS
-            total_steps = _steps_for_budget(phase, deadline - time.perf_counter(), per_step, step, total_steps)
+            seconds_left = BUDGET_SAFETY * (deadline - time.perf_counter())
+            total_steps = _steps_for_budget(phase, seconds_left, per_step, step, total_steps)
             bar.total, fixed = total_steps, True
             bar.write(f"{phase.name}: {1 / per_step:.2f} it/s -> {total_steps} steps fit the budget")
         if time.perf_counter() - last_save >= checkpoint_every:

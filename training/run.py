@@ -96,7 +96,10 @@ def train(
     progress: bool = True,
     command: str = "",
 ) -> dict[str, Any]:
-    """Run every unfinished stage; export to `output` once all are done. Returns the training record.
+    """Run every unfinished stage, then export to `output`. Returns the training record.
+
+    The export happens once the UNet phase has run, finished or not (status "complete" / "partial");
+    an unfinished VAE phase returns early (status "vae unfinished"): re-run to continue.
 
     Args:
         settings: used for a fresh run folder; an existing one keeps its own.
@@ -120,14 +123,16 @@ def train(
     if pipeline.latent_record(paths) is None:
         pipeline.encode_dataset(settings, paths, device, progress)
     unet_state = pipeline.phase_state(paths.unet)
-    if not (unet_state and unet_state["done"]):
+    unet_done = bool(unet_state and unet_state["done"])
+    if not unet_done:
         left = budget.left()
         seconds = None if left is None else max(0.0, left - EXPORT_RESERVE_SECONDS)
         unet_result = pipeline.train_unet(settings, paths, device, seconds, progress)
-        if not unet_result.done:
-            return {"status": "unet unfinished", "unet": _phase_record(unet_result, paths.unet)}
+        unet_done = unet_result.done
     record = {
-        "status": "complete",
+        # "partial": the budget ran out before the UNet's schedule ended; its EMA weights are still exported
+        # (a usable model), and re-running the command finishes the schedule.
+        "status": "complete" if unet_done else "partial",
         "command": command,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": hardware(),
