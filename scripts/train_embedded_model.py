@@ -25,8 +25,10 @@ DEFAULT_OUTPUT = ROOT / "nodes/models/embedded/nodegraph-tiny-shapes.safetensors
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs/embedded", help="resumable run folder")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where the finished model is written")
+    parser.add_argument("--run-dir", type=Path, help="resumable run folder (default runs/embedded, or "
+                        "runs/embedded-tiny with --tiny)")  # fmt: skip
+    parser.add_argument("--output", type=Path, help="where the model is written (default: the shipped file; "
+                        "with --tiny, tiny.safetensors in the run folder, never the shipped file)")  # fmt: skip
     parser.add_argument("--no-export", action="store_true", help="train only; write no model file")
     parser.add_argument("--minutes", type=float, help="wall-clock budget of this invocation (fits step counts)")
     parser.add_argument("--vae-fraction", type=float, default=0.22, help="share of the budget for the VAE")
@@ -43,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.run_dir is None:
+        args.run_dir = ROOT / ("runs/embedded-tiny" if args.tiny else "runs/embedded")
+    if args.output is None:
+        args.output = args.run_dir / "tiny.safetensors" if args.tiny else DEFAULT_OUTPUT
     import torch
 
     from training.card import write_training_record

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from training.config import SD_SCHEDULE
 from training.unet import exportable_text_encoder
 
@@ -51,8 +49,9 @@ def export_model(
         from nodes.sd.loading.export import save_sd1_checkpoint
     except ImportError as error:  # pragma: no cover - only before the loader branch is merged
         raise RuntimeError("exporting needs nodes.sd.loading.export (the checkpoint loader's exporter)") from error
-    modules = [copy.deepcopy(m).to("cpu", torch.float16).eval() for m in (unet, vae)]
-    text = exportable_text_encoder(text_encoder).to("cpu", torch.float16).eval()
+    # nn.Module.cpu()/half() rather than diffusers' .to(dtype), which warns about keeping modules in fp32
+    modules = [copy.deepcopy(m).cpu().half().eval() for m in (unet, vae)]
+    text = exportable_text_encoder(text_encoder).cpu().half().eval()
     path = save_sd1_checkpoint(
         modules[0], modules[1], text, path,
         config_metadata={"prediction": "epsilon", "schedule": dict(SD_SCHEDULE), "sampling": SAMPLING_NOTES,
