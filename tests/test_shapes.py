@@ -8,8 +8,20 @@ import numpy as np
 import pytest
 
 from nodes.sd.shapes import (
-    COLOURS, HELD_OUT, HORIZONTAL, MARGIN, SHAPES, SIZES, VERTICAL, ShapeSpec, caption, render, sample_spec,
-    spec_for, spec_from_seed, training_combinations,
+    COLOURS,
+    HELD_OUT,
+    HORIZONTAL,
+    MARGIN,
+    SHAPES,
+    SIZES,
+    VERTICAL,
+    ShapeSpec,
+    caption,
+    render,
+    sample_spec,
+    spec_for,
+    spec_from_seed,
+    training_combinations,
 )  # fmt: skip
 
 

@@ -7,23 +7,17 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 from training import pipeline
-from training.checkpointing import read_state
+from training.checkpointing import read_state, read_tensors
 from training.config import tiny_settings
 from training.loop import run_phase
 
 SETTINGS = tiny_settings(seed=3)
 
 
-def _tensors(path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}
-
-
 def _assert_same_checkpoint(a, b) -> None:
-    left, right = _tensors(a), _tensors(b)
+    left, right = read_tensors(a), read_tensors(b)
     assert left.keys() == right.keys()
     different = [key for key in left if not torch.equal(left[key], right[key])]
     assert not different, different[:5]
@@ -83,8 +77,7 @@ def test_export_round_trips_through_the_loader(run, tmp_path):
     path = export_model(tmp_path / "tiny.safetensors", unet, vae, text_encoder, {"smoke": True}, max_bytes=8 << 20)
     loaded = load_checkpoint(path)
     assert (loaded.family, loaded.model.prediction, loaded.vae.scaling_factor) == ("sd1", "epsilon", 0.18215)
-    with safe_open(str(path), framework="pt") as handle:
-        assert all(handle.get_tensor(k).dtype == torch.float16 for k in handle.keys())
+    assert all(tensor.dtype == torch.float16 for tensor in read_tensors(path).values())
 
     prompt = "a red circle on a blue background"
     expected = text_encoder(torch.tensor([token_window(prompt)])).last_hidden_state

@@ -99,10 +99,11 @@ def read_state(path: str | Path) -> dict[str, Any]:
     return json.loads(metadata[STATE_KEY])
 
 
-def read_tensors(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors under `prefix` (e.g. 'ema/unet/'), with the prefix removed."""
+def read_tensors(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors under `prefix` (e.g. 'ema/unet/'), with the prefix removed; all of them by default."""
     with safe_open(str(path), framework="pt") as handle:
-        return {key[len(prefix) :]: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)}
+        keys = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118 (safe_open is no dict)
+        return {key[len(prefix) :]: handle.get_tensor(key) for key in keys}
 
 
 def load_training_state(
@@ -114,8 +115,7 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore everything `save_training_state` wrote; returns the JSON state. Shapes must match exactly."""
     state = read_state(path)
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    tensors = read_tensors(path)
     for name, module in modules.items():
         prefix = f"model/{name}/"
         module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})

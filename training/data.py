@@ -141,4 +141,3 @@ class LatentDataset:
 def dataset_seeds(run_seed: int, size: int) -> torch.Tensor:
     """The data seeds of the UNet's cached dataset (stored with the latents)."""
     return torch.tensor([data_seed(run_seed, DATASET_STREAM, i) for i in range(size)], dtype=torch.long)
-

@@ -45,7 +45,7 @@ class EvalItem:
 def evaluation_items(seeds_per_prompt: int = 4) -> list[EvalItem]:
     """The fixed evaluation prompts (each `seeds_per_prompt` times, noise seeds 0, 1, ...)."""
     rng = random.Random(_EVAL_RNG_SEED)
-    plain = dict(mention_size=0.0, mention_position=0.0)
+    plain = {"mention_size": 0.0, "mention_position": 0.0}
     seen = rng.sample(training_combinations(), SEEN_PROMPTS)
     specs = [("seen", spec_for(*combo, rng, **plain)) for combo in seen]
     specs += [("held_out", spec_for(*combo, rng, **plain)) for combo in sorted(HELD_OUT)]

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from training.config import SD_SCHEDULE
 from training.unet import exportable_text_encoder
 

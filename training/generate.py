@@ -56,7 +56,13 @@ class EulerGenerator:
     ) -> None:
         self.unet, self.vae, self.encode = unet.eval(), vae.eval(), encode
         self.scaling_factor = scaling_factor
-        self.steps, self.cfg, self.resolution, self.spacing, self.batch_size = steps, cfg, resolution, spacing, batch_size
+        self.steps, self.cfg, self.resolution, self.spacing, self.batch_size = (
+            steps,
+            cfg,
+            resolution,
+            spacing,
+            batch_size,
+        )
         self._cache: dict[str, torch.Tensor] = {}
 
     def _conditioning(self, prompt: str) -> torch.Tensor:

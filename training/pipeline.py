@@ -108,7 +108,9 @@ def vae_phase(settings: RunSettings, device: str) -> Phase:
     )  # fmt: skip
 
 
-def train_vae(settings: RunSettings, paths: RunPaths, device: str, seconds: float | None, progress: bool) -> PhaseResult:
+def train_vae(
+    settings: RunSettings, paths: RunPaths, device: str, seconds: float | None, progress: bool
+) -> PhaseResult:
     """Train (or continue training) the VAE; at most `seconds` of wall-clock in this session."""
     phase = vae_phase(settings, device)
     return run_phase(phase, paths.vae, total_steps=settings.vae.steps, seconds=seconds, progress=progress)
@@ -191,7 +193,9 @@ def unet_phase(settings: RunSettings, paths: RunPaths, device: str) -> Phase:
     )  # fmt: skip
 
 
-def train_unet(settings: RunSettings, paths: RunPaths, device: str, seconds: float | None, progress: bool) -> PhaseResult:
+def train_unet(
+    settings: RunSettings, paths: RunPaths, device: str, seconds: float | None, progress: bool
+) -> PhaseResult:
     """Train (or continue training) the UNet and text encoder on the cached latents."""
     phase = unet_phase(settings, paths, device)
     return run_phase(phase, paths.unet, total_steps=settings.unet.steps, seconds=seconds, progress=progress)

@@ -53,9 +53,7 @@ def vae_loss(
     images = images.float()
     l1 = (reconstruction - images).abs().mean()
     mse = F.mse_loss(reconstruction, images)
-    gradient = sum(
-        (a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(images))
-    )
+    gradient = sum((a - b).abs().mean() for a, b in zip(image_gradients(reconstruction), image_gradients(images)))
     kl = posterior.kl().mean() / posterior.mean[0].numel()
     loss = l1 + mse + settings.gradient_weight * gradient + settings.kl_weight * kl
     figures = {"l1": l1, "mse": mse, "grad": gradient, "kl": kl}
@@ -115,4 +113,3 @@ def reconstruction_l1(vae: AutoencoderKL, images: torch.Tensor) -> float:
             outputs.append(vae.decode(latents[start : start + 32]).sample.clamp(-1, 1))
         reconstruction = torch.cat(outputs)
     return float((reconstruction - images).abs().mean() * 127.5)
-

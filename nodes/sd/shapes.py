@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
@@ -103,9 +102,7 @@ class ShapeSpec:
 
 def training_combinations() -> list[tuple[str, str, str]]:
     """All (shape, fg, bg) triples except the held-out ones, in a fixed order."""
-    return [
-        (s, f, b) for s in SHAPES for f in COLOURS for b in COLOURS if f != b and (s, f, b) not in HELD_OUT
-    ]
+    return [(s, f, b) for s in SHAPES for f in COLOURS for b in COLOURS if f != b and (s, f, b) not in HELD_OUT]
 
 
 def _feasible(bins: dict[str, tuple[float, float]], radius: float) -> dict[str, tuple[float, float]]:
@@ -226,7 +223,9 @@ def render(spec: ShapeSpec, resolution: int = RESOLUTION) -> tuple[Image.Image, 
     """
     big = _draw_mask(spec, resolution * _SUPERSAMPLE)
     mask = big.resize((resolution, resolution), Image.Resampling.BOX)
-    image = Image.composite(Image.new("RGB", mask.size, COLOURS[spec.fg]), Image.new("RGB", mask.size, COLOURS[spec.bg]), mask)
+    image = Image.composite(
+        Image.new("RGB", mask.size, COLOURS[spec.fg]), Image.new("RGB", mask.size, COLOURS[spec.bg]), mask
+    )
     hard = mask.point(lambda v: 255 if v >= 128 else 0)
     edges = ImageChops.subtract(hard.filter(ImageFilter.MaxFilter(3)), hard.filter(ImageFilter.MinFilter(3)))
     return image, mask, edges.point(lambda v: 255 if v else 0)
