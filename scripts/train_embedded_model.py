@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-fraction", type=float, default=0.22, help="share of the budget for the VAE")
     parser.add_argument("--vae-steps", type=int, help="VAE steps (the cap when --minutes is given)")
     parser.add_argument("--unet-steps", type=int, help="UNet steps (the cap when --minutes is given)")
+    parser.add_argument("--dataset-size", type=int, help="images in the UNet's latent cache (default 16384)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.vae = replace(settings.vae, steps=args.vae_steps)
     if args.unet_steps:
         settings.unet = replace(settings.unet, steps=args.unet_steps)
+    if args.dataset_size:
+        settings.unet = replace(settings.unet, dataset_size=args.dataset_size)
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", "-", *argv])
     record = train(
         settings,

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class Phase:
     """Written into the checkpoint; a resume with different settings is refused."""
     relative_cost: Callable[[int, int], float] = lambda step, total: 1.0
     max_grad_norm: float = 1.0
-    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,7 +106,8 @@ def run_phase(
         state = load_training_state(checkpoint, modules=phase.modules, emas=phase.emas, optimizer=phase.optimizer)
         if state["settings"] != phase.settings:
             raise ValueError(f"{checkpoint}: saved with other {phase.name} settings; use a new run folder")
-        step, total_steps, spent, fixed = state["step"], state["total_steps"], state["seconds"], True
+        step, total_steps, spent = state["step"], state["total_steps"], state["seconds"]
+        fixed = fixed or state["steps_fixed"]  # a session that ended before calibrating leaves it to this one
     started = last_save = time.perf_counter()
     deadline = None if seconds is None else started + seconds
     figures: dict[str, float] = {}
@@ -115,7 +115,7 @@ def run_phase(
 
     def save() -> None:
         state = {"settings": phase.settings, "step": step, "total_steps": total_steps, "done": step >= total_steps,
-                 "seconds": spent + time.perf_counter() - started, "figures": figures, **phase.extra_state}  # fmt: skip
+                 "seconds": spent + time.perf_counter() - started, "figures": figures, "steps_fixed": fixed}  # fmt: skip
         save_training_state(checkpoint, modules=phase.modules, emas=phase.emas, optimizer=phase.optimizer, state=state)
 
     session_start_step = step

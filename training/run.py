@@ -23,7 +23,8 @@ from training import pipeline
 from training.config import RunSettings
 from training.export import export_model
 
-EXPORT_RESERVE_SECONDS = 120.0
+EXPORT_RESERVE_SECONDS = 60.0
+"""Kept back from the UNet's share for the export (a few seconds) and slack; at most 5 % of a small budget."""
 
 
 @dataclass
@@ -126,7 +127,8 @@ def train(
     unet_done = bool(unet_state and unet_state["done"])
     if not unet_done:
         left = budget.left()
-        seconds = None if left is None else max(0.0, left - EXPORT_RESERVE_SECONDS)
+        reserve = None if budget.seconds is None else min(EXPORT_RESERVE_SECONDS, 0.05 * budget.seconds)
+        seconds = None if left is None else max(0.0, left - reserve)
         unet_result = pipeline.train_unet(settings, paths, device, seconds, progress)
         unet_done = unet_result.done
     record = {
