@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-steps", type=int, help="VAE steps (the cap when --minutes is given)")
     parser.add_argument("--unet-steps", type=int, help="UNet steps (the cap when --minutes is given)")
     parser.add_argument("--dataset-size", type=int, help="images in the UNet's latent cache (default 16384)")
+    parser.add_argument("--settings", type=Path, help='JSON file of setting overrides, e.g. {"unet": {"lr": 5e-4}}')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -53,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from training.card import write_training_record
-    from training.config import RunSettings, tiny_settings
+    from training.config import RunSettings, merged_settings, tiny_settings
     from training.run import Budget, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = tiny_settings(args.seed) if args.tiny else RunSettings(seed=args.seed)
+    if args.settings:
+        settings = merged_settings(settings, json.loads(args.settings.read_text()))
     if args.vae_steps:
         settings.vae = replace(settings.vae, steps=args.vae_steps)
     if args.unet_steps:

@@ -97,3 +97,21 @@ def test_export_round_trips_through_the_loader(run, tmp_path):
     assert [image.size for image in images] == [(64, 64), (64, 64)]
     alone = np.asarray(generate([prompt], [0])[0]).astype(int)
     assert np.abs(np.asarray(images[0]).astype(int) - alone).max() <= 2  # the seed fixes the image
+
+
+def test_command_trains_exports_and_records(tmp_path):
+    """The whole `train` orchestration: a fresh tiny run finishes, exports, and the card gets its record."""
+    from training.card import write_training_record
+    from training.config import merged_settings
+    from training.run import Budget, train
+
+    settings = merged_settings(SETTINGS, {"unet": {"steps": 2}, "vae": {"steps": 2}})
+    record = train(settings, tmp_path / "run", tmp_path / "model.safetensors", budget=Budget(None), progress=False)
+    assert record["status"] == "complete" and record["unet"]["step"] == 2
+    assert record["file"]["bytes"] == (tmp_path / "model.safetensors").stat().st_size
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# card\n<!-- training-record:start -->\nPLACEHOLDER-TEXT\n<!-- training-record:end -->\n")
+    write_training_record(card, record)
+    assert "PLACEHOLDER-TEXT" not in card.read_text() and record["file"]["sha256"] in card.read_text()
+    again = train(settings, tmp_path / "run", None, budget=Budget(None), progress=False)  # nothing left to train
+    assert again["unet"]["step"] == 2 and again["unet"]["seconds"] == record["unet"]["seconds"]

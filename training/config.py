@@ -102,6 +102,19 @@ class RunSettings:
         )
 
 
+def merged_settings(base: RunSettings, overrides: dict[str, Any]) -> RunSettings:
+    """`base` with a (partial) JSON object of settings applied, e.g. {"unet": {"channels": [32, 64, 128]}}."""
+    merged = base.to_json()
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        elif key in merged:
+            merged[key] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}")
+    return RunSettings.from_json(merged)
+
+
 def tiny_settings(seed: int = 0) -> RunSettings:
     """Settings small enough for a seconds-long smoke test (CI); the architecture keeps every SD feature."""
     return RunSettings(
