@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -163,6 +164,15 @@ def test_full_size_key_maps_match_real_checkpoints() -> None:
     assert {"transformer.resblocks.31.attn.in_proj_weight", "text_projection", "positional_embedding"} <= big_g
 
 
+def test_tiny_builders_are_deterministic() -> None:
+    for builder in BUILDERS.values():
+        first, again, other = builder(0), builder(0), builder(1)
+        a, b, c = first.unet.state_dict(), again.unet.state_dict(), other.unet.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
+        for x, y in zip(first.encoders, again.encoders):
+            assert all(torch.equal(v, y.state_dict()[k]) for k, v in x.state_dict().items())
+
+
 def test_diffusers_folders_load_exactly(tmp_path: Path) -> None:
     for family in ("sd1", "sdxl"):
         modules = BUILDERS[family](5)
@@ -248,7 +258,7 @@ def _edited_copy(source: Path, target: Path, edit) -> Path:
     return target
 
 
-def test_missing_and_unexpected_keys_are_named(tiny, tmp_path: Path) -> None:
+def test_missing_and_unexpected_keys_are_named(tiny, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = tiny["sd1"][1]
     missing = _edited_copy(source, tmp_path / "missing.safetensors", lambda t: t.pop("model.diffusion_model.output_blocks.3.1.proj_out.weight"))
     with pytest.raises(ValueError, match=r"UNet weights.*1 missing: output_blocks\.3\.1\.proj_out\.weight"):
@@ -257,8 +267,9 @@ def test_missing_and_unexpected_keys_are_named(tiny, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"VAE weights.*1 unexpected: decoder\.extra\.weight"):
         load_checkpoint(extra)
     stray = _edited_copy(source, tmp_path / "stray.safetensors", lambda t: t.update({"lora_unet_down.alpha": torch.zeros(1)}))
-    with pytest.raises(ValueError, match=r"keys outside the UNet, VAE and text encoders: lora_unet_down\.alpha"):
-        load_checkpoint(stray)
+    with caplog.at_level(logging.WARNING):
+        assert load_checkpoint(stray).family == "sd1"  # cannot affect the modules: logged, not fatal
+    assert "ignoring keys outside the UNet, VAE and text encoders: lora_unet_down.alpha" in caplog.text
     shape = _edited_copy(source, tmp_path / "shape.safetensors", lambda t: t.update({"model.diffusion_model.out.2.bias": torch.zeros(5)}))
     with pytest.raises(ValueError, match=r"out\.2\.bias: shape \(5,\) in the file, the model needs \(4,\)"):
         load_checkpoint(shape)

@@ -4,6 +4,9 @@ Every parameter (norms included) gets a seeded random value, so a swapped or mis
 outputs and a round trip through a file can be compared exactly. Channel counts are multiples of 32
 (GroupNorm 32); the VAE has four levels so it downsamples by 8 like SD's; the text encoders keep CLIP's
 full 49,408-token vocabulary so the real tokenizer can feed them.
+
+Builders are deterministic: `sd1_modules(seed)` rebuilds exactly the modules `make_sd1_checkpoint(tmp_path,
+seed=seed)` wrote, so tests compare a loaded file with its source.
 """
 
 from __future__ import annotations

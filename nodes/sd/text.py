@@ -33,7 +33,7 @@ EMBEDDING_KEYS: dict[Family, tuple[str, ...]] = {"sd1": ("clip_l",), "sd2": ("cl
 _PLACEHOLDER_ID = 0  # any id but end-of-text: transformers pools at the first end-of-text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Token:
     """One position of a window: a token id (or an embedding vector standing in for it) and its weight."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,11 +58,12 @@ def load_checkpoint(
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{path}: a folder checkpoint must be a diffusers pipeline with model_index.json")
-        load = lambda: load_diffusers_folder(path, device=device, dtype=dtype)  # noqa: E731
+        loader = load_diffusers_folder
     else:
         check_suffix(path)
-        load = lambda: load_single_file(path, device=device, dtype=dtype)  # noqa: E731
-    loaded = checkpoint_cache.get_or_load((_signature(path), str(device), str(dtype)), load)
+        loader = load_single_file
+    key = (_signature(path), str(device), str(dtype))
+    loaded = checkpoint_cache.get_or_load(key, partial(loader, path, device=device, dtype=dtype))
     if embedding_dirs:
         clip = replace(loaded.clip, embedding_dirs=tuple(str(d) for d in embedding_dirs))
         loaded = replace(loaded, clip=clip)
@@ -122,4 +124,4 @@ def load_vae(
     if not path.is_dir():
         check_suffix(path)
     key = (_signature(path), str(device), str(dtype), family, scaling_factor)
-    return vae_cache.get_or_load(key, lambda: _load_vae_uncached(path, device, dtype, family, scaling_factor))
+    return vae_cache.get_or_load(key, partial(_load_vae_uncached, path, device, dtype, family, scaling_factor))

@@ -38,7 +38,7 @@ LAYOUTS: dict[Family, Layout] = {
 }
 
 # Keys real checkpoints carry that no module needs: training schedule buffers, EMA copies, markers,
-# and parts of the text towers SD never uses. Anything else left over is an error.
+# and parts of the text towers SD never uses. Anything else outside the components is logged.
 _IGNORED_NAMES = {
     "v_pred", "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from nodes.sd.loading.keymap import KeyRule, clip_rules, open_clip_rules, unet_r
 from nodes.sd.types import Family
 
 Tensors = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 def _take(tensors: Tensors, prefix: str, claimed: set[str]) -> Tensors:
@@ -92,7 +94,10 @@ def legacy_vae_attention_names(part: Tensors) -> Tensors:
 
 
 def load_single_file(path: Path, *, device: str, dtype: torch.dtype) -> LoadedCheckpoint:
-    """Load an SD1/SD2/SDXL single-file checkpoint; every tensor must belong somewhere."""
+    """Load an SD1/SD2/SDXL single-file checkpoint.
+
+    Each component's keys must match its module exactly; keys outside every component are logged.
+    """
     tensors, metadata = read_weights(path)
     config = nodegraph_config(metadata)
     family = detect_family(list(tensors))
@@ -122,9 +127,9 @@ def load_single_file(path: Path, *, device: str, dtype: torch.dtype) -> LoadedCh
     vae_part = _take(tensors, VAE_PREFIX, claimed)
     vae = vae_from_original(vae_part, family, config.get("vae", {}), device=device, dtype=dtype)
     leftover = sorted(key for key in tensors if key not in claimed and not is_ignored(key))
-    if leftover:
+    if leftover:  # they cannot change what we built, so they do not make the file unusable; say so
         more = f" (+{len(leftover) - 5} more)" if len(leftover) > 5 else ""
-        raise ValueError(f"{path.name}: keys outside the UNet, VAE and text encoders: {', '.join(leftover[:5])}{more}")
+        logger.warning("%s: ignoring keys outside the UNet, VAE and text encoders: %s%s", path.name, ", ".join(leftover[:5]), more)
     return assemble(
         family=family,
         prediction=detect_prediction(tensors, metadata, family, config),
