@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     generate = generator_from_checkpoint(
         args.checkpoint, steps=args.steps, cfg=args.cfg, spacing=args.spacing, resolution=args.resolution
     )
-    metrics, images = evaluate(generate, seeds_per_prompt=args.seeds, vae=generate.vae, progress=not args.no_progress)
+    from nodes.sd.loading import load_checkpoint  # cached: the same modules the generator uses
+
+    vae = load_checkpoint(args.checkpoint).vae.vae
+    metrics, images = evaluate(generate, seeds_per_prompt=args.seeds, vae=vae, progress=not args.no_progress)
     metrics["command"] = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", "-", *argv])
     args.out.mkdir(parents=True, exist_ok=True)
     contact_sheet(images, args.seeds).save(args.out / "contact_sheet.png")

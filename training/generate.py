@@ -1,8 +1,8 @@
 """Text-to-image for evaluation: a pluggable `GenerateFn(prompts, seeds) -> images`.
 
-The default goes through what a user's first run uses as far as it exists: the checkpoint loader and
-the node layer's prompt encoding (`nodes.sd.text.encode`), then diffusers' Euler scheduler with
-"trailing" timestep spacing and classifier-free guidance. Once the node layer's samplers land, an
+The default goes through what a user's first run uses as far as it exists: the checkpoint loader, the
+node layer's prompt encoding (`nodes.sd.text.encode`) and VAE decoding (`nodes.sd.vae.decode`), with
+diffusers' Euler scheduler ("trailing" timestep spacing) and classifier-free guidance in between. Once the node layer's samplers land, an
 evaluation can pass a GenerateFn built on them instead; the scores then measure exactly what ships.
 """
 
@@ -21,6 +21,19 @@ from training.data import tensor_to_images
 GenerateFn = Callable[[Sequence[str], Sequence[int]], list[Image.Image]]
 EncodeFn = Callable[[str], torch.Tensor]
 """prompt -> [1, 77, dim] conditioning."""
+DecodeFn = Callable[[torch.Tensor], list[Image.Image]]
+"""scaled latents [B, 4, h, w] (what the UNet sees) -> images."""
+
+
+def module_decoder(vae: torch.nn.Module, scaling_factor: float) -> DecodeFn:
+    """Decode with an AutoencoderKL directly (when no node layer is at hand)."""
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> list[Image.Image]:
+        dtype = next(vae.parameters()).dtype
+        return tensor_to_images(vae.decode((latents / scaling_factor).to(dtype)).sample)
+
+    return decode
 
 
 def seeded_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -33,9 +46,8 @@ class EulerGenerator:
 
     Args:
         unet: an epsilon-prediction UNet2DConditionModel.
-        vae: the AutoencoderKL whose latents the UNet learned.
         encode: prompt -> conditioning (the node layer's encoder, or a plain CLIP forward).
-        scaling_factor: the VAE's latent scale.
+        decode: scaled latents -> images (the node layer's VAE decode, or `module_decoder`).
         steps, cfg, resolution: sampling settings.
         spacing: diffusers' timestep_spacing; "trailing" starts at t=999 (see the model card).
         batch_size: images denoised together (the UNet runs on twice as many for CFG).
@@ -44,9 +56,8 @@ class EulerGenerator:
     def __init__(
         self,
         unet: torch.nn.Module,
-        vae: torch.nn.Module,
         encode: EncodeFn,
-        scaling_factor: float,
+        decode: DecodeFn,
         *,
         steps: int = 20,
         cfg: float = 6.0,
@@ -54,8 +65,7 @@ class EulerGenerator:
         spacing: str = "trailing",
         batch_size: int = 16,
     ) -> None:
-        self.unet, self.vae, self.encode = unet.eval(), vae.eval(), encode
-        self.scaling_factor = scaling_factor
+        self.unet, self.encode, self.decode = unet.eval(), encode, decode
         self.steps, self.cfg, self.resolution, self.spacing, self.batch_size = (
             steps,
             cfg,
@@ -88,9 +98,7 @@ class EulerGenerator:
             model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(dtype)
             eps_uncond, eps_cond = self.unet(model_input, t, encoder_hidden_states=context).sample.float().chunk(2)
             latents = scheduler.step(eps_uncond + self.cfg * (eps_cond - eps_uncond), t, latents).prev_sample
-        vae_dtype = next(self.vae.parameters()).dtype
-        pixels = self.vae.decode((latents / self.scaling_factor).to(vae_dtype)).sample
-        return tensor_to_images(pixels)
+        return self.decode(latents)
 
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
         if len(prompts) != len(seeds):
@@ -103,12 +111,15 @@ class EulerGenerator:
 
 
 def generator_from_checkpoint(path: str | Path, **options) -> EulerGenerator:
-    """An EulerGenerator over a checkpoint read by our loader, prompts encoded by the node layer."""
+    """An EulerGenerator over a checkpoint read by our loader; prompts and latents go through the node layer."""
     from nodes.sd.loading import load_checkpoint
     from nodes.sd.text import encode
+    from nodes.sd.vae import decode
 
     loaded = load_checkpoint(path)
-    return EulerGenerator(
-        loaded.model.unet, loaded.vae.vae, lambda text: encode(loaded.clip, text).embeds, loaded.vae.scaling_factor,
-        **options,
-    )  # fmt: skip
+
+    def decode_images(latents: torch.Tensor) -> list[Image.Image]:
+        pixels = (decode(loaded.vae, latents) * 255.0).round().to(torch.uint8).numpy()
+        return [Image.fromarray(array) for array in pixels]
+
+    return EulerGenerator(loaded.model.unet, lambda text: encode(loaded.clip, text).embeds, decode_images, **options)
