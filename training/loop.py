@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,7 +120,8 @@ def run_phase(
         save_training_state(checkpoint, modules=phase.modules, emas=phase.emas, optimizer=phase.optimizer, state=state)
 
     session_start_step = step
-    bar = tqdm(total=total_steps, initial=step, desc=phase.name, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc=phase.name, disable=not progress, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)  # fmt: skip  (a log file gets a line every 30 s)
     for module in phase.modules.values():
         module.train()
     while step < total_steps:
