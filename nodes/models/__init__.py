@@ -1,0 +1,1 @@
+"""Models shipped with the node library (the embedded default model lives in `embedded/`)."""
