@@ -24,7 +24,13 @@ def apply_lora(
     strength_clip: float,
 ) -> tuple[ModelHandle, ClipHandle | None]:
     """Patch `model` (and `clip`, when given) with a LoRA from the `loras` folder; strength 0 leaves a side as is."""
-    from .sd.lora import add_clip_lora, add_model_lora, match_lora, read_lora, warn_not_loaded
+    from .sd.lora import (
+        add_clip_lora,
+        add_model_lora,
+        match_lora,
+        read_lora,
+        warn_not_loaded,
+    )
 
     if strength_model == 0 and (clip is None or strength_clip == 0):
         return model, clip  # exact no-op: the very same handles

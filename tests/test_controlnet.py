@@ -10,17 +10,22 @@ Tolerance: max abs pixel difference < 1e-4 (0..1 images, fp32); measured values 
 from __future__ import annotations
 
 import pytest
+import tiny_models as tm
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline
 
-import tiny_models as tm
 from nodegraph.app import AppConfig, build_engine
 from nodegraph.errors import NodeExecutionError
 from nodegraph.formats.api import from_api
 from nodegraph.registry import default_registry
 from nodes import controlnet_nodes
 from nodes.images import image_to_png_bytes
-from nodes.sd.controlnet import ControlApplied, load_controlnet, percent_to_sigma, resize_hint
+from nodes.sd.controlnet import (
+    ControlApplied,
+    load_controlnet,
+    percent_to_sigma,
+    resize_hint,
+)
 from nodes.sd.denoisers import calc_cond_batch, unet_denoiser
 from nodes.sd.ksampler import prepare_noise, sample, sampling_sigmas
 from nodes.sd.loading import load_checkpoint
@@ -29,7 +34,7 @@ from nodes.sd.text import encode
 from nodes.sd.tokenizer import clip_bpe_tokenizer
 from nodes.sd.types import CondItem, Latent
 
-SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon")
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
 TOLERANCE = 1e-4
 PROMPT = "a red circle on a blue background"
 
@@ -217,3 +222,27 @@ def test_bad_files_name_the_file_and_the_problem(setup, tmp_path):
         load_controlnet(not_controlnet)
     with pytest.raises(NodeExecutionError, match=r"broken\.safetensors"):
         ours(engine, graph({**A, "net": "broken.safetensors"}, steps=2))
+
+
+def test_sdxl_controlnet_gets_the_added_conditioning(tmp_path):
+    """An SDXL ControlNet (label_emb, heads from metadata) loads from the original layout, and one guided UNet
+    evaluation equals diffusers' ControlNet -> UNet calls with the same text_embeds and time_ids."""
+    modules = tm.sdxl_modules(0)
+    source = tm.tiny_controlnet(modules, seed=9)
+    net = load_controlnet(tm.write_controlnet_ldm(source, tmp_path / "xl.safetensors", with_metadata=True))
+    assert dict(net.model.config)["attention_head_dim"] == list(source.config.attention_head_dim)
+    loaded = load_checkpoint(tm.write_checkpoint(modules, tmp_path / "xl_ckpt.safetensors"))
+    generator = torch.Generator().manual_seed(2)
+    item = CondItem(torch.randn(1, 77, 96, generator=generator), pooled=torch.randn(1, 64, generator=generator),
+                    extras={"control": ControlApplied(net, torch.rand(1, 3, 64, 64, generator=generator), 0.7)})
+    x, sigma = torch.randn(1, 4, 8, 8, generator=generator), torch.tensor([1.5])
+    model = unet_denoiser(loaded.model)
+    with torch.no_grad():
+        (got,) = calc_cond_batch(model, [[item]], x, sigma)
+        added = {"text_embeds": item.pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+        scaled, t = x / (sigma**2 + 1) ** 0.5, model.timestep(sigma)
+        down, mid = source(scaled, t, item.embeds, item.extras["control"].hint, conditioning_scale=0.7,
+                           added_cond_kwargs=added, return_dict=False)
+        eps = modules.unet(scaled, t, item.embeds, added_cond_kwargs=added, down_block_additional_residuals=down,
+                           mid_block_additional_residual=mid).sample
+    torch.testing.assert_close(got, x - sigma * eps, rtol=0, atol=1e-5)

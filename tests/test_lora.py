@@ -11,14 +11,13 @@ Tolerance: max abs pixel difference < 1e-4 (0..1 images, fp32); measured values 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
+import tiny_models as tm
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 from safetensors.torch import save_file
 
-import tiny_models as tm
 from nodegraph.app import AppConfig, build_engine
 from nodegraph.errors import NodeExecutionError
 from nodegraph.formats.api import from_api
@@ -26,12 +25,12 @@ from nodegraph.registry import default_registry
 from nodes import lora_nodes
 from nodes.sd.denoisers import unet_denoiser
 from nodes.sd.ksampler import prepare_noise
-from nodes.sd.lora import match_lora, read_lora
 from nodes.sd.loading import load_checkpoint
+from nodes.sd.lora import match_lora, read_lora
 from nodes.sd.text import encode
 from nodes.sd.tokenizer import clip_bpe_tokenizer
 
-SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon")
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
 TOLERANCE = 1e-4
 PROMPT = "a red circle on a blue background"
 
@@ -74,22 +73,33 @@ def base_graph(steps: int = 10, seed: int = 42) -> dict:
     }
 
 
-def lora_branch(prompt: dict, ids: list[str], loras: list[tuple[str, float, float]], steps: int = 10) -> str:
-    """Add a second branch from checkpoint "4": the LoRAs chained, its own encodes, sampler and decode."""
+def lora_branch(prompt: dict, first: int, loras: list[tuple[str, float, float]], steps: int = 10) -> tuple[str, str]:
+    """Add a second branch from checkpoint "4", numbered from `first`: the LoRAs chained, its own encodes,
+    sampler and decode. Returns the ids of its sampler and decode."""
     model, clip = ["4", 0], ["4", 1]
-    for k, (name, strength_model, strength_clip) in enumerate(loras):
-        node = f"{ids[0]}{k}"
+    ids = iter(str(n) for n in range(first, first + len(loras) + 4))
+    for name, strength_model, strength_clip in loras:
+        node = next(ids)
         prompt[node] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": name,
                                                                "strength_model": strength_model,
                                                                "strength_clip": strength_clip}}
         model, clip = [node, 0], [node, 1]
-    positive, negative, sampler, decode = ids[1:]
+    positive, negative, sampler, decode = ids
     prompt[positive] = {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": clip}}
     prompt[negative] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}}
-    prompt[sampler] = {"class_type": "KSampler", "inputs": {**prompt["3"]["inputs"], "steps": steps, "model": model,
+    prompt[sampler] = {"class_type": "KSampler", "inputs": {**base_graph(steps)["3"]["inputs"], "model": model,
                                                             "positive": [positive, 0], "negative": [negative, 0]}}
     prompt[decode] = {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 0], "vae": ["4", 2]}}
-    return decode
+    return sampler, decode
+
+
+def renumbered(prompt: dict, mapping: dict[str, str]) -> dict:
+    """The same graph with some node ids changed (the engine runs ready nodes in id order)."""
+    def link(value):
+        return [mapping.get(value[0], value[0]), value[1]] if isinstance(value, list) else value
+
+    return {mapping.get(nid, nid): {**node, "inputs": {k: link(v) for k, v in node["inputs"].items()}}
+            for nid, node in prompt.items()}
 
 
 def run(engine, prompt: dict, *outputs: str) -> list[torch.Tensor]:
@@ -99,7 +109,7 @@ def run(engine, prompt: dict, *outputs: str) -> list[torch.Tensor]:
 
 def with_lora(engine, loras: list[tuple[str, float, float]], steps: int = 10) -> torch.Tensor:
     prompt = base_graph(steps)
-    out = lora_branch(prompt, ["50", "51", "52", "53", "54"], loras, steps)
+    _, out = lora_branch(prompt, 50, loras, steps)
     return run(engine, prompt, out)[0]
 
 
@@ -174,17 +184,22 @@ def test_two_branches_plain_one_is_bit_identical_in_either_order_and_from_cache(
     checkpoint = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
     before = {k: v.clone() for k, v in checkpoint.model.unet.state_dict().items()}
     loras = [("peft.safetensors", 0.9, 0.9), ("kohya_ldm.safetensors", 0.6, 1.0)]
-    for lora_ids in (["10", "11", "12", "13", "14"], ["90", "91", "92", "93", "94"]):  # runs before / after "3"
+    moved = {"3": "203", "6": "206", "7": "207", "8": "208"}
+    for lora_first in (True, False):
         engine.cache.clear()
-        prompt = base_graph(steps=4)
-        out = lora_branch(prompt, lora_ids, loras, steps=4)
+        prompt = renumbered(base_graph(steps=4), moved) if lora_first else base_graph(steps=4)
+        plain_sampler, plain_out = ("203", "208") if lora_first else ("3", "8")
+        lora_sampler, lora_out = lora_branch(prompt, 10 if lora_first else 300, loras, steps=4)
         for attempt in ("fresh", "cached"):
-            result = engine.run(from_api(prompt), outputs=["8", out] if lora_ids[0] == "90" else [out, "8"])
-            plain, patched = result.values["8"][0], result.values[out][0]
-            assert torch.equal(plain, reference), (lora_ids[0], attempt)
+            result = engine.run(from_api(prompt), outputs=[plain_out, lora_out])
+            plain, patched = result.values[plain_out][0], result.values[lora_out][0]
+            assert torch.equal(plain, reference), (lora_first, attempt)
             assert (patched - reference).abs().max() > 0.05
-            if attempt == "cached":
-                assert result.executed == [] and "8" in result.cached
+            if attempt == "fresh":
+                order = result.executed
+                assert (order.index(lora_sampler) < order.index(plain_sampler)) == lora_first, order
+            else:
+                assert result.executed == [] and plain_out in result.cached
     after = checkpoint.model.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # a LoRA-free graph run after all this on the same engine still gives the reference
@@ -252,7 +267,8 @@ def test_unplaceable_keys_are_reported(setup, tmp_path, caplog):
     tensors = load_file(source)
     tensors["lora_unet_no_such_block_to_q.lora_up.weight"] = torch.zeros(8, 4)
     tensors["lora_unet_no_such_block_to_q.lora_down.weight"] = torch.zeros(4, 8)
-    tensors["lora_unet_mid_block_attentions_0_proj_in.dora_scale"] = torch.zeros(1)
+    assert "lora_unet_middle_block_1_proj_in.lora_up.weight" in tensors
+    tensors["lora_unet_middle_block_1_proj_in.dora_scale"] = torch.zeros(1)  # DoRA: not applied as plain LoRA
     folder = engine.env.models.folder_dirs("loras")[0]
     save_file(tensors, str(folder / "extra_keys.safetensors"))
     loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
@@ -260,7 +276,8 @@ def test_unplaceable_keys_are_reported(setup, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nodes.sd.lora"):
         lora_nodes.LoraLoaderModelOnly.execute(ctx, loaded.model, "extra_keys.safetensors", 1.0)
     message = " ".join(record.getMessage() for record in caplog.records)
-    assert "2 key(s) not loaded" in message and "lora_unet_no_such_block_to_q" in message and "dora_scale" in message
+    assert "5 key(s) not loaded" in message  # the unknown layer, and all 4 keys of the DoRA layer
+    assert "lora_unet_no_such_block_to_q" in message and "lora_unet_middle_block_1_proj_in.alpha" in message
 
 
 def test_bad_files_name_the_file_and_the_problem(setup):
@@ -270,7 +287,7 @@ def test_bad_files_name_the_file_and_the_problem(setup):
     with pytest.raises(ValueError, match=r"not_a_lora\.safetensors: no LoRA layers found.*conv_in"):
         read_lora(engine.env.models.resolve("loras", "not_a_lora.safetensors"))
     prompt = base_graph(steps=2)
-    out = lora_branch(prompt, ["50", "51", "52", "53", "54"], [("broken.safetensors", 1.0, 1.0)], steps=2)
+    _, out = lora_branch(prompt, 50, [("broken.safetensors", 1.0, 1.0)], steps=2)
     with pytest.raises(NodeExecutionError, match=r"broken\.safetensors"):
         run(engine, prompt, out)
 

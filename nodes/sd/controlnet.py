@@ -32,7 +32,13 @@ from torch import Tensor
 from nodes.sd.loading.build import empty_module, fill
 from nodes.sd.loading.configs import nodegraph_config
 from nodes.sd.loading.diffusers_folder import folder_weights, read_json
-from nodes.sd.loading.files import LRUCache, check_suffix, file_signature, folder_signature, read_weights
+from nodes.sd.loading.files import (
+    LRUCache,
+    check_suffix,
+    file_signature,
+    folder_signature,
+    read_weights,
+)
 from nodes.sd.loading.keymap import KeyRule, unet_rules
 from nodes.sd.schedules import timestep_to_sigma
 

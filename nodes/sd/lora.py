@@ -27,11 +27,11 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,6 +51,9 @@ _PAIRS: tuple[tuple[str, str, str], ...] = (
     ("_lora.up.weight", "_lora.down.weight", "diffusers"),
 )
 """(up suffix, down suffix, format) of each low-rank layer spelling we read."""
+_UNSUPPORTED = (".lora_mid.weight", ".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+"""Parts that change what up @ down means (LoCon's Tucker core, DoRA's magnitude): such layers are reported
+as not loaded rather than applied wrongly."""
 _PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
 _COMPONENTS: tuple[tuple[str, str], ...] = (
     ("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te1"),
@@ -147,7 +150,7 @@ def parse_lora(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], name:
                 continue
             layer = key[: -len(up_suffix)]
             down_key = layer + down_suffix
-            if down_key not in tensors:
+            if down_key not in tensors or any(layer + part in tensors for part in _UNSUPPORTED):
                 break
             up, down = tensors[key], tensors[down_key]
             if up.dim() < 2 or down.dim() < 2 or up.shape[1] != down.shape[0]:
