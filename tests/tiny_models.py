@@ -209,3 +209,129 @@ def write_diffusers_folder(modules: TinyModules, root: Path) -> Path:
 def make_diffusers_folder(tmp_path: Path, *, family: Family = "sd1", seed: int = 0) -> Path:
     builder = {"sd1": sd1_modules, "sd2": sd2_modules, "sdxl": sdxl_modules}[family]
     return write_diffusers_folder(builder(seed), Path(tmp_path) / f"tiny_{family}_diffusers")
+
+
+# -- tiny LoRA files (kohya and diffusers/PEFT layouts) ----------------------------------------------------
+
+LORA_UNET_LINEAR = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+                    "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+LORA_UNET_CONV = ("resnets.0.conv1", "resnets.0.conv2")
+LORA_TEXT = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+
+def tiny_lora_layers(
+    module: torch.nn.Module, suffixes: tuple[str, ...], *, rank: int, seed: int, size: float = 0.3
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(up, down) per adapted module name: Linear -> [out, r] @ [r, in]; Conv2d -> 1x1 up over a k x k down."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = {}
+    for name, sub in module.named_modules():
+        if not name.endswith(suffixes) or not isinstance(sub, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        weight = sub.weight
+        down_shape = (rank, *weight.shape[1:])
+        up_shape = (weight.shape[0], rank) + ((1, 1) if weight.dim() == 4 else ())
+        down = torch.randn(down_shape, generator=generator) / weight[0].numel() ** 0.5
+        up = torch.randn(up_shape, generator=generator) * size / rank**0.5
+        layers[name] = (up, down)
+    return layers
+
+
+def _text_layer_name(name: str) -> str:
+    """Text encoder module names as LoRA files spell them: with transformers' `text_model.` level."""
+    return name if name.startswith(("text_model.", "text_projection")) else f"text_model.{name}"
+
+
+def write_kohya_lora(
+    modules: TinyModules, path: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0, ldm_names: bool = True,
+    conv: bool = True, text: bool = True,
+) -> Path:
+    """A kohya-ss LoRA: `lora_unet_*` with LDM (`input_blocks_1_1_...`) or diffusers UNet names, `lora_te_*`
+    (`lora_te1_`/`lora_te2_` for SDXL), `.lora_up/.lora_down.weight` and `.alpha`; conv LoRA on resnets."""
+    from nodes.sd.loading.keymap import unet_rules
+
+    suffixes = LORA_UNET_LINEAR + (LORA_UNET_CONV if conv else ())
+    unet_layers = tiny_lora_layers(modules.unet, suffixes, rank=rank, seed=seed)
+    ldm = {r.target.removesuffix(".weight"): r.source.removesuffix(".weight")
+           for r in unet_rules(list(modules.unet.state_dict()), modules.unet.config)}
+    named = {"lora_unet_" + (ldm[n] if ldm_names else n).replace(".", "_"): v for n, v in unet_layers.items()}
+    if text:
+        prefixes = ["lora_te1_", "lora_te2_"] if len(modules.encoders) == 2 else ["lora_te_"]
+        for index, (prefix, encoder) in enumerate(zip(prefixes, modules.encoders)):
+            for name, value in tiny_lora_layers(encoder, LORA_TEXT, rank=rank, seed=seed + 100 + index).items():
+                named[prefix + _text_layer_name(name).replace(".", "_")] = value
+    tensors = {}
+    for name, (up, down) in named.items():
+        tensors[f"{name}.lora_up.weight"], tensors[f"{name}.lora_down.weight"] = up, down
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora"})
+    return path
+
+
+def write_peft_lora(
+    modules: TinyModules, path: Path, *, rank: int = 4, alpha: float | None = 8.0, seed: int = 0, conv: bool = True,
+) -> Path:
+    """A diffusers/PEFT LoRA as `save_lora_weights` writes it: `unet.*`, `text_encoder.*` (and `text_encoder_2.*`)
+    with `.lora_A/.lora_B.weight`, each component's LoraConfig in the `lora_adapter_metadata` (None: no metadata,
+    PEFT's alpha = rank)."""
+    tensors: dict[str, torch.Tensor] = {}
+    config: dict[str, Any] = {}
+    suffixes = LORA_UNET_LINEAR + (LORA_UNET_CONV if conv else ())
+    parts = [("unet", modules.unet, suffixes, seed, lambda n: n)]
+    for index, encoder in enumerate(modules.encoders):
+        parts.append(("text_encoder" + ("_2" if index else ""), encoder, LORA_TEXT, seed + 100 + index, _text_layer_name))
+    for prefix, module, wanted, part_seed, rename in parts:
+        layers = tiny_lora_layers(module, wanted, rank=rank, seed=part_seed)
+        for name, (up, down) in layers.items():
+            tensors[f"{prefix}.{rename(name)}.lora_A.weight"] = down
+            tensors[f"{prefix}.{rename(name)}.lora_B.weight"] = up
+        config.update({f"{prefix}.r": rank, f"{prefix}.lora_alpha": alpha, f"{prefix}.target_modules": sorted(layers)})
+    metadata = {"format": "pt"}
+    if alpha is not None:
+        metadata["lora_adapter_metadata"] = json.dumps(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+# -- tiny ControlNets (original and diffusers layouts) -------------------------------------------------------
+
+
+def tiny_controlnet(modules: TinyModules, seed: int = 0, residual_size: float = 0.3) -> torch.nn.Module:
+    """A ControlNet shaped for `modules.unet` (its encoder copied, then all random); the zero convolutions get
+    small random weights (`residual_size` of the usual scale) so the control visibly steers without swamping."""
+    from diffusers import ControlNetModel
+
+    controlnet = randomize(ControlNetModel.from_unet(modules.unet, conditioning_embedding_out_channels=(16, 16, 32, 32)), seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
+                param.mul_(residual_size)
+    return controlnet
+
+
+def write_controlnet_ldm(
+    controlnet: torch.nn.Module, path: Path, *, prefix: str = "control_model.", with_metadata: bool = False
+) -> Path:
+    """The original ControlNet layout (`control_model.input_blocks...`, `input_hint_block`, `zero_convs`...);
+    `with_metadata` records what shapes cannot tell (heads, SDXL's time-id width) as our exporter does."""
+    from nodes.sd.controlnet import controlnet_rules
+    from nodes.sd.loading.keymap import to_original
+
+    state = {key: value.detach().cpu() for key, value in controlnet.state_dict().items()}
+    tensors = to_original(controlnet_rules(list(state), controlnet.config), state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = None
+    if with_metadata:
+        keep = ("attention_head_dim", "addition_time_embed_dim")
+        metadata = {METADATA_KEY: json.dumps({"controlnet": {k: controlnet.config[k] for k in keep}}, default=list)}
+    save_file({prefix + key: value for key, value in tensors.items()}, str(path), metadata=metadata)
+    return path
+
+
+def write_controlnet_diffusers_file(controlnet: torch.nn.Module, path: Path) -> Path:
+    """diffusers' ControlNetModel keys in one file, without its config.json."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.detach().cpu().contiguous() for key, value in controlnet.state_dict().items()}, str(path))
+    return path

@@ -11,6 +11,8 @@ Extension point: `ModelHandle.patches` are applied per sampling run by `patches_
 object built for that run only: "guidance" patches to the CFGDenoiser (append to `guidance_terms`),
 "attention", "residual" and "weights" patches to the UNetDenoiser (append to `wrappers`, or swap
 `unet` for a patched copy). Whatever `apply` returns is called to undo it when the run ends.
+A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
+keyword arguments for the rows of the entries that carry it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -152,6 +154,24 @@ def area_and_weight(item: CondItem, height: int, width: int) -> tuple[tuple[int,
     return (h, w, top, left), weight
 
 
+@runtime_checkable
+class RowKwargs(Protocol):
+    """A CondItem extra that adds UNet kwargs for its entries' rows (ControlNet: the additional residuals).
+
+    Entries batch together only when they carry the same such extras (by identity), so one call computes
+    them for exactly the rows of those entries: x is their stacked (cropped) latents, `entries` how many
+    entries were stacked (each `x.shape[0] // entries` rows), `kwargs` the UNet kwargs built so far.
+    """
+
+    def unet_kwargs(
+        self, model: UNetDenoiser, x: Tensor, sigma: Tensor, kwargs: dict[str, Any], entries: int
+    ) -> dict[str, Any]: ...
+
+
+def _row_kwargs(item: CondItem) -> tuple[RowKwargs, ...]:
+    return tuple(value for _, value in sorted(item.extras.items()) if isinstance(value, RowKwargs))
+
+
 @dataclass(frozen=True)
 class _Piece:
     """One conditioning entry of one set (0 = positive, 1 = negative), ready to batch."""
@@ -164,7 +184,7 @@ class _Piece:
 
     def batch_key(self) -> tuple[Any, ...]:
         pooled = None if self.item.pooled is None else tuple(self.item.pooled.shape)
-        return (self.region[:2], tuple(self.item.embeds.shape[1:]), pooled)
+        return (self.region[:2], tuple(self.item.embeds.shape[1:]), pooled, tuple(map(id, _row_kwargs(self.item))))
 
 
 def _time_ids(item: CondItem, height: int, width: int) -> Tensor:
@@ -207,7 +227,10 @@ def calc_cond_batch(
                 "text_embeds": torch.cat([p.item.pooled.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
                 "time_ids": torch.cat([p.time_ids.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
             }
-        out = model(torch.cat(crops), sigma.repeat(len(pieces)), **kwargs)
+        rows, row_sigma = torch.cat(crops), sigma.repeat(len(pieces))
+        for extra in _row_kwargs(pieces[0].item):
+            kwargs.update(extra.unet_kwargs(model, rows, row_sigma, kwargs, len(pieces)))
+        out = model(rows, row_sigma, **kwargs)
         for k, piece in enumerate(pieces):
             h, w, top, left = piece.region
             weight = piece.weight.to(x.device, x.dtype)

@@ -1,0 +1,372 @@
+"""LoRA files: their key formats, and the weight updates they make to our UNet and text encoders.
+
+A LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") stores, per adapted layer,
+two thin matrices whose product is a weight update: W' = W + strength * (alpha / rank) * up @ down.
+Convolutions are adapted the same way with `down` a k x k convolution into `rank` channels and `up` a
+1 x 1 convolution out of them (LyCORIS' "LoCon"), so up.flatten(1) @ down.flatten(1) is a k x k kernel.
+
+File layouts read here:
+- kohya-ss: `lora_unet_<module>` / `lora_te_` (SD1, SD2) / `lora_te1_`, `lora_te2_` (SDXL) +
+  `.lora_up.weight`, `.lora_down.weight`, `.alpha`. The UNet module name is either diffusers' (SD1 trainers:
+  `lora_unet_down_blocks_0_attentions_0_...`) or the LDM one (SDXL: `lora_unet_input_blocks_4_1_...`); the
+  LDM names come from the checkpoint loader's own LDM <-> diffusers key map, so any UNet size maps exactly.
+- diffusers / PEFT: `unet.<module>`, `text_encoder.`, `text_encoder_2.` + `.lora_A.weight`, `.lora_B.weight`;
+  alpha from the `lora_adapter_metadata` diffusers writes (else alpha = rank, PEFT's convention), and
+  the older diffusers spellings `.lora.up/down.weight`, `.lora_linear_layer.up/down.weight` and attention
+  processors' `processor.to_q_lora.up.weight`.
+
+Keys we cannot place are reported (a count and a few names, as ComfyUI's "lora key not loaded"), never
+dropped silently. Applying the updates never touches a cached module: `with_updated_weights` returns a
+copy that shares every untouched tensor with the original and owns the updated ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nodes.sd.loading.files import LRUCache, file_signature, read_weights
+from nodes.sd.loading.keymap import unet_rules
+from nodes.sd.types import ClipHandle, ModelHandle, ModelPatch
+
+logger = logging.getLogger(__name__)
+
+_SHOWN = 5
+_PAIRS: tuple[tuple[str, str, str], ...] = (
+    (".lora_up.weight", ".lora_down.weight", "kohya"),
+    (".lora_B.weight", ".lora_A.weight", "peft"),
+    (".lora.up.weight", ".lora.down.weight", "diffusers"),
+    (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", "diffusers"),
+    ("_lora.up.weight", "_lora.down.weight", "diffusers"),
+)
+"""(up suffix, down suffix, format) of each low-rank layer spelling we read."""
+_UNSUPPORTED = (".lora_mid.weight", ".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+"""Parts that change what up @ down means (LoCon's Tucker core, DoRA's magnitude): such layers are reported
+as not loaded rather than applied wrongly."""
+_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
+_COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te1"),
+    ("unet.", "unet"), ("diffusion_model.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te1"),
+)  # fmt: skip
+"""Layer-name prefixes and the component they adapt (te1 = the first text encoder, te2 = SDXL's second)."""
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """One low-rank update of one weight: delta = scale * up @ down, scale = alpha / rank already applied."""
+
+    up: Tensor
+    down: Tensor
+    scale: float
+
+    @property
+    def numel(self) -> int:
+        """How many weights the update covers (out * in * kernel), for checking it fits its target."""
+        return self.up.shape[0] * self.down[0].numel()
+
+    def delta(self, shape: torch.Size, device: torch.device) -> Tensor:
+        """The float32 weight update, reshaped to the target weight's shape (Linear or Conv2d)."""
+        up = self.up.to(device, torch.float32).flatten(1)
+        down = self.down.to(device, torch.float32).flatten(1)
+        return (up @ down).mul_(self.scale).reshape(shape)
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """A LoRA file's layers by the name the file gives them, plus the keys that are no LoRA layer we know."""
+
+    name: str
+    layers: dict[str, LoraLayer]
+    unrecognised: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightUpdates:
+    """Per parameter name of one module: the LoRA layers (with their strengths) to add to it."""
+
+    by_param: dict[str, tuple[tuple[LoraLayer, float], ...]] = field(default_factory=dict)
+
+    def plus(self, other: WeightUpdates) -> WeightUpdates:
+        merged = dict(self.by_param)
+        for name, layers in other.by_param.items():
+            merged[name] = merged.get(name, ()) + layers
+        return WeightUpdates(merged)
+
+
+def _shown(names: Sequence[str]) -> str:
+    more = f" (+{len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
+    return ", ".join(sorted(names)[:_SHOWN]) + more
+
+
+def _peft_alphas(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """diffusers' `lora_adapter_metadata`: each component's LoraConfig, keys prefixed `unet.`, `text_encoder.`..."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _scale(layer_name: str, rank: int, alpha: float | None, peft: Mapping[str, Any]) -> float:
+    """alpha / rank; PEFT files take alpha (and rsLoRA's alpha / sqrt(rank)) from their adapter metadata."""
+    component = next((prefix for prefix, _ in _COMPONENTS if layer_name.startswith(prefix) and "." in prefix), "")
+    config_alpha = peft.get(f"{component}lora_alpha")
+    if alpha is None and config_alpha is not None:
+        module = layer_name[len(component):]
+        pattern = peft.get(f"{component}alpha_pattern") or {}
+        alpha = next((float(v) for k, v in pattern.items() if module == k or module.endswith("." + k)), float(config_alpha))
+        if peft.get(f"{component}use_rslora"):
+            return alpha / math.sqrt(rank)
+    return 1.0 if alpha is None else alpha / rank
+
+
+def parse_lora(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], name: str) -> LoraFile:
+    """Group a LoRA file's tensors into layers.
+
+    Raises:
+        ValueError: the file holds no low-rank layer pair at all (not a LoRA, or a type we do not read),
+            or a layer's up and down matrices do not fit together.
+    """
+    peft = _peft_alphas(metadata)
+    used: set[str] = set()
+    layers: dict[str, LoraLayer] = {}
+    for key in tensors:
+        for up_suffix, down_suffix, _ in _PAIRS:
+            if not key.endswith(up_suffix):
+                continue
+            layer = key[: -len(up_suffix)]
+            down_key = layer + down_suffix
+            if down_key not in tensors or any(layer + part in tensors for part in _UNSUPPORTED):
+                break
+            up, down = tensors[key], tensors[down_key]
+            if up.dim() < 2 or down.dim() < 2 or up.shape[1] != down.shape[0]:
+                raise ValueError(f"LoRA {name}: layer {layer} has up {tuple(up.shape)} and down {tuple(down.shape)}, "
+                                 f"which do not multiply (rank mismatch)")
+            alpha_key = layer + ".alpha"
+            alpha = float(tensors[alpha_key]) if alpha_key in tensors else None
+            used.update(k for k in (key, down_key, alpha_key) if k in tensors)
+            layer = _PROCESSOR.sub(lambda m: "." + ("to_out.0" if m.group(1) == "to_out" else m.group(1)), layer)
+            layer = layer.removeprefix("base_model.model.")
+            layers[layer] = LoraLayer(up, down, _scale(layer, down.shape[0], alpha, peft))
+            break
+    if not layers:
+        raise ValueError(f"LoRA {name}: no LoRA layers found (expected kohya .lora_up/.lora_down or PEFT "
+                         f".lora_A/.lora_B weight pairs); keys are e.g. {_shown(list(tensors)) or 'none'}")
+    return LoraFile(name, layers, tuple(sorted(k for k in tensors if k not in used)))
+
+
+_file_cache = LRUCache(capacity=8)
+
+
+def read_lora(path: str | Path) -> LoraFile:
+    """Read and parse a LoRA file (cached by path, size and mtime); errors name the file."""
+    path = Path(path)
+
+    def load() -> LoraFile:
+        try:
+            tensors, metadata = read_weights(path)
+        except Exception as error:  # a truncated or foreign file: say which and why
+            raise ValueError(f"LoRA {path.name}: cannot read the file: {error}") from error
+        return parse_lora(tensors, metadata, path.name)
+
+    return _file_cache.get_or_load(file_signature(path), load)
+
+
+# -- where each layer goes ---------------------------------------------------------------------------
+
+
+def _weight_names(module: torch.nn.Module) -> list[str]:
+    return [name for name, param in module.named_parameters() if name.endswith(".weight")]
+
+
+def unet_targets(unet: torch.nn.Module) -> dict[str, str]:
+    """LoRA layer names (dotted and kohya-underscored, diffusers and LDM naming) -> our UNet weight names."""
+    names = _weight_names(unet)
+    table: dict[str, str] = {}
+    for name in names:
+        module = name.removesuffix(".weight")
+        table.setdefault(module, name)
+    try:
+        ldm = {rule.target: rule.source for rule in unet_rules(names, unet.config)}
+    except (KeyError, ValueError, TypeError):  # an unusual UNet without an LDM layout: diffusers names only
+        ldm = {}
+    for name, source in ldm.items():
+        table.setdefault(source.removesuffix(".weight"), name)
+    for module, name in list(table.items()):
+        table.setdefault(module.replace(".", "_"), name)
+    return table
+
+
+def text_targets(encoder: torch.nn.Module) -> dict[str, str]:
+    """LoRA layer names -> text-encoder weight names, with or without transformers' `text_model.` level."""
+    table: dict[str, str] = {}
+    for name in _weight_names(encoder):
+        inner = name.removesuffix(".weight").removeprefix("text_model.")
+        for module in (inner, f"text_model.{inner}"):
+            table.setdefault(module, name)
+            table.setdefault(module.replace(".", "_"), name)
+    return table
+
+
+@dataclass(frozen=True)
+class MatchedLora:
+    """A LoRA file placed on one model: updates per component, and what could not be placed."""
+
+    unet: WeightUpdates
+    encoders: tuple[WeightUpdates, ...]
+    not_loaded: tuple[str, ...]
+
+
+def match_lora(
+    lora: LoraFile, unet: torch.nn.Module | None, encoders: Sequence[torch.nn.Module], *,
+    strength_model: float = 1.0, strength_clip: float = 1.0,
+) -> MatchedLora:
+    """Place each layer of `lora` on a weight of `unet` or `encoders` (None / () skips that side).
+
+    A layer whose name or size fits no weight is reported in `not_loaded` (and logged by the caller).
+    """
+    tables: dict[str, tuple[dict[str, str], dict[str, torch.Size]]] = {}
+    if unet is not None:
+        tables["unet"] = (unet_targets(unet), {n: p.shape for n, p in unet.named_parameters()})
+    for index, encoder in enumerate(encoders):
+        tables[f"te{index + 1}"] = (text_targets(encoder), {n: p.shape for n, p in encoder.named_parameters()})
+    found: dict[str, dict[str, tuple[tuple[LoraLayer, float], ...]]] = {key: {} for key in tables}
+    not_loaded = list(lora.unrecognised)
+    for layer_name, layer in lora.layers.items():
+        prefix, component = next(((p, c) for p, c in _COMPONENTS if layer_name.startswith(p)), ("", "unet"))
+        if component not in tables:
+            if unet is None and component == "unet" or not encoders and component != "unet":
+                continue  # the side the caller left out (LoraLoaderModelOnly's CLIP layers)
+            not_loaded.append(layer_name)
+            continue
+        table, shapes = tables[component]
+        target = table.get(layer_name[len(prefix):])
+        if target is None or shapes[target].numel() != layer.numel:
+            not_loaded.append(layer_name)
+            continue
+        strength = strength_model if component == "unet" else strength_clip
+        found[component][target] = found[component].get(target, ()) + ((layer, strength),)
+    empty = WeightUpdates()
+    return MatchedLora(
+        unet=WeightUpdates(found["unet"]) if "unet" in found else empty,
+        encoders=tuple(WeightUpdates(found[f"te{i + 1}"]) for i in range(len(encoders))),
+        not_loaded=tuple(not_loaded),
+    )
+
+
+# -- applying updates without touching the cached modules -------------------------------------------
+
+
+@torch.no_grad()
+def with_updated_weights(root: torch.nn.Module, updates: WeightUpdates) -> torch.nn.Module:
+    """A copy of `root` whose updated weights are new tensors W + sum(strength * delta); the rest is shared.
+
+    Only the modules on the path to an updated weight are copied (shallowly, with their own parameter and
+    child dicts), so the original and everyone sharing it keep their exact tensors: nothing to restore,
+    nothing that `W + dW - dW != W` could corrupt. The sum is formed in float32 and cast once.
+    """
+    if not updates.by_param:
+        return root
+    copies: dict[str, torch.nn.Module] = {}
+
+    def copy_of(path: str) -> torch.nn.Module:
+        if path in copies:
+            return copies[path]
+        parent_path, _, child = path.rpartition(".")
+        parent = copy_of(parent_path) if path else None
+        original = root if parent is None else parent._modules[child]
+        assert original is not None
+        clone = copy.copy(original)
+        clone._modules = dict(original._modules)  # type: ignore[assignment]
+        clone._parameters = dict(original._parameters)  # type: ignore[assignment]
+        if parent is not None:
+            parent._modules[child] = clone
+        copies[path] = clone
+        return clone
+
+    for name, layers in updates.by_param.items():
+        module_path, _, param_name = name.rpartition(".")
+        owner = copy_of(module_path)
+        weight = owner._parameters[param_name]
+        assert weight is not None
+        total = weight.detach().to(torch.float32).clone()
+        for layer, strength in layers:
+            total.add_(layer.delta(weight.shape, weight.device), alpha=strength)
+        owner._parameters[param_name] = torch.nn.Parameter(total.to(weight.dtype), requires_grad=False)
+    return copies[""]
+
+
+def _apply_to_unet(updates: WeightUpdates, denoiser: Any) -> Callable[[], None]:
+    """ModelPatch.apply for kind "weights": swap the per-run denoiser's UNet for an updated copy."""
+    previous = denoiser.unet
+    denoiser.unet = with_updated_weights(previous, updates)
+
+    def undo() -> None:
+        denoiser.unet = previous
+
+    return undo
+
+
+def _apply_to_clip(updates: tuple[WeightUpdates, ...], run: Any) -> Callable[[], None]:
+    """CLIP patch apply: swap the per-encode ClipRun's encoders for updated copies."""
+    previous = list(run.encoders)
+    for index, encoder_updates in enumerate(updates):
+        run.encoders[index] = with_updated_weights(run.encoders[index], encoder_updates)
+
+    def undo() -> None:
+        run.encoders[:] = previous
+
+    return undo
+
+
+def _describe(loras: Iterable[tuple[str, float]]) -> str:
+    return " + ".join(f"{name}@{strength:g}" for name, strength in loras)
+
+
+def add_model_lora(model: ModelHandle, name: str, updates: WeightUpdates, strength: float) -> ModelHandle:
+    """A new MODEL handle with these LoRA updates; directly stacked LoRAs share one patch (one copy per run)."""
+    loras: tuple[tuple[str, float], ...] = ((name, strength),)
+    patches = model.patches
+    last = patches[-1] if patches else None
+    if last is not None and last.kind == "weights" and isinstance(last.options.get("lora_updates"), WeightUpdates):
+        updates = last.options["lora_updates"].plus(updates)
+        loras = last.options["loras"] + loras
+        patches = patches[:-1]
+    patch = ModelPatch("weights", f"LoRA {_describe(loras)}", partial(_apply_to_unet, updates),
+                       {"lora_updates": updates, "loras": loras})
+    return replace(model, patches=(*patches, patch))
+
+
+def add_clip_lora(clip: ClipHandle, name: str, updates: tuple[WeightUpdates, ...], strength: float) -> ClipHandle:
+    """A new CLIP handle with these LoRA updates (one per text encoder); stacked LoRAs share one patch."""
+    loras: tuple[tuple[str, float], ...] = ((name, strength),)
+    patches = clip.patches
+    last = patches[-1] if patches else None
+    if last is not None and last.kind == "weights" and isinstance(last.options.get("lora_updates"), tuple):
+        updates = tuple(a.plus(b) for a, b in zip(last.options["lora_updates"], updates))
+        loras = last.options["loras"] + loras
+        patches = patches[:-1]
+    patch = ModelPatch("weights", f"LoRA {_describe(loras)}", partial(_apply_to_clip, updates),
+                       {"lora_updates": updates, "loras": loras})
+    return replace(clip, patches=(*patches, patch))
+
+
+def warn_not_loaded(lora: str, names: Sequence[str]) -> None:
+    """ComfyUI's "lora key not loaded", once per file with a count and a few names."""
+    if names:
+        logger.warning("LoRA %s: %d key(s) not loaded (no matching weight in this model): %s",
+                       lora, len(names), _shown(list(names)))
