@@ -1,4 +1,4 @@
-"""Guidance nodes: MODEL patches that add semantic guidance (SEGA).
+"""Guidance nodes: MODEL patches that add semantic guidance (SEGA) or self-attention guidance (SAG).
 
 Both return a new MODEL handle carrying a "guidance" ModelPatch; the input handle and its UNet stay as
 they are, so a plain branch from the same checkpoint samples exactly as without guidance.
@@ -47,4 +47,22 @@ class SemanticGuidance(Node):
         return (model.with_patch(sega_patch(item)),)
 
 
-NODES = (SemanticGuidance,)
+class SelfAttentionGuidance(Node):
+    schema = NodeSchema(
+        type_id="SelfAttentionGuidance", display_name="Self-Attention Guidance", category="_for_testing",
+        description="Guides away from a copy of the image blurred where the UNet's self-attention is high "
+                    "(Hong et al. 2022, arXiv 2210.00939); ComfyUI's node of the same name.",
+        inputs=(Socket("model", "MODEL"),
+                Float("scale", 0.5, min=-2.0, max=5.0, step=0.01),
+                Float("blur_sigma", 2.0, min=0.0, max=10.0, step=0.1)),
+        outputs=(Out("MODEL"),),
+    )
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, model: ModelHandle, scale: float, blur_sigma: float) -> tuple[ModelHandle]:
+        from .sd.sag import sag_patch
+
+        return (model.with_patch(sag_patch(scale, blur_sigma)),)
+
+
+NODES = (SemanticGuidance, SelfAttentionGuidance)
