@@ -10,7 +10,10 @@ outermost D; they never know about CFG.
 Extension point: `ModelHandle.patches` are applied per sampling run by `patches_applied`, each to a fresh
 object built for that run only: "guidance" patches to the CFGDenoiser (append to `guidance_terms`),
 "attention", "residual" and "weights" patches to the UNetDenoiser (append to `wrappers`, or swap
-`unet` for a patched copy). Whatever `apply` returns is called to undo it when the run ends.
+`unet` for a patched copy). A guidance term that needs the model's prediction for other conditioning
+(SEGA's concepts) appends it to `CFGDenoiser.extra_conds`, so it joins the cond/uncond batch; a UNet
+wrapper tells the batch's chunks apart by `UNetDenoiser.batch_sets` (SAG records the uncond's attention).
+Whatever `apply` returns is called to undo it when the run ends.
 A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
 keyword arguments for the rows of the entries that carry it.
 """
@@ -49,6 +52,9 @@ class UNetDenoiser:
         self.sigmas = model_sigmas(alphas_cumprod)
         self.dtype, self.device = dtype, torch.device(device)
         self.wrappers: list[UNetWrapper] = []
+        self.batch_sets: tuple[int, ...] = ()
+        """While calc_cond_batch runs the UNet: the conditioning set (0 positive, 1 negative, 2+ extra) of each
+        equal-sized batch chunk of that call, so a wrapper can tell cond from uncond (ComfyUI's cond_or_uncond)."""
         config = getattr(unet, "config", None)
         self.needs_added_cond = getattr(config, "addition_embed_type", None) == "text_time"
 
@@ -230,7 +236,11 @@ def calc_cond_batch(
         rows, row_sigma = torch.cat(crops), sigma.repeat(len(pieces))
         for extra in _row_kwargs(pieces[0].item):
             kwargs.update(extra.unet_kwargs(model, rows, row_sigma, kwargs, len(pieces)))
-        out = model(rows, row_sigma, **kwargs)
+        model.batch_sets = tuple(p.set_index for p in pieces)
+        try:
+            out = model(rows, row_sigma, **kwargs)
+        finally:
+            model.batch_sets = ()
         for k, piece in enumerate(pieces):
             h, w, top, left = piece.region
             weight = piece.weight.to(x.device, x.dtype)
@@ -252,6 +262,8 @@ class GuidanceInputs:
     denoised: Tensor
     cfg: float
     model: UNetDenoiser
+    extra_denoised: tuple[Tensor, ...] = ()
+    """x0 for each of CFGDenoiser.extra_conds, in order (e.g. SEGA's concepts)."""
 
 
 GuidanceTerm = Callable[[GuidanceInputs], Tensor]
@@ -260,8 +272,10 @@ GuidanceTerm = Callable[[GuidanceInputs], Tensor]
 class CFGDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022): uncond + cfg * (cond - uncond), then guidance terms.
 
-    Positive and negative entries are evaluated together, batched where shapes allow. With cfg == 1 and
-    no guidance terms the negative is skipped (it would cancel out).
+    Positive and negative entries are evaluated together, batched where shapes allow, and so are
+    `extra_conds`: further conditioning sets a guidance term asks for (SEGA's concepts), whose x0 reach the
+    terms as `GuidanceInputs.extra_denoised`. With cfg == 1 and no guidance terms the negative is skipped
+    (it would cancel out).
     """
 
     def __init__(
@@ -271,16 +285,20 @@ class CFGDenoiser:
             raise ValueError("positive conditioning is empty")
         self.model, self.positive, self.negative, self.cfg = model, tuple(positive), tuple(negative), float(cfg)
         self.guidance_terms: list[GuidanceTerm] = []
+        self.extra_conds: list[Sequence[CondItem]] = []
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
         skip_uncond = math.isclose(self.cfg, 1.0) and not self.guidance_terms
         if not skip_uncond and not self.negative:
             raise ValueError(f"negative conditioning is empty but cfg is {self.cfg}")
-        cond, uncond = calc_cond_batch(self.model, [self.positive, None if skip_uncond else self.negative], x, sigma)
-        assert cond is not None
+        sets = [self.positive, None if skip_uncond else self.negative, *self.extra_conds]
+        cond, uncond, *extras = calc_cond_batch(self.model, sets, x, sigma)
+        assert cond is not None and all(item is not None for item in extras)
         denoised = cond if uncond is None else uncond + (cond - uncond) * self.cfg
+        extra_denoised = tuple(item for item in extras if item is not None)
         for term in self.guidance_terms:
-            denoised = term(GuidanceInputs(x, sigma, cond, uncond, denoised, self.cfg, self.model))
+            inputs = GuidanceInputs(x, sigma, cond, uncond, denoised, self.cfg, self.model, extra_denoised)
+            denoised = term(inputs)
         return denoised
 
 

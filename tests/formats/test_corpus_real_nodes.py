@@ -14,18 +14,18 @@ from nodegraph.formats import map_models, to_workflow
 from nodegraph.validation import validate_workflow
 from nodes.images import image_to_png_bytes
 from nodes.sd.loading.export import ldm_state_dict
-from tiny_models import sd1_modules, write_checkpoint
+from tiny_models import sd1_modules, tiny_controlnet, write_checkpoint, write_controlnet_ldm, write_kohya_lora
 
-# Node types of later issues (LoRA, ControlNet) and of newer model families we do not implement.
-NOT_YET = {"png_lora.json": {"LoraLoader"}, "png_controlnet.json": {"ControlNetLoader", "ControlNetApply"},
-           "ui_native_reroutes.json": {"InvertMask"},
+# Node types of newer model families (and one mask node) that we do not implement.
+NOT_YET = {"ui_native_reroutes.json": {"InvertMask"},
            "ui_subgraph_text_to_image.json": {"CLIPLoader", "EmptySD3LatentImage", "UNETLoader"}}
 # (its ModelSamplingAuraFlow node is bypassed, so it never needs to exist)
 PIXEL_WIDGETS = {"EmptyLatentImage": ("width", "height"), "LatentUpscale": ("width", "height"),
                  "ImageScale": ("width", "height"), "ConditioningSetArea": ("width", "height", "x", "y"),
                  "ImagePadForOutpaint": ("left", "top", "right", "bottom", "feathering")}
 SD1_GRAPHS = ["api_default_graph.json", "ui_default_graph.json", "ui_default_template.json", "ui_img2img.json",
-              "png_area_composition.json", "png_hiresfix_latent.json", "png_outpaint.json"]
+              "png_area_composition.json", "png_hiresfix_latent.json", "png_outpaint.json", "png_lora.json",
+              "png_controlnet.json"]
 
 
 def load(name, registry):
@@ -55,13 +55,16 @@ def mapped(workflow):
     """Every checkpoint and VAE name mapped to the tiny files that are here."""
     mapping = {old: "tiny.safetensors" for old in names_of(workflow, "CheckpointLoaderSimple", "ckpt_name")}
     mapping.update({old: "tiny-vae.safetensors" for old in names_of(workflow, "VAELoader", "vae_name")})
+    mapping.update({old: "tiny-lora.safetensors" for old in names_of(workflow, "LoraLoader", "lora_name")})
+    mapping.update({old: "tiny-controlnet.safetensors"
+                    for old in names_of(workflow, "ControlNetLoader", "control_net_name")})
     return map_models(workflow, mapping)
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    for folder in ("checkpoints", "vae"):
+    for folder in ("checkpoints", "vae", "loras", "controlnet"):
         (root / "models" / folder).mkdir(parents=True)
     modules = sd1_modules(seed=5, text_hidden=64)
     write_checkpoint(modules, root / "models" / "checkpoints" / "tiny.safetensors")
@@ -71,6 +74,8 @@ def engine(tmp_path_factory):
                 ldm_state_dict("sd1", modules.unet, modules.vae, modules.encoders).items()
                 if k.startswith("first_stage_model.")}
     save_file(vae_keys, root / "models" / "vae" / "tiny-vae.safetensors")
+    write_kohya_lora(modules, root / "models" / "loras" / "tiny-lora.safetensors")
+    write_controlnet_ldm(tiny_controlnet(modules), root / "models" / "controlnet" / "tiny-controlnet.safetensors")
     return build_engine(AppConfig(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
                                   models_dir=root / "models", device="cpu"))
 
