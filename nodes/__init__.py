@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nodegraph.registry import NodeRegistry
 
+from .models.embedded import add_embedded_checkpoint
 from . import (conditioning, controlnet_nodes, guidance_nodes, images, latent, loaders, lora_nodes, sampling, utility,
                vae_nodes)
 
@@ -16,3 +17,4 @@ def register(registry: NodeRegistry) -> None:
     for module in NODE_MODULES:
         for node in module.NODES:
             registry.register(node)
+    registry.add_environment_setup(add_embedded_checkpoint)

@@ -1,0 +1,165 @@
+"""Write the shipped example workflows (native JSON, plus each in ComfyUI's UI format as we export it) and the
+example input images they read. Re-run after changing a node declaration; a test checks the files are current.
+
+Usage: python scripts/build_workflows.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nodegraph.formats import ui_from_native  # noqa: E402
+from nodegraph.formats.api import from_api  # noqa: E402
+from nodegraph.registry import default_registry  # noqa: E402
+from nodegraph.workflow import Workflow, dump_workflow  # noqa: E402
+from nodes.models.embedded import EMBEDDED_NAME  # noqa: E402
+
+WORKFLOWS = ROOT / "workflows"
+PROMPT = "a red circle on a blue background"
+COLUMN = 320
+
+
+def base(prompt: str = PROMPT, seed: int = 1, steps: int = 20, cfg: float = 6.0) -> dict[str, Any]:
+    """ComfyUI's default graph on the embedded model at its native 128 px."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": EMBEDDED_NAME}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["4", 1]},
+              "_meta": {"title": "Positive prompt"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]},
+              "_meta": {"title": "Negative prompt"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 4}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "txt2img"}},
+    }
+
+
+def img2img() -> dict[str, Any]:
+    graph = base("a red square on a yellow background")
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+    graph["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    graph["3"]["inputs"].update(latent_image=["11", 0], denoise=0.6)
+    graph["9"]["inputs"]["filename_prefix"] = "img2img"
+    del graph["5"]
+    return graph
+
+
+def inpaint() -> dict[str, Any]:
+    """The transparent shape of example_inpaint.png is repainted; the background is kept."""
+    graph = base("a green circle on a yellow background")
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "example_inpaint.png"}}
+    graph["11"] = {"class_type": "VAEEncodeForInpaint",
+                   "inputs": {"pixels": ["10", 0], "vae": ["4", 2], "mask": ["10", 1], "grow_mask_by": 6}}
+    graph["3"]["inputs"].update(latent_image=["11", 0])
+    graph["9"]["inputs"]["filename_prefix"] = "inpaint"
+    del graph["5"]
+    return graph
+
+
+def hires_fix() -> dict[str, Any]:
+    """Sample at 128 px, upscale the latent 2x and re-sample its detail at denoise 0.5."""
+    graph = base()
+    graph["5"]["inputs"]["batch_size"] = 1
+    graph["12"] = {"class_type": "LatentUpscaleBy",
+                   "inputs": {"samples": ["3", 0], "upscale_method": "bislerp", "scale_by": 2.0}}
+    graph["13"] = {"class_type": "KSampler", "inputs": {
+        "seed": 2, "steps": 12, "cfg": 6.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 0.5,
+        "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["12", 0]}}
+    graph["8"]["inputs"]["samples"] = ["13", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "hires"
+    return graph
+
+
+def sega() -> dict[str, Any]:
+    graph = base("a circle on a blue background")
+    graph["20"] = {"class_type": "SemanticGuidance", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "concept": "red", "direction": "add", "scale": 5.0,
+        "warmup_steps": 2, "threshold": 0.9, "momentum_scale": 0.1, "momentum_beta": 0.4, "edit_weight": 1.0}}
+    graph["3"]["inputs"]["model"] = ["20", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "sega"
+    return graph
+
+
+def sag() -> dict[str, Any]:
+    graph = base()
+    graph["20"] = {"class_type": "SelfAttentionGuidance",
+                   "inputs": {"model": ["4", 0], "scale": 0.5, "blur_sigma": 2.0}}
+    graph["3"]["inputs"]["model"] = ["20", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "sag"
+    return graph
+
+
+GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "sega": sega,
+          "sag": sag}
+
+
+def laid_out(workflow: Workflow) -> Workflow:
+    """Place nodes in columns by their depth in the graph, so the editor shows them readably."""
+    depth: dict[str, int] = {}
+    incoming: dict[str, list[str]] = {}
+    for link in workflow.links:
+        incoming.setdefault(link.to_node, []).append(link.from_node)
+    pending = list(workflow.nodes)
+    while pending:
+        node_id = pending.pop(0)
+        sources = incoming.get(node_id, [])
+        if all(s in depth for s in sources):
+            depth[node_id] = 1 + max((depth[s] for s in sources), default=-1)
+        else:
+            pending.append(node_id)
+    rows: dict[int, int] = {}
+    nodes = {}
+    for node_id in sorted(workflow.nodes, key=int):
+        column = depth[node_id]
+        row = rows.get(column, 0)
+        rows[column] = row + 1
+        nodes[node_id] = workflow.nodes[node_id].model_copy(update={"pos": (40.0 + COLUMN * column, 60.0 + 220 * row)})
+    return workflow.model_copy(update={"nodes": nodes})
+
+
+def example_images() -> None:
+    """A blue square on yellow, and the same with the square transparent (LoadImage's MASK) for inpainting."""
+    from PIL import Image
+
+    from nodes.sd.shapes import render, spec_for
+
+    spec = spec_for("square", "blue", "yellow", random.Random(3))
+    image, mask, _ = render(spec)
+    (WORKFLOWS / "input").mkdir(exist_ok=True)
+    image.save(WORKFLOWS / "input" / "example.png")
+    rgba = image.convert("RGBA")
+    alpha = Image.eval(mask.convert("L"), lambda v: 255 - v)
+    rgba.putalpha(alpha)
+    rgba.save(WORKFLOWS / "input" / "example_inpaint.png")
+
+
+def build() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Native and ComfyUI-UI JSON of every shipped workflow, by name."""
+    registry = default_registry()
+    out = {}
+    for name, make in GRAPHS.items():
+        workflow = laid_out(from_api(make()))
+        out[name] = (dump_workflow(workflow), ui_from_native(workflow, registry))
+    return out
+
+
+def main() -> None:
+    example_images()
+    (WORKFLOWS / "comfyui").mkdir(exist_ok=True)
+    for name, (native, ui) in build().items():
+        (WORKFLOWS / f"{name}.json").write_text(json.dumps(native, indent=2) + "\n")
+        (WORKFLOWS / "comfyui" / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
+        print(f"workflows/{name}.json, workflows/comfyui/{name}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The shipped workflows: current with their generator, importable in both formats, and each one runs.
+
+They name the embedded model; until its weights are in the package the runs map that name to a tiny
+SD1 checkpoint (the same loader and nodes either way)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nodegraph import default_registry
+from nodegraph.app import AppConfig, build_engine
+from nodegraph.formats import load_workflow_file, map_models
+from nodegraph.formats.api import to_api
+from nodes.models.embedded import EMBEDDED_NAME, EMBEDDED_PATH
+from tiny_models import sd1_modules, write_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_workflows  # noqa: E402
+
+NAMES = sorted(build_workflows.GRAPHS)
+
+
+def test_shipped_files_are_what_the_generator_writes():
+    for name, (native, ui) in build_workflows.build().items():
+        assert json.loads((WORKFLOWS / f"{name}.json").read_text()) == native, f"re-run scripts/build_workflows.py"
+        assert json.loads((WORKFLOWS / "comfyui" / f"{name}.json").read_text()) == ui
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_native_and_comfyui_exports_describe_the_same_graph(name):
+    registry = default_registry()
+    native = load_workflow_file(WORKFLOWS / f"{name}.json", registry)
+    comfy = load_workflow_file(WORKFLOWS / "comfyui" / f"{name}.json", registry)
+    assert to_api(native, registry) == to_api(comfy, registry)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workflows")
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    if not EMBEDDED_PATH.is_file():
+        write_checkpoint(sd1_modules(seed=4, text_hidden=64), root / "models" / "checkpoints" / "tiny.safetensors")
+    return build_engine(AppConfig(output_dir=root / "output", input_dir=WORKFLOWS / "input", temp_dir=root / "temp",
+                                  models_dir=root / "models", device="cpu"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_workflow_runs_and_saves_its_images(name, engine):
+    workflow = load_workflow_file(WORKFLOWS / f"{name}.json", engine.registry)
+    if not EMBEDDED_PATH.is_file():
+        workflow = map_models(workflow, {EMBEDDED_NAME: "tiny.safetensors"})
+    for node_id, node in workflow.nodes.items():  # fewer steps: this checks the graph runs, not image quality
+        if node.type == "KSampler":
+            workflow = workflow.with_widget(node_id, "steps", min(node.widgets["steps"], 4))
+    result = engine.run(workflow)
+    saved = [entry for ui in result.ui.values() for entry in ui.get("images", [])]
+    assert saved
+    with Image.open(engine.env.output_dir / saved[0]["subfolder"] / saved[0]["filename"]) as image:
+        expected = 256 if name == "hires-fix" else 128
+        assert image.size == (expected, expected)
