@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tiny_models import TinyModules, sd1_modules, write_checkpoint
+from tiny_models import SD_SCHEDULE, TinyModules, engine_at, sd1_modules, write_checkpoint
 
 from nodegraph import Engine
-from nodegraph.app import AppConfig, build_engine
 from nodegraph.registry import default_registry
 from nodes import guidance_nodes
 
 PROMPT = "a red circle on a blue background"
-SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
 
 
 def tiny_engine(root: Path) -> tuple[Engine, TinyModules]:
@@ -29,9 +27,7 @@ def tiny_engine(root: Path) -> tuple[Engine, TinyModules]:
     for node in guidance_nodes.NODES:
         if node.schema.type_id not in registry:
             registry.register(node)
-    config = AppConfig(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
-                       models_dir=root / "models", device="cpu")
-    return build_engine(config, registry), modules
+    return engine_at(root, registry=registry), modules
 
 
 def base_graph(*, sampler: str = "euler", scheduler: str = "normal", steps: int = 10, cfg: float = 5.0,

@@ -14,7 +14,6 @@ import tiny_models as tm
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline
 
-from nodegraph.app import AppConfig, build_engine
 from nodegraph.errors import NodeExecutionError
 from nodegraph.formats.api import from_api
 from nodegraph.registry import default_registry
@@ -34,7 +33,7 @@ from nodes.sd.text import encode
 from nodes.sd.tokenizer import clip_bpe_tokenizer
 from nodes.sd.types import CondItem, Latent
 
-SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
+SD_SCHEDULE = tm.SD_SCHEDULE
 TOLERANCE = 1e-4
 PROMPT = "a red circle on a blue background"
 
@@ -56,8 +55,7 @@ def setup(tmp_path_factory):
     for node in controlnet_nodes.NODES:
         if node.schema.type_id not in registry:
             registry.register(node)
-    engine = build_engine(AppConfig(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
-                                    models_dir=models, device="cpu"), registry)
+    engine = tm.engine_at(root, models_dir=models, registry=registry)
     generator = torch.Generator().manual_seed(11)
     for name in ("hint_a.png", "hint_b.png"):  # blocky hints, like edge or segmentation maps
         blocks = torch.rand(8, 8, 3, generator=generator).repeat_interleave(8, 0).repeat_interleave(8, 1)

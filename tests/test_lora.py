@@ -18,7 +18,6 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from nodegraph.app import AppConfig, build_engine
 from nodegraph.errors import NodeExecutionError
 from nodegraph.formats.api import from_api
 from nodegraph.registry import default_registry
@@ -30,7 +29,7 @@ from nodes.sd.lora import match_lora, read_lora
 from nodes.sd.text import encode
 from nodes.sd.tokenizer import clip_bpe_tokenizer
 
-SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
+SD_SCHEDULE = tm.SD_SCHEDULE
 TOLERANCE = 1e-4
 PROMPT = "a red circle on a blue background"
 
@@ -54,8 +53,7 @@ def setup(tmp_path_factory):
     for node in lora_nodes.NODES:
         if node.schema.type_id not in registry:
             registry.register(node)
-    engine = build_engine(AppConfig(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
-                                    models_dir=models, device="cpu"), registry)
+    engine = tm.engine_at(root, models_dir=models, registry=registry)
     yield engine, modules, root
     torch.set_num_threads(threads)
 
@@ -178,8 +176,7 @@ def test_peft_sdxl_and_alpha_from_metadata(tmp_path):
 def test_two_branches_plain_one_is_bit_identical_in_either_order_and_from_cache(setup, tmp_path):
     """One checkpoint feeds a LoRA branch and a plain one; the plain image equals a LoRA-free graph exactly."""
     engine, _, root = setup
-    reference_engine = build_engine(AppConfig(output_dir=tmp_path / "o", input_dir=tmp_path / "i",
-                                              temp_dir=tmp_path / "t", models_dir=root / "models", device="cpu"))
+    reference_engine = tm.engine_at(tmp_path, models_dir=root / "models")
     reference = run(reference_engine, base_graph(steps=4), "8")[0]
     checkpoint = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
     before = {k: v.clone() for k, v in checkpoint.model.unet.state_dict().items()}

@@ -10,14 +10,11 @@ import torch
 from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline,
                        StableDiffusionPipeline)
 
-from nodegraph.app import AppConfig, build_engine
 from nodegraph.formats.api import from_api
 from nodes.sd.ksampler import prepare_noise
 from nodes.sd.tokenizer import clip_bpe_tokenizer
-from tiny_models import sd1_modules, write_checkpoint
+from tiny_models import SD_SCHEDULE, engine_at, sd1_modules, write_checkpoint
 
-SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
-                   steps_offset=1)  # SD's own config; only "leading" spacing reads it
 TOLERANCE = 1e-4
 
 
@@ -27,8 +24,7 @@ def tiny(tmp_path_factory):
     (root / "models" / "checkpoints").mkdir(parents=True)
     modules = sd1_modules(seed=3, text_hidden=64)
     write_checkpoint(modules, root / "models" / "checkpoints" / "tiny.safetensors")
-    engine = build_engine(AppConfig(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
-                                    models_dir=root / "models", device="cpu"))
+    engine = engine_at(root)
     return engine, modules
 
 

@@ -11,11 +11,10 @@ import pytest
 from PIL import Image
 
 from nodegraph import default_registry
-from nodegraph.app import AppConfig, build_engine
 from nodegraph.formats import load_workflow_file, map_models
 from nodegraph.formats.api import to_api
 from nodes.models.embedded import EMBEDDED_NAME, EMBEDDED_PATH
-from tiny_models import sd1_modules, write_checkpoint
+from tiny_models import engine_at, sd1_modules, write_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / "workflows"
@@ -27,7 +26,7 @@ NAMES = sorted(build_workflows.GRAPHS)
 
 def test_shipped_files_are_what_the_generator_writes():
     for name, (native, ui) in build_workflows.build().items():
-        assert json.loads((WORKFLOWS / f"{name}.json").read_text()) == native, f"re-run scripts/build_workflows.py"
+        assert json.loads((WORKFLOWS / f"{name}.json").read_text()) == native, "re-run scripts/build_workflows.py"
         assert json.loads((WORKFLOWS / "comfyui" / f"{name}.json").read_text()) == ui
 
 
@@ -45,8 +44,7 @@ def engine(tmp_path_factory):
     (root / "models" / "checkpoints").mkdir(parents=True)
     if not EMBEDDED_PATH.is_file():
         write_checkpoint(sd1_modules(seed=4, text_hidden=64), root / "models" / "checkpoints" / "tiny.safetensors")
-    return build_engine(AppConfig(output_dir=root / "output", input_dir=WORKFLOWS / "input", temp_dir=root / "temp",
-                                  models_dir=root / "models", device="cpu"))
+    return engine_at(root, input_dir=WORKFLOWS / "input")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -335,3 +335,17 @@ def write_controlnet_diffusers_file(controlnet: torch.nn.Module, path: Path) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({key: value.detach().cpu().contiguous() for key, value in controlnet.state_dict().items()}, str(path))
     return path
+
+
+SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
+                   steps_offset=1)
+"""SD's training schedule for diffusers' reference schedulers (steps_offset is only read by "leading" spacing)."""
+
+
+def engine_at(root: Path, *, models_dir: Path | None = None, input_dir: Path | None = None, registry: Any = None):
+    """An engine on the CPU whose output/input/temp folders live under `root` and models in `root/models`."""
+    from nodegraph.app import AppConfig, build_engine
+
+    config = AppConfig(output_dir=root / "output", input_dir=input_dir or root / "input", temp_dir=root / "temp",
+                       models_dir=models_dir or root / "models", device="cpu")
+    return build_engine(config, registry)

@@ -7,14 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from corpus_util import CORPUS, prompt, raw, ui
+from corpus_util import CORPUS, raw, ui
 from nodegraph import default_registry
-from nodegraph.app import AppConfig, build_engine
 from nodegraph.formats import map_models, to_workflow
 from nodegraph.validation import validate_workflow
 from nodes.images import image_to_png_bytes
 from nodes.sd.loading.export import ldm_state_dict
-from tiny_models import sd1_modules, tiny_controlnet, write_checkpoint, write_controlnet_ldm, write_kohya_lora
+from tiny_models import engine_at, sd1_modules, tiny_controlnet, write_checkpoint, write_controlnet_ldm, write_kohya_lora
 
 # Node types of newer model families (and one mask node) that we do not implement.
 NOT_YET = {"ui_native_reroutes.json": {"InvertMask"},
@@ -39,8 +38,6 @@ def names_of(workflow, node_type, widget):
 
 def shrink(workflow, factor=8):
     """A smoke-run copy: every pixel size divided by `factor` (multiples of 8, within each input's range)."""
-    from nodegraph import default_registry
-
     registry = default_registry()
     for node_id, node in workflow.nodes.items():
         for name in PIXEL_WIDGETS.get(node.type, ()):
@@ -76,8 +73,7 @@ def engine(tmp_path_factory):
     save_file(vae_keys, root / "models" / "vae" / "tiny-vae.safetensors")
     write_kohya_lora(modules, root / "models" / "loras" / "tiny-lora.safetensors")
     write_controlnet_ldm(tiny_controlnet(modules), root / "models" / "controlnet" / "tiny-controlnet.safetensors")
-    return build_engine(AppConfig(output_dir=root / "output", input_dir=root / "input", temp_dir=root / "temp",
-                                  models_dir=root / "models", device="cpu"))
+    return engine_at(root)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.json")))
