@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -56,8 +57,8 @@ class ModelHandle:
     def with_patch(self, patch: ModelPatch) -> ModelHandle:
         return replace(self, patches=(*self.patches, patch))
 
-    @property
-    def nbytes(self) -> int:
+    @cached_property
+    def nbytes(self) -> int:  # counted once per handle: the cache asks on every put
         return _module_nbytes(self.unet)
 
 
@@ -78,7 +79,7 @@ class ClipHandle:
     def with_patch(self, patch: ModelPatch) -> ClipHandle:
         return replace(self, patches=(*self.patches, patch))
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return _module_nbytes(*self.encoders)
 
@@ -93,7 +94,7 @@ class VaeHandle:
     device: str = "cpu"
     source: str = ""
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return _module_nbytes(self.vae)
 
