@@ -72,5 +72,20 @@ export function installTestHook(editor) {
     lastQueueResult: () => editor.execution.lastResult,
     frameStats: () => ({ draws: [...editor.canvas.stats.draws], stamps: [...editor.canvas.stats.stamps] }),
     resetFrameStats: () => editor.canvas.resetStats(),
+    /** Draw one frame and force its rasterisation (a pixel read back): the whole cost of a frame, in ms. */
+    measureFullFrame: () => {
+      const started = performance.now();
+      editor.canvas.draw();
+      editor.canvas.ctx.getImageData(0, 0, 1, 1);
+      return performance.now() - started;
+    },
+    nodesInView: () => {
+      const [x0, y0] = editor.canvas.toWorld(0, 0);
+      const [x1, y1] = editor.canvas.toWorld(editor.canvas.width, editor.canvas.height);
+      return [...editor.graph.nodes.values()].filter((n) => {
+        const lay = nodeLayout(editor.graph, n);
+        return n.pos[0] + lay.w > x0 && n.pos[0] < x1 && n.pos[1] + lay.h > y0 && n.pos[1] < y1;
+      }).length;
+    },
   });
 }

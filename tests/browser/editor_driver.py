@@ -73,8 +73,12 @@ class EditorPage:
         for key in modifiers:
             self.page.keyboard.up(key)
 
-    def click(self, point: tuple[float, float], **options: Any) -> None:
+    def click(self, point: tuple[float, float], modifiers: tuple[str, ...] = (), **options: Any) -> None:
+        for key in modifiers:
+            self.page.keyboard.down(key)
         self.page.mouse.click(*point, **options)
+        for key in modifiers:
+            self.page.keyboard.up(key)
 
     def key(self, combo: str) -> None:
         self.page.keyboard.press(combo)
