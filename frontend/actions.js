@@ -239,5 +239,6 @@ export class Actions {
     this.graph.change(() => this.graph.fill({ nodes: {}, links: [], groups: [] }));
     this.editor.execution.states.clear();
     this.editor.select([]);
+    this.editor.canvas.setView(1, [0, 0]);
   }
 }

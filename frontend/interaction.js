@@ -1,8 +1,8 @@
 // Mouse on the canvas: pan (drag the background), zoom (wheel, around the cursor), select (click,
-// shift/ctrl-click, ctrl/shift-drag a box), move and resize nodes and groups, drag links between sockets.
+// shift/ctrl-click, ctrl/shift-drag a box), move and resize nodes and groups; link drags are in link_drag.js.
 
-import { canConnect } from "./defs.js";
-import { TITLE_H, groupAt, hitPart, nodeAt, nodeLayout, nodesInGroup, outputPos, inputPos } from "./layout.js";
+import { TITLE_H, groupAt, hitPart, nodeAt, nodeLayout, nodesInGroup } from "./layout.js";
+import { LinkDrags } from "./link_drag.js";
 import { closeTextEditor, openTextEditor, widgetPointerDown } from "./widgets.js";
 
 const CLICK_SLOP = 4;
@@ -12,7 +12,9 @@ export class Interaction {
     this.editor = editor;
     this.canvas = editor.canvas;
     this.el = editor.canvas.el;
+    /** The link being dragged (read by the canvas to draw it and light up compatible sockets). */
     this.linkDrag = null;
+    this.links = new LinkDrags(editor, this);
     this.box = null;
     this.active = null;
     this.pointer = [0, 0];
@@ -168,8 +170,8 @@ export class Interaction {
   nodePress(node, hit, event) {
     const editor = this.editor;
     const lay = nodeLayout(this.graph, node);
-    if (hit.part === "output") return this.linkFromOutput(node, hit.index);
-    if (hit.part === "input") return this.linkFromInput(node, hit.name);
+    if (hit.part === "output") return this.links.fromOutput(node, hit.index);
+    if (hit.part === "input") return this.links.fromInput(node, hit.name);
     if (hit.part === "widget") {
       editor.select([node.id]);
       const handler = widgetPointerDown(editor, node, hit, lay, event);
@@ -261,127 +263,6 @@ export class Interaction {
       },
       up: () => started && graph.endChange(),
     };
-  }
-
-  // ---- links -------------------------------------------------------------------------------
-
-  linkFromOutput(node, slot) {
-    const type = this.graph.outputType(node, slot);
-    if (type === undefined) return null;
-    const start = outputPos(this.graph, node, slot);
-    return this.linkDragHandler({ fromOutput: true, nodeId: node.id, slot, type, start, end: start });
-  }
-
-  /** Pressing a linked input picks its link up (to move or drop it); an empty input drags backwards. */
-  linkFromInput(node, name) {
-    const graph = this.graph;
-    const existing = graph.linkInto(node.id, name);
-    if (existing) {
-      const source = graph.nodes.get(existing.from_node);
-      graph.beginChange();
-      graph.disconnect(node.id, name);
-      graph.emit("move");
-      const start = outputPos(graph, source, existing.from_slot);
-      return this.linkDragHandler({
-        fromOutput: true, nodeId: source.id, slot: existing.from_slot, type: graph.outputType(source, existing.from_slot),
-        start, end: inputPos(graph, node, name), detached: true,
-      });
-    }
-    const spec = graph.inputSpec(node, name);
-    if (!spec) return null;
-    const start = inputPos(graph, node, name);
-    return this.linkDragHandler({ fromOutput: false, nodeId: node.id, input: name, spec, type: spec.type, start, end: start });
-  }
-
-  linkDragHandler(drag) {
-    this.linkDrag = drag;
-    return {
-      move: () => {
-        drag.end = this.pointerWorld();
-        this.canvas.setDirty();
-      },
-      up: () => {
-        this.linkDrag = null;
-        try {
-          this.dropLink(drag, this.pointerWorld());
-        } finally {
-          if (drag.detached) this.graph.endChange();
-        }
-      },
-    };
-  }
-
-  dropLink(drag, [wx, wy]) {
-    const graph = this.graph;
-    const editor = this.editor;
-    const target = nodeAt(graph, wx, wy, 10);
-    if (!target) {
-      if (drag.detached) return; // dropping a picked-up link on the canvas removes it
-      const screen = this.canvas.toScreen(wx, wy);
-      const rect = this.el.getBoundingClientRect();
-      editor.openPalette({
-        at: [wx, wy], screen: [rect.left + screen[0], rect.top + screen[1]],
-        filter: drag.fromOutput ? { accepts: drag.type } : { produces: drag.spec },
-        onCreate: (node) => this.connectNew(drag, node),
-      });
-      return;
-    }
-    if (target.id === drag.nodeId) return;
-    const hit = hitPart(graph, target, wx, wy);
-    if (drag.fromOutput) {
-      let input = null;
-      if (hit.part === "input") input = hit.name;
-      else if (hit.part === "widget" && hit.widget.spec && canConnect(drag.type, hit.widget.spec)) input = hit.widget.name;
-      else input = this.compatibleInput(target, drag.type);
-      if (!input) {
-        editor.notify(`Cannot connect: ${editor.titleOf(target)} has no input that takes ${drag.type}`, "warn");
-        return;
-      }
-      const reason = graph.change(() => graph.connect(drag.nodeId, drag.slot, target.id, input));
-      if (reason) editor.notify(`Cannot connect ${drag.type} to ${input}: ${reason}`, "warn");
-    } else {
-      let slot = hit.part === "output" ? hit.index : this.compatibleOutput(target, drag.spec);
-      if (slot === null || slot === undefined) {
-        editor.notify(`Cannot connect: ${editor.titleOf(target)} has no output for ${drag.spec.type}`, "warn");
-        return;
-      }
-      const reason = graph.change(() => graph.connect(target.id, slot, drag.nodeId, drag.input));
-      if (reason) editor.notify(`Cannot connect to ${drag.input}: ${reason}`, "warn");
-    }
-  }
-
-  /** The first input of `node` that accepts `type`: a free socket, then a linked one, then a widget. */
-  compatibleInput(node, type) {
-    const def = this.graph.defs.get(node.type);
-    if (!def) return null;
-    const sockets = def.inputs.filter((spec) => (!spec.widget || node.converted.includes(spec.name)) && canConnect(type, spec));
-    const free = sockets.find((spec) => !this.graph.linkInto(node.id, spec.name));
-    if (free || sockets.length) return (free || sockets[0]).name;
-    const widget = def.inputs.find((spec) => spec.widget && spec.type !== "COMBO" && canConnect(type, spec));
-    return widget ? widget.name : null;
-  }
-
-  compatibleOutput(node, spec) {
-    const def = this.graph.defs.get(node.type);
-    if (!def || !spec) return null;
-    const index = def.outputs.findIndex((out) => canConnect(out.type, spec));
-    return index < 0 ? null : index;
-  }
-
-  /** After picking a node from the palette for a dropped link: connect it (same undo step). */
-  connectNew(drag, node) {
-    const graph = this.graph;
-    if (drag.fromOutput) {
-      const input = this.compatibleInput(node, drag.type);
-      if (input) graph.connect(drag.nodeId, drag.slot, node.id, input);
-    } else {
-      const slot = this.compatibleOutput(node, drag.spec);
-      if (slot !== null) {
-        const lay = nodeLayout(graph, node);
-        node.pos = [node.pos[0] - lay.w, node.pos[1]];
-        graph.connect(node.id, slot, drag.nodeId, drag.input);
-      }
-    }
   }
 
   // ---- titles ------------------------------------------------------------------------------

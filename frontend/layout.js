@@ -17,6 +17,9 @@ export const SMALL_FONT = `12px ${FONT_FAMILY}`;
 export const TITLE_FONT = `bold 14px ${FONT_FAMILY}`;
 export const GROUP_FONT = `bold 20px ${FONT_FAMILY}`;
 const TEXT_LINE_H = 16;
+const IMAGE_TARGET_H = 256;
+const IMAGE_MAX_W = 512;
+const IMAGE_MAX_H = 512;
 
 let measureCtx = null;
 const widthCache = new Map();
@@ -122,16 +125,15 @@ export function nodeLayout(graph, node) {
     lay.textArea = { y: y + 2, h: textLines.length * TEXT_LINE_H + 10, lines: textLines };
     y += lay.textArea.h + 6;
   }
+  const images = runtime && runtime.images ? runtime.images : [];
+  const first = images.find((img) => img.width);
+  const aspect = first ? first.height / first.width : 1;
+  if (first) w = Math.max(w, Math.min(IMAGE_MAX_W, IMAGE_TARGET_H / aspect) + 2 * PAD); // room to see the image
   if (node.size) w = Math.max(w, node.size[0]);
   lay.w = Math.round(w);
   const contentH = y + PAD - 4;
-  const images = runtime && runtime.images ? runtime.images : [];
   let h = contentH;
-  if (images.length) {
-    const first = images.find((img) => img.width) || { width: 1, height: 1 };
-    const aspect = first.height / Math.max(1, first.width);
-    h = contentH + Math.min(420, Math.max(120, (lay.w - 2 * PAD) * aspect)) + PAD;
-  }
+  if (images.length) h = contentH + Math.min(IMAGE_MAX_H, Math.max(120, (lay.w - 2 * PAD) * aspect)) + PAD;
   if (node.size) h = Math.max(h, node.size[1]);
   lay.h = Math.round(h);
   lay.minH = contentH;

@@ -59,6 +59,12 @@ export function installTestHook(editor) {
       const x = where === "left" ? 10 + 8 : where === "right" ? lay.w - 18 : lay.w / 2;
       return clientPoint(n.pos[0] + x, n.pos[1] + widget.y + widget.h / 2);
     },
+    /** Client-pixel rectangle of a group (by index). */
+    groupRect: (index) => {
+      const [x, y, w, h] = editor.graph.groups[index].bounding;
+      const corner = clientPoint(x, y);
+      return { x: corner.x, y: corner.y, w: w * editor.canvas.scale, h: h * editor.canvas.scale };
+    },
     images: (id) => {
       const state = editor.execution.runtime(String(id));
       return state ? state.images.map((img) => ({ filename: img.filename, subfolder: img.subfolder, type: img.type, loaded: img.width > 0 })) : [];

@@ -84,10 +84,8 @@ class EditorPage:
         self.page.keyboard.press(combo)
 
     def clear_canvas(self) -> None:
-        """Select everything with Ctrl+A and delete it, as a user would."""
-        self.click(self.canvas_point(0.5, 0.97))
-        self.key("Control+a")
-        self.key("Delete")
+        """The toolbar's Clear button: an empty canvas at 100% zoom."""
+        self.page.locator("[data-action=clear]").click()
         assert self.nodes() == []
 
     def add_node(self, query: str, at: tuple[float, float], pick: str | None = None) -> str:

@@ -143,7 +143,7 @@ def test_seed_control_after_queue(editor):
     editor.wait_until("h.nodes().find(n => n.id === args[0]).widgets.seed === args[1] + 1", source, randomized)
 
 
-def test_validation_errors_are_shown_on_the_node(editor):
+def test_validation_errors_are_shown_on_the_node(editor, artifacts):
     editor.clear_canvas()
     save = editor.add_node("save image", editor.canvas_point(0.4, 0.3), pick="TestSaveImage")
     editor.queue()
@@ -153,6 +153,7 @@ def test_validation_errors_are_shown_on_the_node(editor):
     panel = editor.page.locator("#error-panel")
     assert panel.is_visible()
     assert "Required input is missing" in panel.inner_text()
+    editor.screenshot(artifacts / "editor_validation_error.png")
 
 
 def test_mute_bypass_collapse_rename_convert_and_help(editor):
@@ -280,7 +281,7 @@ def test_dropping_png_restores_its_workflow(editor, tmp_path):
     assert [(n["type"], n["widgets"]) for n in editor.nodes()] == [("PrimitiveInt", {"value": 7})]
 
 
-def test_queue_panel_cancels_pending_and_running(editor):
+def test_queue_panel_cancels_pending_and_running(editor, artifacts):
     source, save = build_source_and_save(editor)
     editor.type_into_widget(source, "steps", "50")  # 2.5 s: long enough to cancel
     editor.page.locator("#batch-count").fill("2")
@@ -288,9 +289,77 @@ def test_queue_panel_cancels_pending_and_running(editor):
     editor.wait_until("h.running().node === args[0]", source)
     editor.page.locator("[data-action=toggle-queue]").click()
     panel = editor.page.locator("#queue-panel")
+    editor.wait_until("h.running().progress && h.running().progress.value >= 3")
+    editor.screenshot(artifacts / "editor_running_with_queue_panel.png")
     panel.locator(".pending-item button").first.click()
     panel.locator(".queue-pending .queue-empty").wait_for()
     panel.locator(".running-item button").first.click()
     panel.locator(".queue-running .queue-empty").wait_for(timeout=10000)
     editor.wait_until("h.running().node === null")
     assert editor.hook("h.images(args[0])", save) == []
+
+
+def test_groups_move_their_nodes_and_can_be_renamed(editor):
+    editor.clear_canvas()
+    a = editor.add_node("concatenate", editor.canvas_point(0.15, 0.3))
+    b = editor.add_node("test image", editor.canvas_point(0.45, 0.3))
+    editor.drag(editor.canvas_point(0.05, 0.2), editor.canvas_point(0.8, 0.95), modifiers=("Shift",))
+    editor.key("Control+g")
+    [group] = editor.hook("h.groups()")
+    rect = editor.hook("h.groupRect(0)")
+    positions = {n["id"]: n["pos"] for n in editor.nodes()}
+    title = (rect["x"] + rect["w"] / 2, rect["y"] + 12)
+    editor.drag(title, (title[0] + 50, title[1] + 30))
+    moved = editor.hook("h.groups()")[0]["bounding"]
+    assert moved[0] == pytest.approx(group["bounding"][0] + 50, abs=1)
+    for node in editor.nodes():
+        assert node["pos"] == [positions[node["id"]][0] + 50, positions[node["id"]][1] + 30]
+    rect = editor.hook("h.groupRect(0)")
+    editor.page.mouse.dblclick(rect["x"] + rect["w"] / 2, rect["y"] + 12)
+    editor.page.keyboard.type("Sources")
+    editor.key("Enter")
+    assert editor.hook("h.groups()")[0]["title"] == "Sources"
+    assert {a, b} == set(positions)
+
+
+def test_model_lists_refresh_from_the_server(editor, server):
+    editor.clear_canvas()
+    loader = editor.add_node("load test model", editor.canvas_point(0.3, 0.3))
+    assert editor.node(loader)["widgets"]["model_name"] == "tiny_model.safetensors"
+    added = server.models_dir / "checkpoints" / "another_model.safetensors"
+    added.write_bytes(b"also not a model")
+    try:
+        editor.key("r")
+        editor.page.locator(".toast", has_text="refreshed").wait_for()
+        editor.click(editor.widget(loader, "model_name"))
+        editor.choose_in_menu("another_model.safetensors")
+        assert editor.node(loader)["widgets"]["model_name"] == "another_model.safetensors"
+    finally:
+        added.unlink()
+
+
+def test_save_load_and_export_api_format(editor, tmp_path):
+    source, save = build_source_and_save(editor)
+    text = editor.add_node("String", editor.canvas_point(0.1, 0.75), pick="PrimitiveString")
+    saver = editor.add_node("save text", editor.canvas_point(0.45, 0.75))
+    editor.connect(text, 0, saver, "text")
+    editor.click(editor.point("h.titlePoint(args[0])", saver))
+    editor.key("Control+m")  # muted: left out of the prompt
+    with editor.page.expect_download() as download:
+        editor.page.locator("[data-action=export-api]").click()
+    prompt = json.loads(Path(download.value.path()).read_text())
+    assert set(prompt) == {source, save, text}
+    assert prompt[save]["class_type"] == "TestSaveImage"
+    assert prompt[save]["inputs"] == {"images": [source, 0], "filename_prefix": "editor_test"}
+    assert prompt[source]["inputs"]["width"] == 128
+
+    with editor.page.expect_download() as download:
+        editor.page.locator("[data-action=save]").click()
+    saved = json.loads(Path(download.value.path()).read_text())
+    assert saved["format"] == "nodegraph" and saved["nodes"][saver]["mode"] == "never"
+    editor.clear_canvas()
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(saved))
+    editor.load_file(path)
+    assert editor.hook("h.workflow()")["nodes"] == saved["nodes"]
+    assert sorted(editor.links(), key=str) == sorted(saved["links"], key=str)
