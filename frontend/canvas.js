@@ -135,7 +135,7 @@ export class Canvas {
     const exec = editor.execution;
     for (const node of graph.nodes.values()) {
       const lay = nodeLayout(graph, node);
-      if (!visible(node.pos[0] - 10, node.pos[1] - 80, lay.w + 20, lay.h + 80)) continue;
+      if (!visible(node.pos[0] - 10, node.pos[1] - 120, lay.w + 20, lay.h + 120)) continue;
       const runtime = exec.runtime(node.id);
       const running = exec.runningNode === node.id;
       drawNode(ctx, node, lay, {

@@ -1,8 +1,8 @@
 // Drawing one node: body, title, sockets (coloured by type), widgets, progress, images, errors.
 
 import { typeColour } from "./defs.js";
-import { FONT, PAD, SMALL_FONT, SOCKET_R, TITLE_FONT, TITLE_H } from "./layout.js";
-import { drawWidget, fitText } from "./widgets.js";
+import { FONT, PAD, SMALL_FONT, SOCKET_R, TITLE_FONT, TITLE_H, textWidth } from "./layout.js";
+import { drawWidget, fitText, wrapLines } from "./widgets.js";
 
 const BODY = "#353535";
 const TITLE_BG = "#2b2b2b";
@@ -50,11 +50,12 @@ function drawImages(ctx, area, images) {
   });
 }
 
+/** The node's errors in a red box above it, each wrapped to the node's width (at most 6 lines in all). */
 function drawErrors(ctx, lay, errors) {
-  const lines = errors.slice(0, 4).map((err) => {
+  const lines = errors.flatMap((err) => {
     const where = err.input ? `${err.input}: ` : "";
-    return `${where}${err.message}${err.details ? ` — ${err.details}` : ""}`;
-  });
+    return wrapLines(`${where}${err.message}${err.details ? ` — ${err.details}` : ""}`, lay.w - 12, 3);
+  }).slice(0, 6);
   ctx.font = SMALL_FONT;
   const h = lines.length * 16 + 8;
   ctx.fillStyle = "rgba(120, 20, 20, 0.95)";
@@ -63,7 +64,7 @@ function drawErrors(ctx, lay, errors) {
   ctx.fill();
   ctx.fillStyle = "#fff";
   ctx.textBaseline = "middle";
-  lines.forEach((line, i) => ctx.fillText(fitText(line, lay.w - 12, SMALL_FONT), 6, -h - 6 + 12 + i * 16));
+  lines.forEach((line, i) => ctx.fillText(line, 6, -h - 6 + 12 + i * 16));
 }
 
 /**
@@ -121,11 +122,20 @@ export function drawNode(ctx, node, lay, view) {
   ctx.fillStyle = "#eee";
   let title = lay.title + (lay.missing ? " (missing)" : "");
   if (node.mode === "bypass") title += " (bypassed)";
-  ctx.fillText(fitText(title, w - 40, TITLE_FONT), 26, TITLE_H / 2 + 1);
-  if (view.running && view.progress && view.progress.max > 0) {
-    const fraction = Math.max(0, Math.min(1, view.progress.value / view.progress.max));
+  const steps = view.running && view.progress && view.progress.max > 0 ? view.progress : null;
+  const stepText = steps ? `${steps.value}/${steps.max}` : "";
+  const stepW = steps ? textWidth(stepText, SMALL_FONT) + 10 : 0;
+  ctx.fillText(fitText(title, w - 40 - stepW, TITLE_FONT), 26, TITLE_H / 2 + 1);
+  if (steps) {
+    const fraction = Math.max(0, Math.min(1, steps.value / steps.max));
+    ctx.fillStyle = "rgba(61, 220, 132, 0.25)";
+    ctx.fillRect(0, TITLE_H - 5, w, 5);
     ctx.fillStyle = "#3ddc84";
     ctx.fillRect(0, TITLE_H - 5, w * fraction, 5);
+    ctx.font = SMALL_FONT;
+    ctx.textAlign = "right";
+    ctx.fillText(stepText, w - 10, TITLE_H / 2);
+    ctx.textAlign = "left";
   }
   if (lay.collapsed) {
     if (lay.inputs.length) drawSocket(ctx, 0, TITLE_H / 2, lay.inputs[0].type, true, false, false);

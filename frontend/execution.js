@@ -101,7 +101,6 @@ export class Execution {
     }
     const summary = body.error ? `${body.error.message}${body.error.details ? `: ${body.error.details}` : ""}` : "Prompt is invalid";
     this.editor.errorPanel.render(summary);
-    this.editor.notify(summary, "error");
   }
 
   loadImages(nodeId, infos) {
