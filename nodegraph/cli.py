@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from .app import AppConfig, build_engine
 from .errors import Interrupted, NodeExecutionError, ValidationFailed
-from .formats import load_workflow_file
+from .formats import run_metadata, load_workflow_file, map_models
 from .hooks import Hooks, RunInfo
+from .registry import NodeRegistry
 from .workflow import Workflow, WorkflowFormatError
 
 
@@ -73,8 +77,20 @@ def _config(args: argparse.Namespace) -> AppConfig:
                      device=args.device, precision=args.precision)
 
 
+def parse_model_map(items: list[str]) -> dict[str, str]:
+    """`--map-model OLD=NEW` pairs; a downloaded workflow's model names become the ones that are here."""
+    mapping = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise CliError(f"--map-model {item!r}: expected OLD=NEW, e.g. --map-model v1-5-pruned-emaonly.ckpt=sd15.safetensors")
+        mapping[old] = new
+    return mapping
+
+
 def _load(args: argparse.Namespace, engine: Any) -> Workflow:
     workflow = load_workflow_file(args.workflow, engine.registry)
+    workflow = map_models(workflow, parse_model_map(getattr(args, "map_model", [])))
     for override in args.set:
         node_id, name, value = parse_override(override)
         try:
@@ -87,7 +103,8 @@ def _load(args: argparse.Namespace, engine: Any) -> Workflow:
 def cmd_run(args: argparse.Namespace) -> int:
     engine = build_engine(_config(args))
     workflow = _load(args, engine)
-    result = engine.run(workflow, hooks=[ProgressBar(enabled=not args.quiet)])
+    result = engine.run(workflow, hooks=[ProgressBar(enabled=not args.quiet)],
+                        metadata=run_metadata(workflow, engine.registry))
     for node_id, ui in result.ui.items():
         for key in ("images", "files"):
             for entry in ui.get(key, []):
@@ -136,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext, func in (("run", "run a workflow", cmd_run), ("validate", "check a workflow", cmd_validate)):
         p = sub.add_parser(name, parents=[common], help=helptext)
-        p.add_argument("workflow", help="workflow file")
+        p.add_argument("workflow", help="workflow file: ours, ComfyUI's (UI or API JSON), or a PNG carrying one")
+        p.add_argument("--map-model", action="append", default=[], metavar="OLD=NEW",
+                       help="use model NEW wherever the workflow names OLD (repeatable)")
         p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                        help="override a widget value, e.g. --set 3.seed=42 (repeatable)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -144,7 +163,69 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nodes", parents=[common], help="list node types")
     p.add_argument("--json", action="store_true", help="print the declarations as JSON")
     p.set_defaults(func=cmd_nodes)
+    _add_serve_parser(sub, common)
     return parser
+
+
+def load_node_packs(specs: list[str]) -> NodeRegistry:
+    """A registry filled by `MODULE:FUNCTION` register functions (instead of the installed entry points)."""
+    registry = NodeRegistry()
+    for spec in specs:
+        module_name, _, function_name = spec.partition(":")
+        try:
+            register = getattr(importlib.import_module(module_name), function_name or "register")
+            register(registry)
+        except (ImportError, AttributeError) as exc:
+            raise CliError(f"--nodes-module {spec!r}: {exc}") from None
+    return registry
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServerConfig, run_server  # only `serve` needs aiohttp
+
+    data_dir = Path(args.data_dir)
+    config = AppConfig(output_dir=Path(args.output_dir),
+                       input_dir=Path(args.input_dir) if args.input_dir else data_dir / "input",
+                       temp_dir=data_dir / "temp", models_dir=Path(args.models_dir),
+                       extra_model_dirs=[Path(p) for p in args.extra_models_dir], device=args.device,
+                       precision=args.precision)
+    engine = build_engine(config, load_node_packs(args.nodes_module) if args.nodes_module else None)
+    for pack, error in engine.registry.load_errors.items():
+        print(f"warning: node pack {pack!r} failed to load: {error}", file=sys.stderr)
+    if args.port < 0 or args.port > 65535:
+        raise CliError(f"--port {args.port}: not a TCP port")
+    token = args.token or os.environ.get("NODEGRAPH_TOKEN") or None
+    server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    from .server.queue_store import StoreLocked
+
+    try:
+        run_server(engine, server, access_log=args.verbose)
+    except StoreLocked as exc:
+        raise CliError(f"{exc} (use another --data-dir)") from None
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.listen}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
+def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    serve_common = copy.deepcopy(common)  # its own copy: serve's --input-dir defaults into --data-dir
+    serve_common.set_defaults(input_dir=None)
+    for action in serve_common._actions:
+        if action.dest == "input_dir":
+            action.help = "uploads and the files LoadImage reads (default: DATA_DIR/input)"
+    p = sub.add_parser("serve", parents=[serve_common], help="serve the ComfyUI-compatible HTTP/WebSocket API",
+                       description="Serve ComfyUI's HTTP and WebSocket API (and the editor) for headless runs.")
+    p.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1", metavar="HOST",
+                   help="address to bind (default 127.0.0.1; a bare --listen means 0.0.0.0, every interface)")
+    p.add_argument("--port", type=int, default=8188, help="TCP port (default 8188, as ComfyUI)")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' on every request (default: $NODEGRAPH_TOKEN)")
+    p.add_argument("--data-dir", default="nodegraph-data",
+                   help="queue/history database, uploads (input/) and temp files (default ./nodegraph-data)")
+    p.add_argument("--max-upload-mb", type=float, default=50, help="largest accepted upload (default 50 MB)")
+    p.add_argument("--nodes-module", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="load node packs from these register functions instead of the installed ones (repeatable)")
+    p.set_defaults(func=cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,11 @@ class NodeContext:
         """The run's metadata (e.g. "prompt", "workflow" for PNG text chunks); empty outside a run."""
         return self._run.metadata if self._run is not None else {}
 
+    @property
+    def interrupted(self) -> bool:
+        """True once the run was asked to stop (for loops that stop by themselves, e.g. a sampler's)."""
+        return self._cancel is not None and self._cancel.cancelled
+
     def check_interrupted(self) -> None:
         """Raise `Interrupted` if the run was asked to stop; call it between steps."""
         if self._cancel is not None and self._cancel.cancelled:

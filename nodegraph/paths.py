@@ -61,29 +61,39 @@ def list_files(root: str | os.PathLike[str], extensions: Iterable[str] | None = 
     return sorted(names)
 
 
-def next_output_path(directory: str | os.PathLike[str], prefix: str, extension: str) -> Path:
-    """A new, unused `prefix_00001_.ext` path in `directory` (ComfyUI's naming); never overwrites.
-
-    `prefix` may name a subfolder ("portraits/face"), which is created inside `directory`.
-    """
-    target = safe_join(directory, f"{prefix}_00000_.{extension}")
-    folder, stem = target.parent, target.name[: -len(f"_00000_.{extension}")]
-    folder.mkdir(parents=True, exist_ok=True)
+def _next_counter(folder: Path, stem: str, extension: str) -> int:
     highest = 0
     for existing in folder.glob(f"{glob_escape(stem)}_*_.{extension}"):
         match = _COUNTER.search(existing.name)
         if match and existing.name[: match.start()] == stem:
             highest = max(highest, int(match.group(1)))
-    counter = highest + 1
-    while True:
-        candidate = folder / f"{stem}_{counter:05d}_.{extension}"
-        try:
-            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # claim the name atomically
-        except FileExistsError:
-            counter += 1
-            continue
-        os.close(fd)
-        return candidate
+    return highest + 1
+
+
+def save_new_file(directory: str | os.PathLike[str], prefix: str, extension: str, data: bytes) -> Path:
+    """Write `data` to a new `prefix_00001_.ext` in `directory` (ComfyUI's naming), atomically and
+    never overwriting: the bytes go to a temporary file that is then hard-linked under the first free name.
+
+    `prefix` may name a subfolder ("portraits/face"), created inside `directory`; it cannot leave it.
+    """
+    target = safe_join(directory, f"{prefix}_00000_.{extension}")
+    folder, stem = target.parent, target.name[: -len(f"_00000_.{extension}")]
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial.", suffix=f".{extension}")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        counter = _next_counter(folder, stem, extension)
+        while True:
+            candidate = folder / f"{stem}_{counter:05d}_.{extension}"
+            try:
+                os.link(tmp, candidate)  # fails if the name exists: no overwrite, even between processes
+            except FileExistsError:
+                counter += 1
+                continue
+            return candidate
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def glob_escape(text: str) -> str:

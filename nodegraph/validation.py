@@ -143,7 +143,7 @@ def compile_workflow(workflow: Workflow, registry: NodeRegistry, env: Any = None
                                          links=links[node_id])
 
     issues.extend(_cycle_issues(graph, workflow))
-    chosen, output_issues = _choose_outputs(schemas, outputs)
+    chosen, output_issues = _choose_outputs(schemas, set(workflow.nodes), outputs)
     issues.extend(output_issues)
     if issues:
         issues.sort(key=lambda i: (id_sort_key(i.node_id) if i.node_id else (-1, 0, ""), i.input_name or ""))
@@ -258,7 +258,8 @@ def _cycle_issues(graph: nx.DiGraph, workflow: Workflow) -> Iterable[ValidationI
                               class_type=workflow.nodes[first].type, extra={"cycle": members})
 
 
-def _choose_outputs(schemas: dict[str, NodeSchema], outputs: Sequence[str] | None) -> tuple[list[str], list[ValidationIssue]]:
+def _choose_outputs(schemas: dict[str, NodeSchema], node_ids: set[str],
+                    outputs: Sequence[str] | None) -> tuple[list[str], list[ValidationIssue]]:
     if outputs is None:
         chosen = sorted((nid for nid, schema in schemas.items() if schema.output_node), key=id_sort_key)
         if not chosen:
@@ -267,7 +268,7 @@ def _choose_outputs(schemas: dict[str, NodeSchema], outputs: Sequence[str] | Non
         return chosen, []
     issues = []
     for nid in outputs:
-        if nid not in schemas:
+        if nid not in node_ids:
             issues.append(ValidationIssue(type=E.PROMPT_NO_OUTPUTS, message=f"Requested output node {nid!r} is not in the workflow",
                                           node_id=nid))
     return list(dict.fromkeys(outputs)), issues

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from nodegraph.registry import NodeRegistry
 
-from . import utility
+from . import conditioning, images, latent, loaders, sampling, utility, vae_nodes
 
-NODE_MODULES = (utility,)
+NODE_MODULES = (loaders, conditioning, latent, sampling, vae_nodes, images, utility)
 
 
 def register(registry: NodeRegistry) -> None:

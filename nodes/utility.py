@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nodegraph import Boolean, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
-from nodegraph.paths import atomic_write_bytes, next_output_path
+from nodegraph.paths import save_new_file
 
 _MAX_INT = 2**63 - 1
 
@@ -77,8 +77,7 @@ class SaveText(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, text: str, filename_prefix: str) -> NodeResult:
-        path = next_output_path(ctx.env.output_dir, filename_prefix, "txt")
-        atomic_write_bytes(path, text.encode("utf-8"))
+        path = save_new_file(ctx.env.output_dir, filename_prefix, "txt", text.encode("utf-8"))
         subfolder = path.parent.relative_to(ctx.env.output_dir.resolve()).as_posix()
         entry: dict[str, Any] = {"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
                                  "type": "output"}

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from nodegraph.environment import ModelNotFound, ModelPaths
-from nodegraph.paths import UnsafePath, list_files, next_output_path, safe_join
+from nodegraph.paths import UnsafePath, list_files, safe_join, save_new_file
 
 
 @pytest.mark.parametrize("name", ["../x.png", "a/../../x.png", "/etc/passwd", "C:\\x.png", "a\x00.png", "",
@@ -28,14 +28,17 @@ def test_symlink_pointing_out_is_refused_and_not_listed(tmp_path):
     assert safe_join(root, "sub/./x.png") == (root / "sub" / "x.png").resolve()
 
 
-def test_next_output_path_never_overwrites(tmp_path):
-    first = next_output_path(tmp_path, "img", "png")
-    second = next_output_path(tmp_path, "img", "png")
-    nested = next_output_path(tmp_path, "faces/img", "png")
-    assert (first.name, second.name) == ("img_00001_.png", "img_00002_.png")
+def test_save_new_file_never_overwrites_and_leaves_no_partial_files(tmp_path):
+    first = save_new_file(tmp_path, "img", "png", b"one")
+    (tmp_path / "img_00007_.png").write_bytes(b"user's file")
+    second = save_new_file(tmp_path, "img", "png", b"two")
+    nested = save_new_file(tmp_path, "faces/img", "png", b"three")
+    assert (first.name, second.name) == ("img_00001_.png", "img_00008_.png")
+    assert first.read_bytes() == b"one" and (tmp_path / "img_00007_.png").read_bytes() == b"user's file"
     assert nested == (tmp_path / "faces" / "img_00001_.png").resolve()
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".partial")]
     with pytest.raises(UnsafePath):
-        next_output_path(tmp_path, "../img", "png")
+        save_new_file(tmp_path, "../img", "png", b"x")
 
 
 def test_model_paths_list_builtins_first_and_refuse_escapes(tmp_path):

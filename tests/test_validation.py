@@ -130,3 +130,10 @@ def test_linked_widget_value_is_checked_when_it_arrives():
 
     with pytest.raises(NodeExecutionError, match="node 3 .*bigger than max"):
         Engine(registry()).run(wf_bad)
+
+
+def test_requested_outputs_must_exist():
+    wf = workflow({"1": ("Number", {}), "2": ("Collect", {})}, [("1", 0, "2", "value")])
+    issues = issues_of(wf, outputs=["9"])
+    assert [(i.type, i.node_id) for i in issues] == [("prompt_no_outputs", "9")]
+    assert issues_of(wf, outputs=["1"]) == []  # any node may be a target, e.g. to preview an intermediate

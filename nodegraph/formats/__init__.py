@@ -1,4 +1,8 @@
-"""Workflow formats at the edge: whatever a user hands us becomes our native `Workflow`."""
+"""Workflow formats at the edge: whatever a user hands us becomes our native `Workflow`.
+
+Our format, ComfyUI's API format (`/prompt` bodies), ComfyUI's UI format (what its editor saves) and PNGs carrying
+any of them are read here; the engine only ever sees the native model.
+"""
 
 from __future__ import annotations
 
@@ -26,15 +30,38 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def to_workflow(data: Any, registry: NodeRegistry, source: str = "workflow") -> Workflow:
     """Convert parsed workflow data of any supported format to our native model."""
     from .api import from_api, is_api_format
+    from .ui import from_ui, is_ui_format
 
     if is_api_format(data):
         return from_api(data, source)
+    if is_ui_format(data):
+        return from_ui(data, registry, source)
     return parse_workflow(data, source)
 
 
 def load_workflow_file(path: str | os.PathLike[str], registry: NodeRegistry) -> Workflow:
-    """Load a workflow file of any supported format."""
+    """Load a workflow file of any supported format: JSON (ours, ComfyUI UI or API) or a PNG carrying one."""
+    from .png import is_png, read_png_workflow
+
+    if is_png(path):
+        return read_png_workflow(path, registry)
     return to_workflow(read_json(path), registry, str(path))
+
+
+def ui_to_api(data: dict[str, Any], registry: NodeRegistry, source: str = "workflow") -> dict[str, Any]:
+    """The API prompt ComfyUI's editor would queue for a UI-format workflow: muted nodes dropped, bypassed ones
+    wired through, Reroutes followed, PrimitiveNode values written into the widgets they feed, Notes left out."""
+    from .api import to_api
+    from .ui import from_ui, with_widget_defaults
+
+    return to_api(with_widget_defaults(from_ui(data, registry, source), registry), registry)
+
+
+def ui_from_native(workflow: Workflow, registry: NodeRegistry) -> dict[str, Any]:
+    """The UI-format dict of a native workflow (ComfyUI's editor loads it; SaveImage writes it to PNGs)."""
+    from .ui_export import to_ui
+
+    return to_ui(workflow, registry)
 
 
 def map_models(workflow: Workflow, mapping: dict[str, str]) -> Workflow:
@@ -47,3 +74,19 @@ def map_models(workflow: Workflow, mapping: dict[str, str]) -> Workflow:
         widgets = {k: mapping.get(v, v) if isinstance(v, str) else v for k, v in node.widgets.items()}
         nodes[node_id] = node if widgets == node.widgets else node.model_copy(update={"widgets": widgets})
     return workflow.model_copy(update={"nodes": nodes})
+
+
+def run_metadata(workflow: Workflow, registry: NodeRegistry, *, prompt: dict[str, Any] | None = None,
+                 workflow_ui: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What SaveImage embeds in its PNGs: the API prompt, the UI workflow (ComfyUI opens both) and ours.
+
+    Callers that received a prompt or UI workflow (the server) pass them so they are embedded as sent.
+    """
+    from .api import to_api
+    from ..workflow import dump_workflow
+
+    return {
+        "prompt": prompt if prompt is not None else to_api(workflow, registry),
+        "workflow": workflow_ui if workflow_ui is not None else ui_from_native(workflow, registry),
+        "nodegraph_workflow": dump_workflow(workflow),
+    }

@@ -1,0 +1,206 @@
+"""The one worker: takes prompts from the SQLite queue in order and runs them on the shared Engine.
+
+The engine runs on a dedicated daemon thread (so a stuck node cannot hold the process at exit); this
+coroutine, on the event loop, does all bookkeeping. A failing or interrupted prompt is recorded in the
+history and the queue goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..context import CancelToken
+from ..errors import Interrupted, NodeExecutionError, ValidationFailed
+from ..executor import Engine, RunResult
+from .events import PromptEvents
+from .queue_store import QueueItem, QueueStore
+from .submit import build_workflow, run_metadata
+from .ws import WebSocketHub
+
+log = logging.getLogger(__name__)
+
+
+class RunThread:
+    """A single daemon thread running jobs in submission order (prompts, and /free between them)."""
+
+    def __init__(self, name: str = "nodegraph-run") -> None:
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+
+@dataclass
+class Running:
+    item: QueueItem
+    events: PromptEvents
+    cancel: CancelToken
+
+
+class Worker:
+    """Runs queued prompts one at a time.
+
+    Args:
+        engine: shared by every prompt (and its output cache with them).
+        store: the persistent queue.
+        hub: where the prompts' events go.
+        db: runs a store call off the event loop (`await db(store.method, *args)`).
+        on_queue_change: called on the loop with the prompts remaining after each one finishes.
+        compile_lock: shared with submission-time validation (the engine's plan memo is not thread-safe).
+    """
+
+    def __init__(self, engine: Engine, store: QueueStore, hub: WebSocketHub,
+                 db: Callable[..., Awaitable[Any]], on_queue_change: Callable[[int], None],
+                 compile_lock: threading.Lock) -> None:
+        self.engine = engine
+        self.store = store
+        self.hub = hub
+        self.db = db
+        self.on_queue_change = on_queue_change
+        self.compile_lock = compile_lock
+        self.current: Running | None = None
+        self._runner = RunThread()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="nodegraph-worker")
+
+    def wake(self) -> None:
+        """A prompt was queued: look again."""
+        self._wake.set()
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Stop the running prompt (only if it is `prompt_id`, when given); True if one was asked to stop."""
+        current = self.current
+        if current is None or (prompt_id is not None and current.item.prompt_id != prompt_id):
+            return False
+        current.cancel.cancel()
+        return True
+
+    def current_node(self, client_id: str) -> tuple[str, str] | None:
+        """(prompt id, node id) being executed for this client, to re-announce it on reconnect."""
+        current = self.current
+        if current is None or current.item.client_id != client_id or current.events.current_node is None:
+            return None
+        return current.item.prompt_id, current.events.current_node
+
+    def free(self, unload_models: bool, free_memory: bool) -> None:
+        """Drop cached outputs and node packs' model caches, between prompts (never under a running one)."""
+        self._runner.submit(_free, self.engine, unload_models, free_memory)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Interrupt the running prompt (it goes back to the queue, its attempt not counted) and stop."""
+        self._stopping = True
+        if self.current is not None:
+            self.current.cancel.cancel()
+        self._wake.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait([self._task], timeout=timeout)
+            if not done:
+                log.warning("a node did not stop within %.0f s; leaving it to be re-queued at the next start", timeout)
+                self._task.cancel()
+        self._runner.stop()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                self._wake.clear()
+                item = await self.db(self.store.claim_next)
+                if item is None:
+                    await self._wake.wait()
+                    continue
+                await self._process(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep serving; a broken database shows in the log, not as a dead queue
+                log.exception("worker: unexpected error")
+                await asyncio.sleep(1.0)
+
+    async def _process(self, item: QueueItem) -> None:
+        events = PromptEvents(self.hub, item.prompt_id, item.client_id)
+        running = Running(item, events, CancelToken())
+        self.current = running
+        try:
+            await asyncio.wrap_future(self._runner.submit(self._run, item, events, running.cancel))
+        except Interrupted as exc:
+            if self._stopping:
+                await self.db(self.store.release, item.prompt_id)
+                return
+            if events.status is None:
+                events.interrupted(exc)
+        except NodeExecutionError as exc:
+            if events.status is None:
+                events.failed(exc)
+        except ValidationFailed as exc:  # e.g. a model file deleted since the prompt was queued
+            events.failed(exc, exc.issues[0].node_id if exc.issues else None)
+        except Exception as exc:
+            log.exception("prompt %s failed outside any node", item.prompt_id)
+            events.failed(exc)
+        finally:
+            self.current = None
+        success = events.status == "success"
+        status = {"status_str": "success" if success else "error", "completed": success, "messages": events.messages}
+        meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+                for nid in events.outputs}
+        remaining = await self.db(self.store.finish, item.prompt_id, events.outputs, status, meta)
+        self.on_queue_change(remaining)
+        self.hub.send("executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id)
+
+    def _run(self, item: QueueItem, events: PromptEvents, cancel: CancelToken) -> RunResult:
+        """On the run thread: rebuild the stored prompt exactly as it was validated, and run it."""
+        registry = self.engine.registry
+        workflow = build_workflow(item.prompt, item.extra_data, registry)
+        with self.compile_lock:
+            graph = self.engine.compile(workflow, item.outputs_to_execute or None)
+        events.graph = graph
+        metadata = run_metadata(item.prompt, workflow, item.extra_data, registry)
+        result = self.engine.run(graph, hooks=[events], cancel=cancel, run_id=item.prompt_id, metadata=metadata)
+        events.status = "success"
+        return result
+
+
+def _free(engine: Engine, unload_models: bool, free_memory: bool) -> None:
+    if unload_models or free_memory:
+        engine.cache.clear()
+    if unload_models:
+        resources = getattr(engine.env, "resources", None) or {}
+        for name, resource in list(resources.items()):
+            clear = getattr(resource, "clear", None)
+            if callable(clear):
+                try:
+                    clear()
+                except Exception:
+                    log.exception("clearing resource %r failed", name)
+    gc.collect()
+    torch = sys.modules.get("torch")  # only if a node pack loaded it; /free must not import it
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,91 @@
+"""KSampler and KSamplerAdvanced: ComfyUI's sampling nodes over our samplers and schedules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nodegraph import Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Socket
+
+from .sd.samplers import SAMPLERS
+from .sd.schedules import SCHEDULERS
+from .sd.types import Conditioning, Latent, ModelHandle
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+# Projection of SD latents to RGB for cheap step previews (a linear fit; any model gives a rough picture).
+_LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
+                            [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
+
+
+def latent_preview(x0: torch.Tensor) -> torch.Tensor:
+    """IMAGE [1,H,W,3] in 0..1 from the first latent of a batch."""
+    rgb = torch.einsum("chw,cr->hwr", x0[0, :4].float().cpu(), _LATENT_RGB)
+    return ((rgb + 1) / 2).clamp(0, 1).unsqueeze(0)
+
+
+def _run(ctx: NodeContext, model: ModelHandle, **kwargs: Any) -> Latent:
+    from .sd.ksampler import sample
+
+    def callback(step: int, total: int, x0: torch.Tensor | None) -> None:
+        ctx.progress(step, total, latent_preview(x0) if x0 is not None else None)
+
+    return sample(model, callback=callback, should_stop=lambda: ctx.interrupted, **kwargs)
+
+
+class KSampler(Node):
+    schema = NodeSchema(
+        type_id="KSampler", display_name="KSampler", category="sampling",
+        description="Denoises a latent: txt2img at denoise 1, img2img below it, inpainting with a noise mask.",
+        inputs=(Socket("model", "MODEL"),
+                Int("seed", 0, min=0, max=MAX_SEED, control_after_generate=True),
+                Int("steps", 20, min=1, max=10000),
+                Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                Combo("sampler_name", tuple(SAMPLERS)),
+                Combo("scheduler", tuple(SCHEDULERS)),
+                Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+                Socket("latent_image", "LATENT"),
+                Float("denoise", 1.0, min=0.0, max=1.0, step=0.01)),
+        outputs=(Out("LATENT"),),
+    )
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, model: ModelHandle, seed: int, steps: int, cfg: float, sampler_name: str,
+                scheduler: str, positive: Conditioning, negative: Conditioning, latent_image: Latent,
+                denoise: float) -> tuple[Latent]:
+        return (_run(ctx, model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                     positive=positive, negative=negative, latent=latent_image, denoise=denoise),)
+
+
+class KSamplerAdvanced(Node):
+    schema = NodeSchema(
+        type_id="KSamplerAdvanced", display_name="KSampler (Advanced)", category="sampling",
+        description="Runs steps start_at_step..end_at_step of a schedule, e.g. base then refiner.",
+        inputs=(Socket("model", "MODEL"),
+                Combo("add_noise", ("enable", "disable")),
+                Int("noise_seed", 0, min=0, max=MAX_SEED, control_after_generate=True),
+                Int("steps", 20, min=1, max=10000),
+                Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                Combo("sampler_name", tuple(SAMPLERS)),
+                Combo("scheduler", tuple(SCHEDULERS)),
+                Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+                Socket("latent_image", "LATENT"),
+                Int("start_at_step", 0, min=0, max=10000),
+                Int("end_at_step", 10000, min=0, max=10000),
+                Combo("return_with_leftover_noise", ("disable", "enable"))),
+        outputs=(Out("LATENT"),),
+    )
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, model: ModelHandle, add_noise: str, noise_seed: int, steps: int, cfg: float,
+                sampler_name: str, scheduler: str, positive: Conditioning, negative: Conditioning,
+                latent_image: Latent, start_at_step: int, end_at_step: int,
+                return_with_leftover_noise: str) -> tuple[Latent]:
+        return (_run(ctx, model, seed=noise_seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                     scheduler=scheduler, positive=positive, negative=negative, latent=latent_image, denoise=1.0,
+                     start_step=start_at_step, last_step=end_at_step, add_noise=add_noise == "enable",
+                     force_full_denoise=return_with_leftover_noise != "enable"),)
+
+
+NODES = (KSampler, KSamplerAdvanced)

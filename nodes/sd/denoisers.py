@@ -1,0 +1,286 @@
+"""The model contract D(x, sigma, **extra) -> x0, and what wraps it (k-diffusion's `external.py` style).
+
+A diffusers UNet predicts noise (epsilon) or velocity (v) from a variance-preserving input at a discrete
+timestep. `EpsDenoiser`/`VDenoiser` turn it into a denoiser on Karras et al. 2022's sigma-parametrised x:
+they scale the input by c_in = 1 / sqrt(sigma^2 + 1), map sigma to its (fractional) training timestep and
+convert the output to x0. `CFGDenoiser` evaluates conditioning entries (with ComfyUI's area and strength
+rules) and combines them with classifier-free guidance (Ho & Salimans 2022). Samplers see only the
+outermost D; they never know about CFG.
+
+Extension point: `ModelHandle.patches` are applied per sampling run by `patches_applied`, each to a fresh
+object built for that run only: "guidance" patches to the CFGDenoiser (append to `guidance_terms`),
+"attention", "residual" and "weights" patches to the UNetDenoiser (append to `wrappers`, or swap
+`unet` for a patched copy). Whatever `apply` returns is called to undo it when the run ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nodes.sd.schedules import model_sigmas, sigma_to_timestep
+from nodes.sd.types import CondItem, ModelHandle, ModelPatch
+
+UNetCall = Callable[[Tensor, Tensor, dict[str, Any]], Tensor]
+"""(scaled input, timestep, unet kwargs) -> the UNet's raw output."""
+UNetWrapper = Callable[[UNetCall, Tensor, Tensor, dict[str, Any]], Tensor]
+"""Wraps one UNet call: receives the next call in the chain and may change inputs, kwargs or output."""
+
+
+class UNetDenoiser:
+    """A diffusers UNet2DConditionModel as a denoiser on sigma-parametrised latents.
+
+    The UNet runs in `dtype` on `device`; inputs and the returned x0 stay in the caller's dtype.
+    """
+
+    def __init__(
+        self, unet: torch.nn.Module, alphas_cumprod: Tensor, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> None:
+        self.unet = unet
+        self.sigmas = model_sigmas(alphas_cumprod)
+        self.dtype, self.device = dtype, torch.device(device)
+        self.wrappers: list[UNetWrapper] = []
+        config = getattr(unet, "config", None)
+        self.needs_added_cond = getattr(config, "addition_embed_type", None) == "text_time"
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """The fractional training timestep of each sigma (log-sigma interpolation)."""
+        return sigma_to_timestep(sigma.to(torch.float64).cpu(), self.sigmas).to(torch.float32)
+
+    def output_to_denoised(self, x: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, sigma: Tensor, **unet_kwargs: Any) -> Tensor:
+        """x0 predicted from x at noise level sigma ([B] or scalar).
+
+        Args:
+            x: latents at noise level sigma, [B, C, H, W].
+            sigma: one sigma per batch item (or one for all).
+            unet_kwargs: passed to the UNet: encoder_hidden_states, added_cond_kwargs, ...
+        """
+        sigma = sigma.reshape(-1).to(x.device, x.dtype).expand(x.shape[0])
+        sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        scaled = x / (sigma_b**2 + 1) ** 0.5
+        output = self.run_unet(scaled, self.timestep(sigma), unet_kwargs)
+        return self.output_to_denoised(x, sigma_b, output.to(x.device, x.dtype))
+
+    def run_unet(self, sample: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        """Call the UNet through `wrappers` (the first added is outermost)."""
+        call: UNetCall = self._call_unet
+        for wrapper in reversed(self.wrappers):
+            call = partial(wrapper, call)
+        return call(sample, timestep, kwargs)
+
+    def _call_unet(self, sample: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        moved = {key: _to(value, self.device, self.dtype) for key, value in kwargs.items()}
+        out = self.unet(
+            sample.to(self.device, self.dtype), timestep.to(self.device), **moved, return_dict=False
+        )
+        return out[0]
+
+
+def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+    if isinstance(value, dict):
+        return {key: _to(item, device, dtype) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(item, device, dtype) for item in value)
+    return value
+
+
+class EpsDenoiser(UNetDenoiser):
+    """Epsilon prediction (Ho et al. 2020): x0 = x - sigma * eps."""
+
+    def output_to_denoised(self, x: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
+        return x - sigma * output
+
+
+class VDenoiser(UNetDenoiser):
+    """v prediction (Salimans & Ho 2022): x0 = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v."""
+
+    def output_to_denoised(self, x: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
+        return x / (sigma**2 + 1) - sigma / (sigma**2 + 1) ** 0.5 * output
+
+
+def unet_denoiser(model: ModelHandle) -> UNetDenoiser:
+    """The denoiser for a MODEL handle, by its prediction type (a fresh object: safe to patch per run)."""
+    kind = {"epsilon": EpsDenoiser, "v_prediction": VDenoiser}.get(model.prediction)
+    if kind is None:
+        raise ValueError(f"unknown prediction type {model.prediction!r}; expected 'epsilon' or 'v_prediction'")
+    return kind(model.unet, model.alphas_cumprod, dtype=model.dtype, device=model.device)
+
+
+# -- conditioning and classifier-free guidance --------------------------------------------------------
+
+
+def area_and_weight(item: CondItem, height: int, width: int) -> tuple[tuple[int, int, int, int], Tensor]:
+    """Where an entry applies, (h, w, y, x) clipped to the latent, and its weight there, [1, 1, h, w].
+
+    The weight is `strength`, feathered linearly over min(8, size // 4) latent pixels along edges that are
+    inside the image, so overlapping areas blend smoothly (ComfyUI's get_area_and_mult).
+    """
+    if item.area is None:
+        return (height, width, 0, 0), torch.full((1, 1, height, width), float(item.strength))
+    h, w, top, left = item.area
+    h, w = min(h, height - top), min(w, width - left)
+    if h <= 0 or w <= 0 or top < 0 or left < 0:
+        raise ValueError(f"conditioning area {item.area} (h, w, y, x) lies outside the {height}x{width} latent")
+    weight = torch.full((1, 1, h, w), float(item.strength))
+    for dim, size, offset, full in ((2, h, top, height), (3, w, left, width)):
+        ramp = min(8, size // 4)
+        for t in range(ramp):
+            if offset != 0:
+                weight.narrow(dim, t, 1).mul_((t + 1) / ramp)
+            if offset + size < full:
+                weight.narrow(dim, size - 1 - t, 1).mul_((t + 1) / ramp)
+    return (h, w, top, left), weight
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One conditioning entry of one set (0 = positive, 1 = negative), ready to batch."""
+
+    set_index: int
+    item: CondItem
+    region: tuple[int, int, int, int]
+    weight: Tensor
+    time_ids: Tensor | None
+
+    def batch_key(self) -> tuple[Any, ...]:
+        pooled = None if self.item.pooled is None else tuple(self.item.pooled.shape)
+        return (self.region[:2], tuple(self.item.embeds.shape[1:]), pooled)
+
+
+def _time_ids(item: CondItem, height: int, width: int) -> Tensor:
+    """SDXL's size conditioning: CondItem.extras["time_ids"], else (H, W, 0, 0, H, W) in image pixels."""
+    given = item.extras.get("time_ids")
+    if given is not None:
+        return torch.as_tensor(given, dtype=torch.float32).reshape(1, -1)
+    h, w = height * 8, width * 8
+    return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
+
+
+def calc_cond_batch(
+    model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor, sigma: Tensor
+) -> list[Tensor | None]:
+    """x0 for each set of conditioning entries, evaluating entries of equal shape in one UNet call.
+
+    Each entry predicts x0 on its area; a set's result is the weight-averaged prediction of its entries
+    (ComfyUI's calc_cond_batch). A pixel no entry covers gets 0, as in ComfyUI.
+    """
+    batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+    groups: dict[tuple[Any, ...], list[_Piece]] = {}
+    for set_index, items in enumerate(cond_sets):
+        for item in items or ():
+            if model.needs_added_cond and item.pooled is None:
+                raise ValueError("this UNet needs SDXL pooled text embeddings, but a conditioning entry has none")
+            region, weight = area_and_weight(item, height, width)
+            time_ids = _time_ids(item, height, width) if model.needs_added_cond else None
+            piece = _Piece(set_index, item, region, weight, time_ids)
+            groups.setdefault(piece.batch_key(), []).append(piece)
+    totals = [torch.zeros_like(x) if items else None for items in cond_sets]
+    counts = [torch.full_like(x, 1e-37) if items else None for items in cond_sets]
+    sigma = sigma.reshape(-1).expand(batch)
+    for pieces in groups.values():
+        crops = [x[:, :, top : top + h, left : left + w] for (h, w, top, left) in (p.region for p in pieces)]
+        kwargs: dict[str, Any] = {
+            "encoder_hidden_states": torch.cat([p.item.embeds.expand(batch, -1, -1) for p in pieces]),
+        }
+        if model.needs_added_cond:
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.cat([p.item.pooled.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
+                "time_ids": torch.cat([p.time_ids.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
+            }
+        out = model(torch.cat(crops), sigma.repeat(len(pieces)), **kwargs)
+        for k, piece in enumerate(pieces):
+            h, w, top, left = piece.region
+            weight = piece.weight.to(x.device, x.dtype)
+            total, count = totals[piece.set_index], counts[piece.set_index]
+            assert total is not None and count is not None
+            total[:, :, top : top + h, left : left + w] += out[k * batch : (k + 1) * batch] * weight
+            count[:, :, top : top + h, left : left + w] += weight
+    return [None if total is None else total / count for total, count in zip(totals, counts)]
+
+
+@dataclass(frozen=True)
+class GuidanceInputs:
+    """What a guidance term sees after CFG: it returns a new x0 (ComfyUI's post-CFG function)."""
+
+    x: Tensor
+    sigma: Tensor
+    cond_denoised: Tensor
+    uncond_denoised: Tensor | None
+    denoised: Tensor
+    cfg: float
+    model: UNetDenoiser
+
+
+GuidanceTerm = Callable[[GuidanceInputs], Tensor]
+
+
+class CFGDenoiser:
+    """Classifier-free guidance (Ho & Salimans 2022): uncond + cfg * (cond - uncond), then guidance terms.
+
+    Positive and negative entries are evaluated together, batched where shapes allow. With cfg == 1 and
+    no guidance terms the negative is skipped (it would cancel out).
+    """
+
+    def __init__(
+        self, model: UNetDenoiser, positive: Sequence[CondItem], negative: Sequence[CondItem], cfg: float
+    ) -> None:
+        if not positive:
+            raise ValueError("positive conditioning is empty")
+        self.model, self.positive, self.negative, self.cfg = model, tuple(positive), tuple(negative), float(cfg)
+        self.guidance_terms: list[GuidanceTerm] = []
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
+        skip_uncond = math.isclose(self.cfg, 1.0) and not self.guidance_terms
+        if not skip_uncond and not self.negative:
+            raise ValueError(f"negative conditioning is empty but cfg is {self.cfg}")
+        cond, uncond = calc_cond_batch(self.model, [self.positive, None if skip_uncond else self.negative], x, sigma)
+        assert cond is not None
+        denoised = cond if uncond is None else uncond + (cond - uncond) * self.cfg
+        for term in self.guidance_terms:
+            denoised = term(GuidanceInputs(x, sigma, cond, uncond, denoised, self.cfg, self.model))
+        return denoised
+
+
+PATCH_TARGETS: dict[str, str] = {"guidance": "cfg", "attention": "unet", "residual": "unet", "weights": "unet"}
+"""Which per-run object each kind of ModelPatch is applied to."""
+
+
+@contextmanager
+def patches_applied(
+    patches: Sequence[ModelPatch], *, unet_denoiser: UNetDenoiser, cfg_denoiser: CFGDenoiser
+) -> Iterator[None]:
+    """Apply each patch in order to its target for the duration of a run, undoing in reverse order after."""
+    undos: list[Callable[[], Any]] = []
+    try:
+        for patch in patches:
+            target_name = PATCH_TARGETS.get(patch.kind)
+            if target_name is None:
+                kinds = sorted(PATCH_TARGETS)
+                raise ValueError(f"model patch {patch.name!r} has unknown kind {patch.kind!r}; expected one of {kinds}")
+            undo = patch.apply(cfg_denoiser if target_name == "cfg" else unet_denoiser)
+            if undo is not None:
+                undos.append(undo)
+        yield
+    finally:
+        for undo in reversed(undos):
+            undo()

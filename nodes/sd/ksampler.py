@@ -1,0 +1,219 @@
+"""KSampler: ComfyUI's KSampler and KSamplerAdvanced semantics on top of schedules, samplers and denoisers.
+
+Noise comes from CPU generators seeded with `seed`, so a seed gives the same latent on any device:
+the initial noise as ComfyUI's `prepare_noise` draws it (one draw per batch index, picked by
+`Latent.batch_index`), and each batch item's per-step noise from its own generator (seed for index 0), so
+item k of a batch equals a single run with batch_index (k,) for every sampler, ancestral ones included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nodegraph.errors import Interrupted
+from nodes.sd.denoisers import CFGDenoiser, patches_applied, unet_denoiser
+from nodes.sd.samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLERS
+from nodes.sd.samplers_multistep import BrownianNoise, Denoiser, GaussianNoise, NoiseSampler
+from nodes.sd.schedules import SCHEDULERS, calculate_sigmas, model_sigmas
+from nodes.sd.types import CondItem, Latent, ModelHandle
+
+ProgressCallback = Callable[[int, int, Tensor], None]
+"""(steps done, total steps, current x0 prediction)."""
+
+BROWNIAN_SAMPLERS: frozenset[str] = frozenset({"dpmpp_sde"})
+"""Samplers whose noise intervals overlap within a step, so they need a Brownian path."""
+
+
+def sampling_sigmas(alphas_cumprod: Tensor, scheduler: str, sampler_name: str, steps: int, denoise: float) -> Tensor:
+    """The sigmas KSampler runs: the last steps + 1 of a `int(steps / denoise)`-step schedule (img2img).
+
+    Args:
+        alphas_cumprod: the model's training schedule.
+        scheduler: a key of schedules.SCHEDULERS.
+        sampler_name: a key of samplers.SAMPLERS (some drop the penultimate sigma, as in ComfyUI).
+        steps: steps to run.
+        denoise: fraction of the schedule to run, in (0, 1]; <= 0 runs nothing (empty tensor).
+    """
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    total = steps if denoise > 0.9999 else int(steps / denoise)
+    if sampler_name in DISCARD_PENULTIMATE_SIGMA:
+        sigmas = calculate_sigmas(alphas_cumprod, scheduler, total + 1)
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    else:
+        sigmas = calculate_sigmas(alphas_cumprod, scheduler, total)
+    return sigmas[-(steps + 1) :]
+
+
+def prepare_noise(samples: Tensor, seed: int, batch_index: Sequence[int] | None = None) -> Tensor:
+    """Initial noise like `samples` from a CPU generator: draw k is batch index k's noise (ComfyUI's
+    prepare_noise, drawing per item so any batch item equals a single run with its index)."""
+    indices = list(range(samples.shape[0])) if batch_index is None else list(batch_index)
+    if len(indices) != samples.shape[0]:
+        raise ValueError(f"batch_index has {len(indices)} entries for a batch of {samples.shape[0]}")
+    generator = torch.Generator().manual_seed(seed)
+    wanted, draws = set(indices), {}
+    for k in range(max(indices) + 1):
+        noise = torch.randn((1, *samples.shape[1:]), generator=generator, dtype=torch.float32)
+        if k in wanted:
+            draws[k] = noise
+    return torch.cat([draws[k] for k in indices])
+
+
+def item_seed(seed: int, index: int) -> int:
+    """Seed of batch index `index`'s step noise: `seed` itself for index 0, a golden-ratio mix otherwise."""
+    return seed if index == 0 else (seed ^ (index * 0x9E3779B97F4A7C15)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class BatchNoise:
+    """Per-step noise for a batch: each item draws from its own CPU generator (see `item_seed`)."""
+
+    def __init__(self, x: Tensor, seed: int, indices: Sequence[int], brownian: bool) -> None:
+        kind = BrownianNoise if brownian else GaussianNoise
+        self.items: list[NoiseSampler] = [
+            kind(x[k : k + 1], torch.Generator().manual_seed(item_seed(seed, index))) for k, index in enumerate(indices)
+        ]
+
+    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        return torch.cat([item(sigma, sigma_next) for item in self.items])
+
+
+def prepare_mask(mask: Tensor, shape: torch.Size) -> Tensor:
+    """A noise mask resized (bilinear) to the latent and repeated to its batch, [B, 1, H, W]."""
+    mask = mask.to(torch.float32).reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    if tuple(mask.shape[-2:]) != tuple(shape[-2:]):
+        mask = F.interpolate(mask, size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
+    repeats = math.ceil(shape[0] / mask.shape[0])
+    return mask.repeat(repeats, 1, 1, 1)[: shape[0]]
+
+
+class InpaintDenoiser:
+    """Keeps the region where mask = 0: before each model call that region is reset to the initial latent
+    noised to the current sigma, and the prediction there is the initial latent (k-diffusion/ComfyUI
+    inpainting, "KSamplerX0Inpaint")."""
+
+    def __init__(self, inner: Denoiser, latent: Tensor, noise: Tensor, mask: Tensor) -> None:
+        self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
+
+    def keep(self, sigma: Tensor) -> Tensor:
+        return self.latent + self.noise * sigma.reshape(-1, 1, 1, 1)
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
+        x = x * self.mask + self.keep(sigma) * (1 - self.mask)
+        return self.inner(x, sigma, **extra) * self.mask + self.latent * (1 - self.mask)
+
+
+class StoppableDenoiser:
+    """Asks `should_stop` before every model evaluation and raises Interrupted when it says so."""
+
+    def __init__(self, inner: Denoiser, should_stop: Callable[[], bool]) -> None:
+        self.inner, self.should_stop = inner, should_stop
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
+        if self.should_stop():
+            raise Interrupted()
+        return self.inner(x, sigma, **extra)
+
+
+def sample(
+    model: ModelHandle,
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Sequence[CondItem],
+    negative: Sequence[CondItem],
+    latent: Latent,
+    denoise: float = 1.0,
+    start_step: int | None = None,
+    last_step: int | None = None,
+    add_noise: bool = True,
+    force_full_denoise: bool = False,
+    callback: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Latent:
+    """Denoise `latent` with `model` (ComfyUI's KSampler; KSamplerAdvanced via start/last step).
+
+    Args:
+        model: the MODEL; its patches apply for this run only.
+        seed: seeds the initial noise and every step's noise (CPU generators).
+        steps: schedule steps (before `denoise` stretches the schedule).
+        cfg: classifier-free guidance scale.
+        sampler_name: a key of samplers.SAMPLERS.
+        scheduler: a key of schedules.SCHEDULERS.
+        positive: conditioning to follow.
+        negative: conditioning to steer away from (unused when cfg == 1).
+        latent: the starting latent; zeros for text-to-image. Its noise_mask (1 = may change) and
+            batch_index are honoured, and kept on the result.
+        denoise: run only the last `steps` of an `int(steps / denoise)`-step schedule (img2img strength).
+        start_step: KSamplerAdvanced's start_at_step: skip this many steps of the schedule.
+        last_step: KSamplerAdvanced's end_at_step: stop after this step.
+        add_noise: False starts from the latent as is (KSamplerAdvanced add_noise "disable").
+        force_full_denoise: when stopping at `last_step`, end at sigma 0 instead of leaving noise
+            (KSamplerAdvanced's return_with_leftover_noise "disable"; KSampler leaves it False).
+        callback: progress, called after every step.
+        should_stop: asked before every model evaluation; True raises nodegraph.errors.Interrupted.
+
+    Returns:
+        A Latent with float32 CPU samples.
+    """
+    if sampler_name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {sorted(SCHEDULERS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 <= denoise <= 1.0:
+        raise ValueError(f"denoise must be in [0, 1], got {denoise}")
+    init = latent.samples.detach().to(torch.float32).cpu()
+    sigmas = sampling_sigmas(model.alphas_cumprod, scheduler, sampler_name, steps, denoise)
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0.0
+    if start_step is not None:
+        sigmas = sigmas[start_step:] if start_step < len(sigmas) - 1 else sigmas[:0]
+    if len(sigmas) < 2:
+        return replace(latent, samples=init)
+
+    indices = list(latent.batch_index) if latent.batch_index is not None else list(range(init.shape[0]))
+    noise = prepare_noise(init, seed, indices) if add_noise else torch.zeros_like(init)
+    device = torch.device(model.device)
+    init, noise = init.to(device), noise.to(device)
+    sigma_max = float(model_sigmas(model.alphas_cumprod)[-1])
+    first = float(sigmas[0])
+    # from pure noise, scale it as the VP marginal x_T ~ N(0, I) (ComfyUI's max_denoise); else x0 + sigma n
+    noise_scale = math.sqrt(1.0 + first**2) if first >= sigma_max * (1 - 1e-5) else first
+    x = init + noise * noise_scale
+
+    unet = unet_denoiser(model)
+    guided = CFGDenoiser(unet, positive, negative, cfg)
+    denoiser: Denoiser = guided
+    mask = prepare_mask(latent.noise_mask, init.shape).to(device) if latent.noise_mask is not None else None
+    if mask is not None:
+        denoiser = InpaintDenoiser(denoiser, init, noise, mask)
+    if should_stop is not None:
+        denoiser = StoppableDenoiser(denoiser, should_stop)
+    total = len(sigmas) - 1
+
+    def on_step(info: dict[str, Any]) -> None:
+        if callback is not None:
+            callback(info["i"] + 1, total, info["denoised"])
+
+    step_noise = BatchNoise(x, seed, indices, brownian=sampler_name in BROWNIAN_SAMPLERS)
+    with patches_applied(model.patches, unet_denoiser=unet, cfg_denoiser=guided):
+        out = SAMPLERS[sampler_name](
+            denoiser, x, sigmas.to(device), callback=on_step, noise_sampler=step_noise
+        )
+    if mask is not None:
+        out = out * mask + (init + noise * float(sigmas[-1])) * (1 - mask)
+    return replace(latent, samples=out.detach().to(torch.float32).cpu())

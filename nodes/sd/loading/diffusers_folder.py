@@ -1,0 +1,114 @@
+"""diffusers-format pipeline folders (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `text_encoder_2/`).
+
+Each component folder carries its own config.json, so nothing is inferred; the configs are read as plain
+JSON and modules built from them (never `from_pretrained`, which may try the network). The tokenizer
+folder is ignored: we always build CLIP's tokenizer from the bundled vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nodes.sd.loading.build import fill, new_text_encoder, new_unet, new_vae
+from nodes.sd.loading.detect import is_ignored
+from nodes.sd.loading.files import read_weights
+from nodes.sd.loading.handles import LoadedCheckpoint, assemble
+from nodes.sd.loading.keymap import KeyRule, clip_rules
+from nodes.sd.loading.single_file import legacy_vae_attention_names
+from nodes.sd.types import Family, Prediction
+
+_WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "pytorch_model.bin",
+)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path.parent.name}/{path.name} is missing") from None
+
+
+def folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A component folder's tensors: the standard file, a sharded index, or its only weight file."""
+    for name in _WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return read_weights(folder / name)[0]
+    for index in sorted(folder.glob("*.safetensors.index.json")) + sorted(folder.glob("*.bin.index.json")):
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(read_json(index)["weight_map"].values())):
+            tensors.update(read_weights(folder / shard)[0])
+        return tensors
+    candidates = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if len(candidates) == 1:  # e.g. only an fp16 variant was downloaded
+        return read_weights(candidates[0])[0]
+    found = ", ".join(p.name for p in sorted(folder.iterdir())) if folder.is_dir() else "no folder"
+    raise FileNotFoundError(f"{folder}: no single weight file to load (found: {found})")
+
+
+def _identity(module: torch.nn.Module) -> list[KeyRule]:
+    return [KeyRule(key, key) for key in module.state_dict()]
+
+
+def unet_from_folder(folder: Path, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    unet = new_unet(read_json(folder / "config.json"))
+    return fill(unet, _identity(unet), folder_weights(folder), f"UNet ({folder.name}/)", device=device, dtype=dtype)
+
+
+def vae_from_folder(folder: Path, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    vae = new_vae(read_json(folder / "config.json"))
+    tensors = legacy_vae_attention_names(folder_weights(folder))
+    return fill(vae, _identity(vae), tensors, f"VAE ({folder.name}/)", device=device, dtype=dtype)
+
+
+def text_encoder_from_folder(folder: Path, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """transformers saves CLIPTextModel with or without `text_model.` depending on its version: accept both."""
+    config = read_json(folder / "config.json")
+    architecture = (config.get("architectures") or ["CLIPTextModel"])[0]
+    module = new_text_encoder(config, with_projection=architecture.endswith("WithProjection"))
+    tensors = {key: value for key, value in folder_weights(folder).items() if not is_ignored(key)}
+    prefixed = any(key.startswith("text_model.") for key in tensors)
+    rules = clip_rules(list(module.state_dict()), text_model_prefix=prefixed)
+    return fill(module, rules, tensors, f"text encoder ({folder.name}/)", device=device, dtype=dtype)
+
+
+def _family(root: Path, index: dict[str, Any]) -> Family:
+    if (root / "text_encoder_2").is_dir() or "XL" in str(index.get("_class_name", "")):
+        return "sdxl"
+    text_config = read_json(root / "text_encoder" / "config.json")
+    # OpenCLIP (SD2) uses GELU; OpenAI's CLIP-L (SD1) uses QuickGELU.
+    return "sd2" if text_config.get("hidden_act") == "gelu" else "sd1"
+
+
+def load_diffusers_folder(root: Path, *, device: str, dtype: torch.dtype) -> LoadedCheckpoint:
+    """Load a diffusers StableDiffusion(XL)Pipeline folder into our handles."""
+    index = read_json(root / "model_index.json")
+    family = _family(root, index)
+    names = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
+    encoders = [text_encoder_from_folder(root / name, device=device, dtype=dtype) for name in names]
+    scheduler_path = root / "scheduler" / "scheduler_config.json"
+    scheduler = read_json(scheduler_path) if scheduler_path.is_file() else {}
+    prediction: Prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"{root.name}: unsupported prediction_type {prediction!r}")
+    schedule = {k: scheduler[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps") if k in scheduler}
+    return assemble(
+        family=family,
+        prediction=prediction,
+        schedule=schedule or None,
+        unet=unet_from_folder(root / "unet", device=device, dtype=dtype),
+        vae=vae_from_folder(root / "vae", device=device, dtype=dtype),
+        encoders=encoders,
+        open_clip=(True,) if family == "sd2" else (False, True) if family == "sdxl" else (False,),
+        device=device,
+        dtype=dtype,
+        source=str(root),
+        metadata={key: json.dumps(value) if not isinstance(value, str) else value for key, value in index.items()},
+    )

@@ -1,0 +1,80 @@
+"""Turning built modules into the MODEL / CLIP / VAE payloads every loader returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nodes.sd.loading.configs import alphas_cumprod, family_defaults
+from nodes.sd.tokenizer import SDTokenizer, clip_l_tokenizer, open_clip_tokenizer
+from nodes.sd.types import ClipHandle, Family, ModelHandle, Prediction, VaeHandle
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What CheckpointLoader outputs: the three handles plus what was learned about the file."""
+
+    model: ModelHandle
+    clip: ClipHandle
+    vae: VaeHandle
+    family: Family
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The file's safetensors metadata (for a diffusers folder: its model_index.json, as strings)."""
+
+
+def tokenizer_for(open_clip: bool) -> SDTokenizer:
+    """OpenCLIP encoders pad with 0, OpenAI CLIP with end-of-text."""
+    return open_clip_tokenizer() if open_clip else clip_l_tokenizer()
+
+
+def vae_handle(vae: torch.nn.Module, device: str, source: str, scaling_factor: float | None = None) -> VaeHandle:
+    """A VaeHandle; the latent scaling comes from the caller, else the module's config."""
+    scale = scaling_factor if scaling_factor is not None else float(vae.config.scaling_factor)
+    shift = float(vae.config.get("shift_factor") or 0.0)
+    return VaeHandle(vae=vae, scaling_factor=scale, shift_factor=shift, device=device, source=source)
+
+
+def assemble(
+    *,
+    family: Family,
+    prediction: Prediction,
+    schedule: Mapping[str, Any] | None,
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    encoders: Sequence[torch.nn.Module],
+    open_clip: Sequence[bool],
+    device: str,
+    dtype: torch.dtype,
+    source: str,
+    metadata: Mapping[str, str],
+    clip_layer_idx: int | None = None,
+) -> LoadedCheckpoint:
+    """Wrap loaded modules in handles with the family's defaults (schedule, default CLIP layer)."""
+    defaults = family_defaults(family)
+    model = ModelHandle(
+        unet=unet,
+        family=family,
+        prediction=prediction,
+        alphas_cumprod=alphas_cumprod(schedule or defaults["schedule"]),
+        dtype=dtype,
+        device=device,
+        source=source,
+    )
+    clip = ClipHandle(
+        encoders=tuple(encoders),
+        tokenizers=tuple(tokenizer_for(flag) for flag in open_clip),
+        family=family,
+        layer_idx=defaults["clip_layer_idx"] if clip_layer_idx is None else clip_layer_idx,
+        device=device,
+        source=source,
+    )
+    return LoadedCheckpoint(
+        model=model,
+        clip=clip,
+        vae=vae_handle(vae, device, source),
+        family=family,
+        metadata=dict(metadata),
+    )

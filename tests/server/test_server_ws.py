@@ -1,0 +1,158 @@
+"""The WebSocket protocol: the exact event sequence of a run, errors, interruption, previews, targeting."""
+
+import io
+import struct
+
+from PIL import Image
+from server_helpers import api_prompt, messages_until, next_message, prompt_done, serve, submit, wait_running
+
+
+def _strip(messages):
+    """(type, data) without timestamps, so sequences compare exactly."""
+    out = []
+    for message in messages:
+        event, data = message
+        out.append((event, {k: v for k, v in data.items() if k != "timestamp"}))
+    return out
+
+
+async def test_exact_sequence_of_a_run_then_of_a_cached_rerun(tmp_path):
+    async with serve(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=alice")
+        assert await next_message(ws) == ("status", {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "alice"})
+        prompt = api_prompt(5, steps=2)
+        pid = (await submit(client, prompt, client_id="alice"))["prompt_id"]
+        received = _strip(await messages_until(ws, prompt_done(pid)))
+        p = {"prompt_id": pid}
+        assert received == [
+            ("status", {"status": {"exec_info": {"queue_remaining": 1}}}),
+            ("execution_start", p),
+            ("execution_cached", {"nodes": [], **p}),
+            ("nodegraph.progress", {**p, "done": 0, "total": 3, "node": None}),
+            ("executing", {"node": "1", "display_node": "1", **p}),
+            ("nodegraph.progress", {**p, "done": 1, "total": 3, "node": "1"}),
+            ("executing", {"node": "2", "display_node": "2", **p}),
+            ("progress", {"value": 1, "max": 2, **p, "node": "2"}),
+            ("progress", {"value": 2, "max": 2, **p, "node": "2"}),
+            ("nodegraph.progress", {**p, "done": 2, "total": 3, "node": "2"}),
+            ("executing", {"node": "3", "display_node": "3", **p}),
+            ("executed", {"node": "3", "display_node": "3", "output": {"value": [5]}, **p}),
+            ("nodegraph.progress", {**p, "done": 3, "total": 3, "node": "3"}),
+            ("execution_success", p),
+            ("status", {"status": {"exec_info": {"queue_remaining": 0}}}),
+            ("executing", {"node": None, **p}),
+        ]
+        pid = (await submit(client, prompt, client_id="alice"))["prompt_id"]  # same prompt: all cached
+        received = _strip(await messages_until(ws, prompt_done(pid)))
+        p = {"prompt_id": pid}
+        assert received == [
+            ("status", {"status": {"exec_info": {"queue_remaining": 1}}}),
+            ("execution_start", p),
+            ("execution_cached", {"nodes": ["3"], **p}),  # a cached output needs nothing upstream
+            ("nodegraph.progress", {**p, "done": 0, "total": 0, "node": None}),
+            ("executed", {"node": "3", "display_node": "3", "output": {"value": [5]}, **p}),
+            ("execution_success", p),
+            ("status", {"status": {"exec_info": {"queue_remaining": 0}}}),
+            ("executing", {"node": None, **p}),
+        ]
+
+
+async def test_execution_error_message(tmp_path):
+    async with serve(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=bob")
+        await next_message(ws)
+        pid = (await submit(client, api_prompt(1, fail=True), client_id="bob"))["prompt_id"]
+        received = await messages_until(ws, prompt_done(pid))
+        (error,) = [data for event, data in received if event == "execution_error"]
+        assert error["prompt_id"] == pid and error["node_id"] == "4" and error["node_type"] == "Fail"
+        assert error["exception_type"] == "builtins.RuntimeError" and error["exception_message"] == "boom"
+        assert error["executed"] == ["1"] and error["current_inputs"]["message"] == ["boom"]
+        assert isinstance(error["traceback"], list) and "RuntimeError: boom" in error["traceback"][-1]
+        assert "1" in error["current_outputs"]
+        assert [event for event, _ in received][-3:] == ["execution_error", "status", "executing"]
+
+
+async def test_interrupted_message(tmp_path):
+    async with serve(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=carol")
+        await next_message(ws)
+        pid = (await submit(client, api_prompt(1, steps=100, delay=0.02), client_id="carol"))["prompt_id"]
+        await messages_until(ws, lambda m: m[0] == "progress")
+        await client.post("/interrupt")
+        received = await messages_until(ws, prompt_done(pid))
+        (data,) = [data for event, data in received if event == "execution_interrupted"]
+        assert data["prompt_id"] == pid and data["node_id"] == "2" and data["node_type"] == "Steps"
+        assert data["executed"] == ["1"]
+
+
+async def test_events_go_to_the_submitting_client_and_status_to_all(tmp_path):
+    async with serve(tmp_path) as client:
+        mine = await client.ws_connect("/ws?clientId=mine")
+        other = await client.ws_connect("/ws?clientId=other")
+        await next_message(mine), await next_message(other)
+        pid = (await submit(client, api_prompt(2), client_id="mine"))["prompt_id"]
+        await messages_until(mine, prompt_done(pid))
+        seen = [await next_message(other), await next_message(other)]
+        assert [event for event, _ in seen] == ["status", "status"]
+        reconnect = await client.ws_connect("/api/ws")  # no clientId: a fresh sid is assigned
+        event, data = await next_message(reconnect)
+        assert event == "status" and len(data["sid"]) == 32
+
+
+async def test_client_id_inside_extra_data_is_honoured(tmp_path):
+    async with serve(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=legacy")
+        await next_message(ws)
+        pid = (await submit(client, api_prompt(8), extra_data={"client_id": "legacy"}))["prompt_id"]
+        events = [m[0] for m in await messages_until(ws, prompt_done(pid))]
+        assert "execution_success" in events
+
+
+async def test_reconnecting_client_learns_the_running_node(tmp_path):
+    async with serve(tmp_path) as client:
+        pid = (await submit(client, api_prompt(1, steps=100, delay=0.02), client_id="dave"))["prompt_id"]
+        await wait_running(client, pid)
+        ws = await client.ws_connect("/ws?clientId=dave")
+        assert (await next_message(ws))[0] == "status"
+        event, data = await next_message(ws)
+        assert event == "executing" and data["prompt_id"] == pid
+        await client.post("/interrupt")
+
+
+def _preview_prompt():
+    return {"1": {"class_type": "Number", "inputs": {"value": 1}},
+            "2": {"class_type": "PreviewSteps", "inputs": {"a": ["1", 0], "steps": 2}},
+            "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}
+
+
+async def test_previews_only_for_clients_that_ask(tmp_path):
+    async with serve(tmp_path) as client:
+        plain = await client.ws_connect("/ws?clientId=eve")
+        await next_message(plain)
+        pid = (await submit(client, _preview_prompt(), client_id="eve"))["prompt_id"]
+        assert not any(isinstance(m, bytes) for m in await messages_until(plain, prompt_done(pid)))
+
+        flagged = await client.ws_connect("/ws?clientId=eve")
+        await next_message(flagged)
+        await flagged.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+        event, flags = await next_message(flagged)
+        assert event == "feature_flags" and flags["supports_preview_metadata"] is True
+        prompt = _preview_prompt()
+        prompt["1"]["inputs"]["value"] = 2  # not cached
+        pid = (await submit(client, prompt, client_id="eve"))["prompt_id"]
+        received = await messages_until(flagged, prompt_done(pid))
+        frames = [m for m in received if isinstance(m, bytes)]
+        assert len(frames) == 2
+        event_type, image_format = struct.unpack(">II", frames[0][:8])
+        assert (event_type, image_format) == (1, 1)
+        with Image.open(io.BytesIO(frames[0][8:])) as image:
+            assert image.format == "JPEG" and image.size == (64, 48)
+        # a frame arrives after the progress message it belongs to
+        index = next(i for i, m in enumerate(received) if isinstance(m, bytes))
+        assert received[index - 1][0] == "progress"
+
+        query = await client.ws_connect("/ws?clientId=frank&previews=1")
+        await next_message(query)
+        prompt["1"]["inputs"]["value"] = 3
+        pid = (await submit(client, prompt, client_id="frank"))["prompt_id"]
+        assert sum(isinstance(m, bytes) for m in await messages_until(query, prompt_done(pid))) == 2
