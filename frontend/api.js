@@ -60,10 +60,13 @@ export class Api {
     return this.request("/object_info");
   }
 
-  /** Queue an API-format prompt; the native workflow rides along for PNG embedding. */
+  /**
+   * Queue an API-format prompt. Our native workflow rides along in extra_pnginfo under `nodegraph_workflow`
+   * (SaveImage's chunk of that name); `workflow` is left to ComfyUI's UI format, which the server derives.
+   */
   queuePrompt(prompt, workflow) {
     return this.postJson("/prompt", {
-      prompt, client_id: this.clientId, extra_data: { extra_pnginfo: { workflow } },
+      prompt, client_id: this.clientId, extra_data: { extra_pnginfo: { nodegraph_workflow: workflow } },
     });
   }
 

@@ -12,12 +12,12 @@ const DEFAULT_WORKFLOW = {
     7: { type: "CLIPTextEncode", pos: [390, 280], size: [410, 180], widgets: { text: "text, watermark" } },
     5: { type: "EmptyLatentImage", pos: [390, 500], widgets: { width: 512, height: 512, batch_size: 1 } },
     3: {
-      type: "KSampler", pos: [850, 60], size: [320, 0],
+      type: "KSampler", pos: [840, 60], size: [300, 0],
       widgets: { seed: 156680208700286, steps: 20, cfg: 8, sampler_name: "euler", scheduler: "normal", denoise: 1 },
       control_after_generate: { seed: "randomize" },
     },
-    8: { type: "VAEDecode", pos: [1220, 60], widgets: {} },
-    9: { type: "SaveImage", pos: [1220, 200], size: [380, 420], widgets: { filename_prefix: "nodegraph" } },
+    8: { type: "VAEDecode", pos: [1180, 60], widgets: {} },
+    9: { type: "SaveImage", pos: [1370, 60], size: [320, 380], widgets: { filename_prefix: "nodegraph" } },
   },
   links: [
     { from_node: "4", from_slot: 0, to_node: "3", to_input: "model" },

@@ -18,6 +18,7 @@ export const TITLE_FONT = `bold 14px ${FONT_FAMILY}`;
 export const GROUP_FONT = `bold 20px ${FONT_FAMILY}`;
 const TEXT_LINE_H = 16;
 const IMAGE_TARGET_H = 256;
+const WIDGET_MAX_W = 420;
 const IMAGE_MAX_W = 512;
 const IMAGE_MAX_H = 512;
 
@@ -46,6 +47,16 @@ export function setRuntimeSource(fn) {
 
 export function nodeTitle(node, def) {
   return node.title || (def ? def.displayName : node.type);
+}
+
+/** A widget value as its row shows it (FLOATs to their step's decimals). */
+export function shownValue(spec, value) {
+  if (value === undefined || value === null) return "";
+  if (spec.type === "FLOAT" && typeof value === "number") {
+    const quantum = spec.round || spec.step || 0.01;
+    return value.toFixed(Math.min(6, Math.max(0, Math.ceil(-Math.log10(quantum) - 1e-9))));
+  }
+  return typeof value === "string" ? value : JSON.stringify(value);
 }
 
 function widgetKind(spec) {
@@ -112,6 +123,12 @@ export function nodeLayout(graph, node) {
     w = Math.max(w, left + right + 56);
   }
   if (lay.widgets.length) w = Math.max(w, 250);
+  for (const widget of lay.widgets) {
+    if (widget.kind === "multiline" || widget.kind === "upload") continue;
+    const value = widget.kind === "control" ? node.controls[widget.name] || "fixed" : shownValue(widget.spec, node.widgets[widget.name]);
+    const label = widget.kind === "control" ? "control after generate" : widget.name;
+    w = Math.max(w, Math.min(WIDGET_MAX_W, textWidth(label) + textWidth(value) + 80)); // value and label both readable
+  }
   lay.inputs.forEach((input, i) => (input.y = TITLE_H + 4 + i * ROW_H + ROW_H / 2));
   lay.outputs.forEach((output, i) => (output.y = TITLE_H + 4 + i * ROW_H + ROW_H / 2));
   let y = TITLE_H + 4 + rows * ROW_H + (rows ? 6 : 2);

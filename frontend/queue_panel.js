@@ -75,7 +75,8 @@ export class QueuePanel {
         thumbs.appendChild(img);
       }
       row.appendChild(thumbs);
-      const workflow = entry.prompt && entry.prompt[3] && entry.prompt[3].extra_pnginfo && entry.prompt[3].extra_pnginfo.workflow;
+      const pnginfo = (entry.prompt && entry.prompt[3] && entry.prompt[3].extra_pnginfo) || {};
+      const workflow = pnginfo.nodegraph_workflow || pnginfo.workflow || (entry.prompt && entry.prompt[2]);
       if (workflow) {
         const load = el("button", "small", "Load");
         load.title = "Load this prompt's workflow";

@@ -2,21 +2,10 @@
 // mouse edits them: arrows step, a horizontal drag scrubs a number, a click types or picks.
 
 import { SEED_CONTROLS, normaliseNumber } from "./defs.js";
-import { FONT, SMALL_FONT, textWidth } from "./layout.js";
+import { FONT, SMALL_FONT, shownValue, textWidth } from "./layout.js";
 
 const ARROW_W = 18;
 const DRAG_THRESHOLD = 3;
-
-function decimalsFor(spec) {
-  const quantum = spec.round || spec.step || 0.01;
-  return Math.min(6, Math.max(0, Math.ceil(-Math.log10(quantum) - 1e-9)));
-}
-
-export function formatValue(spec, value) {
-  if (spec.type === "FLOAT" && typeof value === "number") return value.toFixed(decimalsFor(spec));
-  if (value === undefined || value === null) return "";
-  return String(value);
-}
 
 /** `text` shortened with an ellipsis to fit `width` pixels in `font`. */
 export function fitText(text, width, font = FONT) {
@@ -95,7 +84,7 @@ export function drawWidget(ctx, node, widget, x, width, state = {}) {
   const stepped = kind === "number" || kind === "combo" || kind === "control";
   if (stepped && !spec.readonly) arrows(ctx, x, y, width, h);
   const inset = stepped ? ARROW_W + 2 : 12;
-  const shown = kind === "readonly" ? `${JSON.stringify(value)}` : formatValue(spec, value);
+  const shown = shownValue(spec, value);
   const avail = width - 2 * inset - 10;
   const valueW = Math.min(textWidth(shown, FONT), Math.max(avail * 0.5, avail - textWidth(label, FONT)));
   ctx.fillStyle = "#999";
@@ -262,7 +251,7 @@ export function widgetPointerDown(editor, node, hit, lay, event) {
         return;
       }
       openTextEditor(editor, {
-        rect: widgetScreenRect(editor, node, widget, lay), value: formatValue(spec, node.widgets[name]), numeric: true,
+        rect: widgetScreenRect(editor, node, widget, lay), value: shownValue(spec, node.widgets[name]), numeric: true,
         onCommit: (text) => {
           const parsed = Number(String(text).trim());
           if (String(text).trim() === "" || !Number.isFinite(parsed)) {

@@ -1,20 +1,20 @@
-"""A model-free node pack for the editor's browser tests: an image source with steps (so the editor shows
-progress), a loader whose choices are files in a model folder, and a SaveImage stand-in that writes a real PNG
-with the workflow embedded, as SaveImage does. Served by `nodegraph serve --nodes-module browser_nodes:register`."""
+"""A model-free node pack for the editor's browser tests, served beside the real node set by
+`nodegraph serve --nodes-module nodes:register --nodes-module browser_nodes:register`: an image source that
+takes steps (so the editor shows progress) in a fraction of a second, and a saver that writes a real PNG with
+the run's metadata embedded exactly as SaveImage does."""
 
 from __future__ import annotations
 
-import json
+import io
 import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
-from PIL.PngImagePlugin import PngInfo
 
-from nodegraph import Combo, Int, Node, NodeContext, NodeRegistry, NodeResult, NodeSchema, Out, Socket, String
-from nodegraph.paths import next_output_path
-from nodes import utility
+from nodegraph import Int, Node, NodeContext, NodeRegistry, NodeResult, NodeSchema, Out, Socket, String
+from nodegraph.formats.png import png_info
+from nodegraph.paths import save_new_file
 
 STEP_SECONDS = 0.05
 
@@ -46,21 +46,6 @@ class TestImageSource(Node):
         return (image,)
 
 
-def _checkpoints(env: Any) -> list[str]:
-    return env.models.list("checkpoints") if env is not None else []
-
-
-class TestModelLoader(Node):
-    """A MODEL from a file in models/checkpoints (the file is never read: the choices are what matter)."""
-
-    schema = NodeSchema(type_id="TestModelLoader", display_name="Load Test Model", category="test/loaders",
-                        inputs=(Combo("model_name", _checkpoints),), outputs=(Out("MODEL"),))
-
-    @classmethod
-    def execute(cls, ctx: NodeContext, model_name: str) -> tuple[Any]:
-        return ({"model": model_name},)
-
-
 class TestSaveImage(Node):
     """Writes the image as a PNG with the prompt and the workflow embedded (as SaveImage does)."""
 
@@ -69,24 +54,19 @@ class TestSaveImage(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, images: Image.Image, filename_prefix: str) -> NodeResult:
-        path = next_output_path(ctx.env.output_dir, filename_prefix, "png")
-        info = PngInfo()
-        metadata = ctx.metadata
-        if metadata.get("prompt") is not None:
-            info.add_text("prompt", json.dumps(metadata["prompt"]))
-        workflow = metadata.get("workflow")
-        if workflow is not None:
-            key = "nodegraph_workflow" if isinstance(workflow, dict) and workflow.get("format") == "nodegraph" else "workflow"
-            info.add_text(key, json.dumps(workflow))
-        images.save(path, pnginfo=info)
+        meta = ctx.metadata
+        buffer = io.BytesIO()
+        images.save(buffer, format="PNG",
+                    pnginfo=png_info(meta.get("prompt"), meta.get("workflow"), meta.get("nodegraph_workflow")))
+        path = save_new_file(ctx.env.output_dir, filename_prefix, "png", buffer.getvalue())
         subfolder = path.parent.relative_to(Path(ctx.env.output_dir).resolve()).as_posix()
         return NodeResult(ui={"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
                                           "type": "output"}]})
 
 
-NODES = (TestImageSource, TestModelLoader, TestSaveImage)
+NODES = (TestImageSource, TestSaveImage)
 
 
 def register(registry: NodeRegistry) -> None:
-    for node in (*utility.NODES, *NODES):
+    for node in NODES:
         registry.register(node)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from editor_driver import EditorPage
+from editor_driver import TINY_CHECKPOINT, EditorPage
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -52,6 +52,7 @@ def _server_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`nodegraph serve` with the real node set, the test pack and a tiny random SD1 checkpoint."""
     env = _server_env()
     root = tmp_path_factory.mktemp("server")
     probe = subprocess.run([sys.executable, "-c", "import nodegraph.server"], env=env, cwd=root,
@@ -59,20 +60,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if probe.returncode != 0:
         pytest.skip(f"nodegraph.server is not importable here: {probe.stderr.strip().splitlines()[-1:]}")
     models = root / "models"
-    (models / "checkpoints").mkdir(parents=True)
-    (models / "checkpoints" / "tiny_model.safetensors").write_bytes(b"not really a model")
     output = root / "output"
     port = _free_port()
     log = open(root / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "nodegraph.cli", "serve", "--port", str(port), "--data-dir", str(root / "data"),
-         "--output-dir", str(output), "--models-dir", str(models), "--nodes-module", "browser_nodes:register"],
+         "--output-dir", str(output), "--models-dir", str(models), "--device", "cpu",
+         "--nodes-module", "nodes:register", "--nodes-module", "browser_nodes:register"],
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    import tiny_models  # while the server starts (both import torch): a 14 MB random SD1 checkpoint
+
+    tiny_models.write_checkpoint(tiny_models.sd1_modules(seed=3, text_hidden=64),
+                                 models / "checkpoints" / TINY_CHECKPOINT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/object_info", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/object_info", timeout=5) as response:
                 json.load(response)
             break
         except OSError:

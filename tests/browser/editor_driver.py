@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 CANVAS = "#canvas"
+TINY_CHECKPOINT = "tiny_sd1.safetensors"
+"""The random SD1 checkpoint the test server lists (see conftest)."""
 
 
 class EditorPage:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from editor_driver import TINY_CHECKPOINT
 
 pytestmark = pytest.mark.browser
 
@@ -26,18 +29,45 @@ def build_source_and_save(editor) -> tuple[str, str]:
     return source, save
 
 
-def test_default_graph_is_shown_with_missing_types_and_no_overlap(editor):
-    nodes = editor.nodes()
-    assert sorted(n["type"] for n in nodes) == sorted(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode",
-                                                      "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"])
-    assert all(n["missing"] for n in nodes)  # the test server has no SD nodes: shown red, as missing
+def _overlapping(rects: list[dict]) -> list[tuple[dict, dict]]:
+    return [(a, b) for i, a in enumerate(rects) for b in rects[i + 1:]
+            if a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]]
+
+
+def test_default_graph_queues_and_shows_the_image(editor, server, artifacts):
+    """The first-open text-to-image graph on a tiny random SD1 checkpoint: queue it, watch it, see the image."""
+    nodes = {n["id"]: n for n in editor.nodes()}
+    assert sorted(n["type"] for n in nodes.values()) == sorted(
+        ["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
+         "SaveImage"])
+    assert not any(n["missing"] for n in nodes.values())
     assert len(editor.links()) == 9
-    rects = [editor.hook("h.nodeRect(args[0])", n["id"]) for n in nodes]
-    for i, a in enumerate(rects):
-        for b in rects[i + 1:]:
-            overlap = (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
-                       and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
-            assert not overlap, f"nodes overlap at default zoom: {a} {b}"
+    assert not _overlapping([editor.hook("h.nodeRect(args[0])", node_id) for node_id in nodes])
+    assert nodes["4"]["widgets"]["ckpt_name"] == TINY_CHECKPOINT  # the server's model, not ComfyUI's default name
+    editor.type_into_widget("5", "width", "64")
+    editor.type_into_widget("5", "height", "64")
+    editor.type_into_widget("3", "steps", "4")
+    editor.click(editor.canvas_point(0.5, 0.97))
+    editor.key("Control+Enter")
+    steps_seen = set()
+    deadline = time.monotonic() + 90
+    while not editor.hook("h.images('9').some(img => img.loaded)"):
+        running = editor.hook("h.running()")
+        if running["node"] == "3" and running["progress"]:
+            steps_seen.add(running["progress"]["value"])
+        assert time.monotonic() < deadline, f"no image on SaveImage; the editor said {editor.toasts()}"
+        time.sleep(0.01)
+    assert steps_seen, "the KSampler's step progress was never shown"
+    editor.screenshot(artifacts / "default_graph_with_image.png")
+    [image] = editor.hook("h.images('9')")
+    with Image.open(server.output_dir / image["subfolder"] / image["filename"]) as png:
+        assert png.size == (64, 64)
+        assert json.loads(png.text["prompt"])["3"]["inputs"]["steps"] == 4
+    # the editor's own workflow travels with the prompt (SaveImage's `nodegraph_workflow` chunk)
+    with urllib.request.urlopen(f"{server.url}/history") as response:
+        [entry] = [e for e in json.load(response).values() if e["prompt"][2].get("9", {}).get("class_type") == "SaveImage"]
+    sent = entry["prompt"][3]["extra_pnginfo"]["nodegraph_workflow"]
+    assert sent["format"] == "nodegraph" and sent["nodes"]["5"]["pos"] == nodes["5"]["pos"]
 
 
 def test_build_from_empty_canvas_queue_and_see_the_image(editor, server, artifacts):
@@ -66,14 +96,13 @@ def test_build_from_empty_canvas_queue_and_see_the_image(editor, server, artifac
     path = server.output_dir / image["subfolder"] / image["filename"]
     with Image.open(path) as png:
         assert png.size == (160, 112)
-        embedded = json.loads(png.text["nodegraph_workflow"])
-    assert embedded["nodes"][source]["widgets"]["prompt"] == "a blue square"
+        assert json.loads(png.text["prompt"])[source]["inputs"]["prompt"] == "a blue square"
     editor.screenshot(artifacts / "editor_with_image.png")
 
 
-def test_mismatched_link_is_refused_and_dropping_on_canvas_offers_compatible_nodes(editor):
+def test_mismatched_link_is_refused_and_dropping_on_canvas_offers_compatible_nodes(editor, server):
     editor.clear_canvas()
-    loader = editor.add_node("load test model", editor.canvas_point(0.1, 0.2))
+    loader = editor.add_node("load checkpoint", editor.canvas_point(0.1, 0.2))
     save = editor.add_node("save image", editor.canvas_point(0.5, 0.2), pick="TestSaveImage")
     editor.connect(loader, 0, save, "images")  # MODEL into IMAGE
     assert editor.links() == []
@@ -83,9 +112,13 @@ def test_mismatched_link_is_refused_and_dropping_on_canvas_offers_compatible_nod
     start = editor.point("h.outputPoint(args[0], 0)", source)
     editor.drag(start, editor.canvas_point(0.6, 0.7))
     offered = editor.page.locator(".palette-item").evaluate_all("rows => rows.map(r => r.dataset.type)")
-    assert offered == ["TestSaveImage"]  # only nodes that take an IMAGE
+    with urllib.request.urlopen(f"{server.url}/object_info") as response:
+        info = json.load(response)
+    takes_image = {name for name, node in info.items()
+                   if any(entry[0] == "IMAGE" for entry in {**node["input"]["required"], **node["input"].get("optional", {})}.values())}
+    assert set(offered) == takes_image and "TestSaveImage" in offered and "CLIPTextEncode" not in offered
     assert "take IMAGE" in editor.page.locator(".palette-heading").inner_text()
-    editor.page.locator(".palette-search").press("Enter")
+    editor.page.locator(".palette-item[data-type='TestSaveImage']").click()
     new_save = [n["id"] for n in editor.nodes() if n["id"] not in (loader, save, source)][0]
     assert {"from_node": source, "from_slot": 0, "to_node": new_save, "to_input": "images"} in editor.links()
 
@@ -209,6 +242,8 @@ COMFY_V04 = {
         {"id": 12, "type": "TestSaveImage", "pos": [600, 130], "mode": 4,
          "inputs": [{"name": "images", "type": "IMAGE", "link": 2}], "widgets_values": ["comfy_prefix"]},
         {"id": 13, "type": "Note", "pos": [100, 400], "widgets_values": ["a note"]},
+        {"id": 14, "type": "SomeCustomNode", "pos": [100, 500], "widgets_values": [1, "x"],
+         "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}]},
     ],
     "links": [[1, 10, 0, 11, 0, "*"], [2, 11, 0, 12, 0, "IMAGE"]],
     "groups": [{"title": "Imported group", "bounding": [80, 60, 900, 320], "color": "#3f789e"}],
@@ -233,7 +268,8 @@ def test_import_comfyui_ui_format_v04_and_v1(editor, tmp_path):
     path.write_text(json.dumps(COMFY_V04))
     editor.load_file(path)
     nodes = {n["id"]: n for n in editor.nodes()}
-    assert set(nodes) == {"10", "12"}  # the Reroute is resolved away, the Note left out
+    assert set(nodes) == {"10", "12", "14"}  # the Reroute is resolved away, the Note left out
+    assert nodes["14"]["missing"] and not nodes["10"]["missing"]  # a type the server lacks is shown as missing
     assert nodes["10"]["widgets"] == {"prompt": "from comfy", "seed": 42, "width": 64, "height": 48, "steps": 2}
     assert nodes["10"]["controls"] == {"seed": "increment"}
     assert nodes["10"]["title"] == "Comfy source"
@@ -324,16 +360,16 @@ def test_groups_move_their_nodes_and_can_be_renamed(editor):
 
 def test_model_lists_refresh_from_the_server(editor, server):
     editor.clear_canvas()
-    loader = editor.add_node("load test model", editor.canvas_point(0.3, 0.3))
-    assert editor.node(loader)["widgets"]["model_name"] == "tiny_model.safetensors"
+    loader = editor.add_node("load checkpoint", editor.canvas_point(0.3, 0.3))
+    assert editor.node(loader)["widgets"]["ckpt_name"] == TINY_CHECKPOINT
     added = server.models_dir / "checkpoints" / "another_model.safetensors"
-    added.write_bytes(b"also not a model")
+    added.write_bytes(b"not a model: only its name is listed")
     try:
         editor.key("r")
         editor.page.locator(".toast", has_text="refreshed").wait_for()
-        editor.click(editor.widget(loader, "model_name"))
+        editor.click(editor.widget(loader, "ckpt_name"))
         editor.choose_in_menu("another_model.safetensors")
-        assert editor.node(loader)["widgets"]["model_name"] == "another_model.safetensors"
+        assert editor.node(loader)["widgets"]["ckpt_name"] == "another_model.safetensors"
     finally:
         added.unlink()
 
