@@ -86,7 +86,7 @@ export class LinkDrags {
       const reason = graph.change(() => graph.connect(drag.nodeId, drag.slot, target.id, input));
       if (reason) editor.notify(`Cannot connect ${drag.type} to ${input}: ${reason}`, "warn");
     } else {
-      let slot = hit.part === "output" ? hit.index : this.compatibleOutput(target, drag.spec);
+      const slot = hit.part === "output" ? hit.index : this.compatibleOutput(target, drag.spec);
       if (slot === null || slot === undefined) {
         editor.notify(`Cannot connect: ${editor.titleOf(target)} has no output for ${drag.spec.type}`, "warn");
         return;
