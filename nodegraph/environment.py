@@ -37,11 +37,16 @@ class ModelPaths:
         return [root / folder for root in self.roots]
 
     def list(self, folder: str) -> list[str]:
-        """File names in a model folder: built-ins first, then each root's files, without duplicates."""
+        """Names in a model folder: built-ins first, then each root's files, without duplicates.
+
+        Folders holding a `model_index.json` (diffusers-format models) are listed by their name too.
+        """
         extensions = MODEL_FOLDERS.get(folder)
         names = list(self.builtin.get(folder, {}))
         for directory in self.folder_dirs(folder):
-            names.extend(name for name in list_files(directory, extensions) if name not in names)
+            found = list_files(directory, extensions)
+            found += sorted(p.parent.relative_to(directory).as_posix() for p in directory.glob("*/model_index.json"))
+            names.extend(name for name in found if name not in names)
         return names
 
     def resolve(self, folder: str, name: str) -> Path:
@@ -50,7 +55,7 @@ class ModelPaths:
             return self.builtin[folder][name]
         for directory in self.folder_dirs(folder):
             path = safe_join(directory, name)  # raises UnsafePath for names that escape
-            if path.is_file():
+            if path.is_file() or (path / "model_index.json").is_file():
                 return path
         available = ", ".join(self.list(folder)[:20]) or "none"
         raise ModelNotFound(f"{folder}/{name} not found (available: {available})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import Any
 
@@ -21,10 +20,11 @@ def _folder(name: str):
 def _file_fingerprint(ctx: NodeContext, folder: str, name: str) -> Any:
     """Size and modification time: cheap for multi-GB files, and changes when the file is replaced."""
     try:
-        stat = os.stat(ctx.env.models.resolve(folder, name))
-    except (OSError, AttributeError):
+        path = ctx.env.models.resolve(folder, name)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())  # diffusers folder
+        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    except (OSError, AttributeError, ValueError):
         return None
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def unet_dtype(env: Any) -> torch.dtype:

@@ -130,3 +130,55 @@ def test_inpainting_keeps_the_unmasked_half(tiny):
                  positive=loaded["6"][0], negative=loaded["7"][0], latent=masked)
     assert torch.equal(out.samples[..., :4], encoded.samples[..., :4])  # latent columns 0-3 = pixels 0-31
     assert (out.samples[..., 4:] - encoded.samples[..., 4:]).abs().mean() > 0.05
+
+
+def test_diffusers_folder_is_listed_and_loads_like_the_single_file(tiny, tmp_path):
+    engine, modules = tiny
+    from tiny_models import write_diffusers_folder
+
+    write_diffusers_folder(modules, engine.env.models.folder_dirs("checkpoints")[0] / "tiny-diffusers")
+    options = engine.registry["CheckpointLoaderSimple"].schema.input("ckpt_name").resolve_options(engine.env)
+    assert "tiny-diffusers" in options and "tiny.safetensors" in options
+    single = ours(engine, txt2img_prompt(steps=4))
+    prompt = txt2img_prompt(steps=4)
+    prompt["4"]["inputs"]["ckpt_name"] = "tiny-diffusers"
+    assert torch.equal(ours(engine, prompt), single)
+
+
+def test_bf16_unet_on_cpu_stays_close_to_the_fp32_reference(tiny):
+    engine, _ = tiny
+    reference = ours(engine, txt2img_prompt(steps=6))
+    engine.env.precision = "bf16"
+    try:
+        engine.cache.clear()
+        image = ours(engine, txt2img_prompt(steps=6))
+    finally:
+        engine.env.precision = "auto"
+        engine.cache.clear()
+    diff = (image - reference).abs()
+    print(f"bf16 vs fp32: mean {diff.mean():.2e}, max {diff.max():.2e}")
+    assert diff.mean() < 0.05 and not torch.equal(image, reference)
+
+
+def test_cli_runs_an_sd_workflow_with_step_progress_and_embedded_workflow(tiny, tmp_path, capsys):
+    engine, _ = tiny
+    import json
+
+    from PIL import Image
+
+    from nodegraph.cli import main
+
+    path = tmp_path / "txt2img_api.json"
+    path.write_text(json.dumps(txt2img_prompt(steps=4)))
+    models = engine.env.models.roots[0]
+    assert main(["run", str(path), "--models-dir", str(models), "--output-dir", str(tmp_path / "out"),
+                 "--set", "3.seed=9"]) == 0
+    captured = capsys.readouterr()
+    assert "step 4/4" in captured.err and "KSampler #3" in captured.err
+    png = tmp_path / "out" / "tiny_00001_.png"
+    assert str(png) in captured.out
+    with Image.open(png) as image:
+        assert image.size == (64, 64)
+        assert json.loads(image.text["prompt"])["3"]["inputs"]["seed"] == 9
+        assert {"nodes", "links"} <= set(json.loads(image.text["workflow"]))
+        assert json.loads(image.text["nodegraph_workflow"])["nodes"]["3"]["widgets"]["seed"] == 9

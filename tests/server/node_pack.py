@@ -4,16 +4,16 @@ and log each completed run (to prove a prompt never runs twice). Loaded in-proce
 
 from __future__ import annotations
 
-import json
+import io
 import time
 from pathlib import Path
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 import fake_nodes
 from nodegraph import Float, Int, Node, NodeContext, NodeRegistry, NodeResult, NodeSchema, Out, Socket, String
-from nodegraph.paths import next_output_path
+from nodegraph.formats.png import png_info
+from nodegraph.paths import save_new_file
 
 
 class SaveTestImage(Node):
@@ -24,13 +24,10 @@ class SaveTestImage(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, value: int, filename_prefix: str) -> NodeResult:
-        path = next_output_path(ctx.env.output_dir, filename_prefix, "png")
-        info = PngInfo()
-        if ctx.metadata.get("prompt") is not None:
-            info.add_text("prompt", json.dumps(ctx.metadata["prompt"]))
-        if ctx.metadata.get("workflow") is not None:
-            info.add_text("workflow", json.dumps(ctx.metadata["workflow"]))
-        Image.new("RGB", (8, 8), (value % 256, 0, 0)).save(path, pnginfo=info)
+        info = png_info(ctx.metadata.get("prompt"), ctx.metadata.get("workflow"), None)
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (value % 256, 0, 0)).save(buffer, "PNG", pnginfo=info)
+        path = save_new_file(ctx.env.output_dir, filename_prefix, "png", buffer.getvalue())
         subfolder = path.parent.relative_to(Path(ctx.env.output_dir).resolve()).as_posix()
         return NodeResult(ui={"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
                                           "type": "output"}]})
