@@ -7,6 +7,7 @@ import { toApiPrompt } from "./formats.js";
 import { controlledValue } from "./widgets.js";
 
 const NO_ERRORS = Object.freeze([]);
+const EVENTS_KEPT = 500;
 
 export class Execution {
   constructor(editor) {
@@ -18,6 +19,8 @@ export class Execution {
     this.progress = null;
     this.queueRemaining = 0;
     this.lastResult = null;
+    /** Recent run events {type, node, value, max}, newest last (the test hook reads them). */
+    this.events = [];
     editor.api.onMessage((type, data) => this.onMessage(type, data));
   }
 
@@ -124,6 +127,10 @@ export class Execution {
 
   onMessage(type, data) {
     const editor = this.editor;
+    if (type !== "status" && type !== "connection" && type !== "b_preview") {
+      this.events.push({ type, node: data.node ?? data.node_id ?? null, value: data.value, max: data.max });
+      if (this.events.length > EVENTS_KEPT) this.events.splice(0, this.events.length - EVENTS_KEPT);
+    }
     switch (type) {
       case "status": {
         const info = data.status && data.status.exec_info;

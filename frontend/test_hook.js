@@ -76,6 +76,7 @@ export function installTestHook(editor) {
     errors: (id) => editor.execution.errorsOf(String(id)).map((err) => ({ ...err })),
     running: () => ({ node: editor.execution.runningNode, progress: editor.execution.progress }),
     lastQueueResult: () => editor.execution.lastResult,
+    events: () => editor.execution.events.map((event) => ({ ...event })),
     frameStats: () => ({ draws: [...editor.canvas.stats.draws], stamps: [...editor.canvas.stats.stamps] }),
     resetFrameStats: () => editor.canvas.resetStats(),
     /** Draw one frame and force its rasterisation (a pixel read back): the whole cost of a frame, in ms. */

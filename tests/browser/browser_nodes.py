@@ -27,7 +27,7 @@ class TestImageSource(Node):
                                 Int("seed", 0, min=0, max=2**50, control_after_generate=True),
                                 Int("width", 128, min=16, max=512, step=16),
                                 Int("height", 96, min=16, max=512, step=16),
-                                Int("steps", 6, min=1, max=50)),
+                                Int("steps", 6, min=1, max=200)),
                         outputs=(Out("IMAGE"),))
 
     @classmethod

@@ -94,8 +94,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one test module. Not longer: Playwright's sync API keeps an asyncio loop running in this
+    thread while it is open, which would break later tests that call asyncio.run()."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
