@@ -67,6 +67,15 @@ def test_default_graph_queues_and_shows_the_image(editor, server, artifacts):
     sent = entry["prompt"][3]["extra_pnginfo"]["nodegraph_workflow"]
     assert sent["format"] == "nodegraph" and sent["nodes"]["5"]["pos"] == nodes["5"]["pos"]
 
+    # dropping the PNG that SaveImage wrote brings its workflow back
+    editor.clear_canvas()
+    editor.drop_file(server.output_dir / image["subfolder"] / image["filename"], "image/png")
+    editor.wait_until("h.nodes().length === 7")
+    restored = {n["id"]: n for n in editor.nodes()}
+    assert {n["type"] for n in restored.values()} == {n["type"] for n in nodes.values()}
+    assert restored["3"]["widgets"]["steps"] == 4 and restored["5"]["widgets"]["width"] == 64
+    assert len(editor.links()) == 9
+
 
 def test_build_from_empty_canvas_queue_and_see_the_image(editor, server, artifacts):
     source, save = build_source_and_save(editor)
