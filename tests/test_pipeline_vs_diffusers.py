@@ -16,7 +16,8 @@ from nodes.sd.ksampler import prepare_noise
 from nodes.sd.tokenizer import clip_bpe_tokenizer
 from tiny_models import sd1_modules, write_checkpoint
 
-SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon")
+SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
+                   steps_offset=1)  # SD's own config; only "leading" spacing reads it
 TOLERANCE = 1e-4
 
 
