@@ -56,42 +56,45 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = _server_env()
     root = tmp_path_factory.mktemp("server")
     probe = subprocess.run([sys.executable, "-c", "import nodegraph.server"], env=env, cwd=root,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"nodegraph.server is not importable here: {probe.stderr.strip().splitlines()[-1:]}")
     models = root / "models"
     output = root / "output"
     port = _free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nodegraph.cli", "serve", "--port", str(port), "--data-dir", str(root / "data"),
-         "--output-dir", str(output), "--models-dir", str(models), "--device", "cpu",
-         "--nodes-module", "nodes:register", "--nodes-module", "browser_nodes:register"],
-        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    import tiny_models  # while the server starts (both import torch): a 14 MB random SD1 checkpoint
+    with open(root / "server.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nodegraph.cli", "serve", "--port", str(port), "--data-dir", str(root / "data"),
+             "--output-dir", str(output), "--models-dir", str(models), "--device", "cpu",
+             "--nodes-module", "nodes:register", "--nodes-module", "browser_nodes:register"],
+            env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            import tiny_models  # while the server starts (both import torch): a 14 MB random SD1 checkpoint
 
-    tiny_models.write_checkpoint(tiny_models.sd1_modules(seed=3, text_hidden=64),
-                                 models / "checkpoints" / TINY_CHECKPOINT)
-    url = f"http://127.0.0.1:{port}"
+            tiny_models.write_checkpoint(tiny_models.sd1_modules(seed=3, text_hidden=64),
+                                         models / "checkpoints" / TINY_CHECKPOINT)
+            url = f"http://127.0.0.1:{port}"
+            _wait_until_serving(url, process, root / "server.log")
+            yield Server(url=url, output_dir=output, models_dir=models, process=process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + 120
     while True:
         try:
             with urllib.request.urlopen(f"{url}/object_info", timeout=5) as response:
                 json.load(response)
-            break
+            return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log.close()
-                raise RuntimeError(f"server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+                raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}") from None
             time.sleep(0.2)
-    yield Server(url=url, output_dir=output, models_dir=models, process=process)
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 
@@ -102,7 +103,7 @@ def _pan_and_zoom(editor, wheel_steps: int, wheel_delta: float) -> dict:
     wheel = editor.hook("h.frameStats()")
     draws = drag["draws"] + wheel["draws"]
     stamps = drag["stamps"]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     return {"frames": len(draws), "nodes_in_view": in_view,
             "draw_ms_median": round(statistics.median(draws), 2), "draw_ms_p95": round(_percentile(draws, 0.95), 2),
             "draw_ms_max": round(max(draws), 2),

@@ -11,10 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from editor_driver import TINY_CHECKPOINT
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-
-from editor_driver import TINY_CHECKPOINT
 
 pytestmark = pytest.mark.browser
 
@@ -121,7 +120,7 @@ def test_mismatched_link_is_refused_and_dropping_on_canvas_offers_compatible_nod
     assert set(offered) == takes_image and "TestSaveImage" in offered and "CLIPTextEncode" not in offered
     assert "take IMAGE" in editor.page.locator(".palette-heading").inner_text()
     editor.page.locator(".palette-item[data-type='TestSaveImage']").click()
-    new_save = [n["id"] for n in editor.nodes() if n["id"] not in (loader, save, source)][0]
+    new_save = next(n["id"] for n in editor.nodes() if n["id"] not in (loader, save, source))
     assert {"from_node": source, "from_slot": 0, "to_node": new_save, "to_input": "images"} in editor.links()
 
 
@@ -164,7 +163,7 @@ def test_undo_redo_and_copy_paste(editor):
 
 
 def test_seed_control_after_queue(editor):
-    source, save = build_source_and_save(editor)
+    source, _ = build_source_and_save(editor)
     editor.type_into_widget(source, "steps", "1")
     editor.type_into_widget(source, "seed", "1000")
     assert editor.node(source)["controls"]["seed"] == "randomize"  # ComfyUI's default for new nodes
