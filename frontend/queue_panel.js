@@ -1,0 +1,159 @@
+// The queue/history side panel: running and pending prompts (each with Cancel), finished ones with
+// their status and images, and a button to load a finished prompt's workflow back into the editor.
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+export class QueuePanel {
+  constructor(editor, root) {
+    this.editor = editor;
+    this.root = root;
+    this.busy = false;
+    this.again = false;
+    root.querySelector("[data-action=close-queue]").addEventListener("click", () => this.toggle(false));
+    root.querySelector("[data-action=clear-queue]").addEventListener("click", () => this.clearPending());
+    this.running = root.querySelector(".queue-running");
+    this.pending = root.querySelector(".queue-pending");
+    this.history = root.querySelector(".queue-history");
+  }
+
+  get visible() {
+    return !this.root.hidden;
+  }
+
+  toggle(show = !this.visible) {
+    this.root.hidden = !show;
+    if (show) this.refresh();
+  }
+
+  /** Re-read /queue and /history (coalescing calls that come while a refresh is under way). */
+  async refresh() {
+    if (!this.visible) return;
+    if (this.busy) {
+      this.again = true;
+      return;
+    }
+    this.busy = true;
+    try {
+      const [queue, history] = await Promise.all([this.editor.api.getQueue(), this.editor.api.getHistory(30)]);
+      this.render(queue || {}, history || {});
+    } catch (err) {
+      this.running.textContent = `Queue unavailable: ${err.message}`;
+    } finally {
+      this.busy = false;
+      if (this.again) {
+        this.again = false;
+        this.refresh();
+      }
+    }
+  }
+
+  render(queue, history) {
+    const running = queue.queue_running || [];
+    const pending = queue.queue_pending || [];
+    this.fillList(this.running, running, "running", "Nothing running");
+    this.fillList(this.pending, [...pending].sort((a, b) => a[0] - b[0]), "pending", "Nothing pending");
+    this.history.textContent = "";
+    const entries = Object.entries(history).reverse();
+    if (!entries.length) this.history.appendChild(el("div", "queue-empty", "No history yet"));
+    for (const [promptId, entry] of entries) {
+      const row = el("div", "queue-item history-item");
+      row.dataset.promptId = promptId;
+      const number = entry.prompt ? entry.prompt[0] : "?";
+      const status = (entry.status && entry.status.status_str) || "done";
+      row.appendChild(el("span", `queue-label status-${status}`, `#${number} ${status}`));
+      const images = Object.values(entry.outputs || {}).flatMap((output) => output.images || []);
+      const thumbs = el("span", "queue-thumbs");
+      for (const image of images.slice(0, 4)) {
+        const img = el("img", "queue-thumb");
+        img.src = this.editor.api.viewUrl(image);
+        img.alt = image.filename;
+        thumbs.appendChild(img);
+      }
+      row.appendChild(thumbs);
+      const pnginfo = (entry.prompt && entry.prompt[3] && entry.prompt[3].extra_pnginfo) || {};
+      const workflow = pnginfo.nodegraph_workflow || pnginfo.workflow || (entry.prompt && entry.prompt[2]);
+      if (workflow) {
+        const load = el("button", "small", "Load");
+        load.title = "Load this prompt's workflow";
+        load.addEventListener("click", () => this.editor.actions.loadData(workflow, `prompt #${number}`));
+        row.appendChild(load);
+      }
+      this.history.appendChild(row);
+    }
+  }
+
+  fillList(container, items, kind, emptyText) {
+    container.textContent = "";
+    if (!items.length) container.appendChild(el("div", "queue-empty", emptyText));
+    for (const item of items) {
+      const [number, promptId] = item;
+      const row = el("div", `queue-item ${kind}-item`);
+      row.dataset.promptId = promptId;
+      row.appendChild(el("span", "queue-label", `#${number} ${kind}`));
+      const cancel = el("button", "small danger", "Cancel");
+      cancel.addEventListener("click", () => this.cancel(promptId, kind));
+      row.appendChild(cancel);
+      container.appendChild(row);
+    }
+  }
+
+  async cancel(promptId, kind) {
+    try {
+      if (kind === "running") await this.editor.api.interrupt(promptId);
+      else await this.editor.api.deleteQueued([promptId]);
+    } catch (err) {
+      this.editor.notify(`Cancel failed: ${err.message}`, "error");
+    }
+    this.refresh();
+  }
+
+  async clearPending() {
+    try {
+      await this.editor.api.clearQueue();
+    } catch (err) {
+      this.editor.notify(`Clear failed: ${err.message}`, "error");
+    }
+    this.refresh();
+  }
+}
+
+/** The list of the last queue's validation errors; clicking one shows its node. */
+export class ErrorPanel {
+  constructor(editor, root) {
+    this.editor = editor;
+    this.root = root;
+    this.summary = "";
+    root.querySelector("[data-action=close-errors]").addEventListener("click", () => {
+      this.summary = "";
+      this.editor.execution.errors.clear();
+      this.render();
+      this.editor.canvas.setDirty();
+    });
+    this.list = root.querySelector(".error-list");
+    this.heading = root.querySelector(".error-summary");
+  }
+
+  render(summary = null) {
+    if (summary !== null) this.summary = summary;
+    const errors = this.editor.execution.errors;
+    this.list.textContent = "";
+    for (const [nodeId, list] of errors) {
+      const node = this.editor.graph.nodes.get(nodeId);
+      const title = node ? this.editor.titleOf(node) : `node ${nodeId}`;
+      for (const err of list) {
+        const row = el("div", "error-item");
+        row.dataset.nodeId = nodeId;
+        row.textContent = `#${nodeId} ${title}${err.input ? ` · ${err.input}` : ""}: ${err.message}${err.details ? ` (${err.details})` : ""}`;
+        row.addEventListener("click", () => this.editor.actions.showNode(nodeId));
+        this.list.appendChild(row);
+      }
+    }
+    this.heading.textContent = this.summary;
+    this.root.hidden = !this.summary && errors.size === 0;
+  }
+}
