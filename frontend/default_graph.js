@@ -1,19 +1,19 @@
-// The graph shown on first open: ComfyUI's default text-to-image workflow, in our native format.
+// The graph shown on first open: ComfyUI's default text-to-image graph on the embedded model, in our native format.
 
 const DEFAULT_WORKFLOW = {
   format: "nodegraph",
   version: 1,
   nodes: {
-    4: { type: "CheckpointLoaderSimple", pos: [30, 330], widgets: { ckpt_name: "v1-5-pruned-emaonly.safetensors" } },
+    4: { type: "CheckpointLoaderSimple", pos: [30, 330], widgets: { ckpt_name: "nodegraph-tiny-shapes.safetensors" } },
     6: {
       type: "CLIPTextEncode", pos: [390, 60], size: [410, 180],
-      widgets: { text: "beautiful scenery nature glass bottle landscape, purple galaxy bottle" },
+      widgets: { text: "a red circle on a blue background" },
     },
-    7: { type: "CLIPTextEncode", pos: [390, 280], size: [410, 180], widgets: { text: "text, watermark" } },
-    5: { type: "EmptyLatentImage", pos: [390, 500], widgets: { width: 512, height: 512, batch_size: 1 } },
+    7: { type: "CLIPTextEncode", pos: [390, 280], size: [410, 180], widgets: { text: "" } },
+    5: { type: "EmptyLatentImage", pos: [390, 500], widgets: { width: 128, height: 128, batch_size: 4 } },
     3: {
       type: "KSampler", pos: [840, 60], size: [300, 0],
-      widgets: { seed: 156680208700286, steps: 20, cfg: 8, sampler_name: "euler", scheduler: "normal", denoise: 1 },
+      widgets: { seed: 156680208700286, steps: 20, cfg: 6, sampler_name: "euler", scheduler: "simple", denoise: 1 },
       control_after_generate: { seed: "randomize" },
     },
     8: { type: "VAEDecode", pos: [1180, 60], widgets: {} },

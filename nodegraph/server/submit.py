@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import MISSING_NODE_TYPE, PROMPT_NO_OUTPUTS, ValidationIssue
 from ..formats import map_models, to_workflow
+from ..formats import run_metadata as embedded_metadata
 from ..formats.api import is_api_format, to_api
 from ..plan import id_sort_key
 from ..registry import NodeRegistry
@@ -46,15 +47,20 @@ def build_workflow(prompt: dict[str, Any], extra_data: dict[str, Any], registry:
 
 def run_metadata(prompt: dict[str, Any], workflow: Workflow, extra_data: dict[str, Any],
                  registry: NodeRegistry) -> dict[str, Any]:
-    """What output nodes embed (e.g. SaveImage's PNG text chunks): the API prompt that runs and the editor's
-    workflow when the client sent one in extra_pnginfo."""
+    """What output nodes embed (SaveImage's PNG text chunks): the API prompt that runs, the UI workflow the
+    client sent in extra_pnginfo (derived from the graph when none came) and our native workflow."""
     if is_api_format(prompt) and not model_map(extra_data):
         api_prompt = prompt
     else:
         api_prompt = to_api(workflow, registry)
     pnginfo = extra_data.get("extra_pnginfo")
-    ui_workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
-    return {"prompt": api_prompt, "workflow": ui_workflow, "extra_data": extra_data}
+    pnginfo = pnginfo if isinstance(pnginfo, dict) else {}
+    ui_workflow = pnginfo.get("workflow") if isinstance(pnginfo.get("workflow"), dict) else None
+    meta = embedded_metadata(workflow, registry, prompt=api_prompt, workflow_ui=ui_workflow)
+    if isinstance(pnginfo.get("nodegraph_workflow"), dict):
+        meta["nodegraph_workflow"] = pnginfo["nodegraph_workflow"]  # the editor's own, with its layout and groups
+    meta["extra_data"] = extra_data
+    return meta
 
 
 def invalid_prompt(message: str, details: str = "", type: str = "invalid_prompt") -> dict[str, Any]:

@@ -56,10 +56,14 @@ def test_default_graph_queues_and_shows_the_image(editor, server, artifacts):
     assert [e["node"] for e in events if e["type"] == "executing"][-1] is None  # the run is over
     assert [e["value"] for e in events if e["type"] == "progress" and e["node"] == "3"] == [1, 2, 3, 4]
     editor.screenshot(artifacts / "default_graph_with_image.png")
-    [image] = editor.hook("h.images('9')")
+    images = editor.hook("h.images('9')")
+    assert len(images) == 4  # the default graph makes a batch of four
+    image = images[0]
     with Image.open(server.output_dir / image["subfolder"] / image["filename"]) as png:
         assert png.size == (64, 64)
         assert json.loads(png.text["prompt"])["3"]["inputs"]["steps"] == 4
+        assert json.loads(png.text["nodegraph_workflow"])["nodes"]["5"]["pos"] == nodes["5"]["pos"]
+        assert json.loads(png.text["workflow"])["nodes"]  # a ComfyUI UI workflow derived from the graph
     # the editor's own workflow travels with the prompt (SaveImage's `nodegraph_workflow` chunk)
     with urllib.request.urlopen(f"{server.url}/history") as response:
         [entry] = [e for e in json.load(response).values() if e["prompt"][2].get("9", {}).get("class_type") == "SaveImage"]
@@ -73,6 +77,7 @@ def test_default_graph_queues_and_shows_the_image(editor, server, artifacts):
     restored = {n["id"]: n for n in editor.nodes()}
     assert {n["type"] for n in restored.values()} == {n["type"] for n in nodes.values()}
     assert restored["3"]["widgets"]["steps"] == 4 and restored["5"]["widgets"]["width"] == 64
+    assert restored["5"]["pos"] == nodes["5"]["pos"]  # the editor's own layout came back, not an auto-arrangement
     assert len(editor.links()) == 9
 
 
