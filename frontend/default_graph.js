@@ -4,7 +4,7 @@ const DEFAULT_WORKFLOW = {
   format: "nodegraph",
   version: 1,
   nodes: {
-    4: { type: "CheckpointLoaderSimple", pos: [30, 330], widgets: { ckpt_name: "nodegraph-tiny-shapes.safetensors" } },
+    4: { type: "CheckpointLoaderSimple", pos: [-60, 330], widgets: { ckpt_name: "nodegraph-tiny-shapes.safetensors" } },
     6: {
       type: "CLIPTextEncode", pos: [390, 60], size: [410, 180],
       widgets: { text: "a red circle on a blue background" },

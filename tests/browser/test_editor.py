@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from editor_driver import TINY_CHECKPOINT
+from nodes.models.embedded import EMBEDDED_NAME
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -42,7 +42,7 @@ def test_default_graph_queues_and_shows_the_image(editor, server, artifacts):
     assert not any(n["missing"] for n in nodes.values())
     assert len(editor.links()) == 9
     assert not _overlapping([editor.hook("h.nodeRect(args[0])", node_id) for node_id in nodes])
-    assert nodes["4"]["widgets"]["ckpt_name"] == TINY_CHECKPOINT  # the server's model, not ComfyUI's default name
+    assert nodes["4"]["widgets"]["ckpt_name"] == EMBEDDED_NAME  # the shipped model, listed first by the server
     editor.type_into_widget("5", "width", "64")
     editor.type_into_widget("5", "height", "64")
     editor.type_into_widget("3", "steps", "4")
@@ -367,7 +367,7 @@ def test_groups_move_their_nodes_and_can_be_renamed(editor):
 def test_model_lists_refresh_from_the_server(editor, server):
     editor.clear_canvas()
     loader = editor.add_node("load checkpoint", editor.canvas_point(0.3, 0.3))
-    assert editor.node(loader)["widgets"]["ckpt_name"] == TINY_CHECKPOINT
+    assert editor.node(loader)["widgets"]["ckpt_name"] == EMBEDDED_NAME  # a new loader takes the first model
     added = server.models_dir / "checkpoints" / "another_model.safetensors"
     added.write_bytes(b"not a model: only its name is listed")
     try:
