@@ -88,15 +88,21 @@ async def get_queue(request: web.Request) -> web.Response:
                           "queue_pending": [item.as_comfy() for item in pending]})
 
 
+async def _clear_or_delete(state: Any, action: ClearOrDelete, remove: Any) -> int:
+    """ComfyUI's {clear: true} / {delete: [ids]} body, for the queue and the history alike."""
+    deleted = 0
+    if action.clear:
+        deleted += await state.db(remove, None)
+    if action.delete:
+        deleted += await state.db(remove, action.delete)
+    return deleted
+
+
 async def post_queue(request: web.Request) -> web.Response:
     """{clear: true} empties the queue, {delete: [ids]} removes those; the running prompt is not touched."""
     state = request.app[STATE]
     action: ClearOrDelete = parse_body(ClearOrDelete, await read_json_object(request, required=False))
-    deleted = 0
-    if action.clear:
-        deleted += await state.db(state.store.delete_pending, None)
-    if action.delete:
-        deleted += await state.db(state.store.delete_pending, action.delete)
+    deleted = await _clear_or_delete(state, action, state.store.delete_pending)
     state.broadcast_status(await state.db(state.store.remaining))
     return json_response({"deleted": deleted})
 
@@ -133,11 +139,7 @@ async def get_history_item(request: web.Request) -> web.Response:
 async def post_history(request: web.Request) -> web.Response:
     state = request.app[STATE]
     action: ClearOrDelete = parse_body(ClearOrDelete, await read_json_object(request, required=False))
-    deleted = 0
-    if action.clear:
-        deleted += await state.db(state.store.delete_history, None)
-    if action.delete:
-        deleted += await state.db(state.store.delete_history, action.delete)
+    deleted = await _clear_or_delete(state, action, state.store.delete_history)
     return json_response({"deleted": deleted})
 
 
