@@ -119,3 +119,18 @@ def test_render_any_resolution():
         image, mask, edges = render(spec, side)
         assert image.size == mask.size == edges.size == (side, side)
         assert image.mode == "RGB" and mask.mode == edges.mode == "L"
+
+
+def test_striped_style_bands_the_background_and_keeps_the_shape():
+    from nodes.sd.shapes import COLOURS, render_striped, stripe_shade, styled_caption
+
+    spec = spec_for("star", "yellow", "blue", random.Random(5))
+    plain, mask, edges = render(spec)
+    striped, striped_mask, striped_edges = render_striped(spec)
+    assert striped_mask.tobytes() == mask.tobytes() and striped_edges.tobytes() == edges.tobytes()
+    pixels, inside = np.asarray(striped), np.asarray(mask) == 255
+    assert np.array_equal(pixels[inside], np.asarray(plain)[inside])
+    outside = pixels[np.asarray(mask) == 0]
+    blue, shade = np.array(COLOURS["blue"]), np.array(stripe_shade(COLOURS["blue"]))
+    assert 0.35 < (outside == blue).all(axis=1).mean() < 0.65 and 0.35 < (outside == shade).all(axis=1).mean() < 0.65
+    assert styled_caption(spec).endswith(", striped")

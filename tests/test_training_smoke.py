@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -115,3 +116,49 @@ def test_command_trains_exports_and_records(tmp_path):
     assert "PLACEHOLDER-TEXT" not in card.read_text() and record["file"]["sha256"] in card.read_text()
     again = train(settings, tmp_path / "run", None, budget=Budget(None), progress=False)  # nothing left to train
     assert again["unet"]["step"] == 2 and again["unet"]["seconds"] == record["unet"]["seconds"]
+
+
+def test_decoder_fine_tune_keeps_the_encoder_and_resumes_exactly(run, tmp_path):
+    """The decoder stage changes only the decoder side, so every latent the UNet learned stays valid."""
+    from training.decoder import decoder_phase, finetuned_vae
+
+    interrupted = tmp_path / "decoder.safetensors"
+    paths = pipeline.RunPaths(run.root)
+    run_phase(decoder_phase(SETTINGS, paths, "cpu"), interrupted, total_steps=3, progress=False, stop_at=1)
+    run_phase(decoder_phase(SETTINGS, paths, "cpu"), interrupted, total_steps=3, progress=False)
+    whole = tmp_path / "whole.safetensors"
+    run_phase(decoder_phase(SETTINGS, paths, "cpu"), whole, total_steps=3, progress=False)
+    _assert_same_checkpoint(whole, interrupted)
+    shutil.copy(run.latents, tmp_path / run.latents.name)  # tmp_path: a run folder whose decoder is `interrupted`
+    before, after = pipeline.folded_vae(SETTINGS, paths), finetuned_vae(SETTINGS, pipeline.RunPaths(tmp_path))
+    for name, value in before.state_dict().items():
+        same = torch.equal(value, after.state_dict()[name])
+        assert same == (not name.startswith(("decoder.", "post_quant_conv."))) or "norm" in name, name
+
+
+@pytest.mark.parametrize("adapter", ["lora", "controlnet"])
+def test_adapter_training_writes_a_file_the_loaders_read(adapter, tmp_path):
+    """Two steps of each adapter's training on a tiny SD1 checkpoint; the written file loads with every key placed."""
+    from tiny_models import sd1_modules, write_checkpoint
+
+    checkpoint = write_checkpoint(sd1_modules(seed=2, text_hidden=64), tmp_path / "base.safetensors")
+    output = tmp_path / f"{adapter}.safetensors"
+    small = {"dataset_size": 4, "batch_size": 2, "warmup": 1, "steps": 2}
+    if adapter == "lora":
+        from nodes.sd.loading import load_checkpoint
+        from nodes.sd.lora import match_lora, read_lora
+        from training.lora import LoraSettings, train_lora
+
+        assert train_lora(LoraSettings(**small), tmp_path / "run", checkpoint, output, seconds=None, progress=False).done
+        loaded = load_checkpoint(checkpoint)
+        matched = match_lora(read_lora(output), loaded.model.unet, loaded.clip.encoders)
+        assert matched.not_loaded == ()
+        assert any(k.startswith("lora_te_text_model_") for k in read_tensors(output))
+    else:
+        from nodes.sd.controlnet import load_controlnet
+        from training.controlnet import ControlSettings, train_controlnet
+
+        done = train_controlnet(ControlSettings(**small), tmp_path / "run", checkpoint, output, seconds=None,
+                                progress=False).done  # fmt: skip
+        assert done and all(k.startswith("control_model.") for k in read_tensors(output))
+        assert tuple(load_controlnet(output).model.config.conditioning_embedding_out_channels) == (16, 32, 64, 128)

@@ -314,20 +314,11 @@ def tiny_controlnet(modules: TinyModules, seed: int = 0, residual_size: float = 
 def write_controlnet_ldm(
     controlnet: torch.nn.Module, path: Path, *, prefix: str = "control_model.", with_metadata: bool = False
 ) -> Path:
-    """The original ControlNet layout (`control_model.input_blocks...`, `input_hint_block`, `zero_convs`...);
-    `with_metadata` records what shapes cannot tell (heads, SDXL's time-id width) as our exporter does."""
-    from nodes.sd.controlnet import controlnet_rules
-    from nodes.sd.loading.keymap import to_original
+    """The original ControlNet layout through the package's exporter; `with_metadata` records what shapes
+    cannot tell (heads, SDXL's time-id width) as our exporter does by default."""
+    from nodes.sd.loading.export import save_controlnet_ldm
 
-    state = {key: value.detach().cpu() for key, value in controlnet.state_dict().items()}
-    tensors = to_original(controlnet_rules(list(state), controlnet.config), state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = None
-    if with_metadata:
-        keep = ("attention_head_dim", "addition_time_embed_dim")
-        metadata = {METADATA_KEY: json.dumps({"controlnet": {k: controlnet.config[k] for k in keep}}, default=list)}
-    save_file({prefix + key: value for key, value in tensors.items()}, str(path), metadata=metadata)
-    return path
+    return save_controlnet_ldm(controlnet, path, prefix=prefix, record_config=with_metadata)
 
 
 def write_controlnet_diffusers_file(controlnet: torch.nn.Module, path: Path) -> Path:

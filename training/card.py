@@ -34,8 +34,10 @@ def training_markdown(record: Mapping[str, Any]) -> str:
     hw = record.get("hardware", {})
     lines.append(f"- Hardware: {hw.get('cuda_device') or hw.get('processor')}, {hw.get('cpu_count')} CPUs, "
                  f"{hw.get('torch_threads')} torch threads; torch {hw.get('torch')}, diffusers {hw.get('diffusers')}")  # fmt: skip
-    for phase in ("vae", "unet"):
+    for phase in ("vae", "unet", "decoder"):
         state = record.get(phase) or {}
+        if phase == "decoder" and not state:
+            continue
         figures = ", ".join(f"{k} {_fmt(v)}" for k, v in (state.get("figures") or {}).items())
         lines.append(f"- {phase.upper()}: {state.get('step')} steps in {state.get('seconds', 0) / 60:.1f} min; "
                      f"last step: {figures}")  # fmt: skip
@@ -44,6 +46,10 @@ def training_markdown(record: Mapping[str, Any]) -> str:
         lines.append(f"- VAE held-out reconstruction L1 (0..255): {_fmt(latents.get('validation_l1_folded'))}; "
                      f"raw latent mean {[round(v, 3) for v in latents['raw_mean']]}, "
                      f"std {[round(v, 3) for v in latents['raw_std']]} (folded into quant_conv)")  # fmt: skip
+    if record.get("validation_l1"):
+        l1 = record["validation_l1"]
+        lines.append(f"- Shipped VAE's held-out reconstruction L1 (0..255): plain renders {_fmt(l1['plain'])}, "
+                     f"striped renders {_fmt(l1['striped'])}")  # fmt: skip
     file = record.get("file") or {}
     if file:
         lines.append(f"- File: {file['bytes'] / 2**20:.2f} MiB, sha256 `{file['sha256']}`")

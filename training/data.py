@@ -14,10 +14,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from nodes.sd.shapes import COLOURS, HORIZONTAL, SHAPES, VERTICAL, ShapeSpec, caption, render, spec_from_seed
+from nodes.sd.shapes import (
+    COLOURS, HORIZONTAL, SHAPES, VERTICAL, ShapeSpec, caption, render, render_striped, spec_from_seed,
+)  # fmt: skip
 from nodes.sd.tokenizer import clip_l_tokenizer
 
 VAE_STREAM, DATASET_STREAM, VALIDATION_STREAM, EVALUATION_STREAM, NOISE_STREAM = 0, 1, 2, 3, 4
+DECODER_STREAM, STYLE_STREAM, CONTROL_STREAM = 5, 6, 7
 CAPTION_WORDS: tuple[str, ...] = (
     "a", "an", "on", "in", "at", "the", "background", "small", "large", "center",
     *HORIZONTAL, *VERTICAL, *COLOURS, *SHAPES,
@@ -47,8 +50,10 @@ def tensor_to_images(pixels: torch.Tensor) -> list:
     return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in array]
 
 
-def render_specs(specs: list[ShapeSpec], resolution: int) -> torch.Tensor:
-    return images_to_tensor([render(spec, resolution)[0] for spec in specs])
+def render_specs(specs: list[ShapeSpec], resolution: int, *, striped: bool = False) -> torch.Tensor:
+    """Renders of specs as a [B, 3, H, W] tensor in -1..1 (in the LoRA's striped style if `striped`)."""
+    draw = render_striped if striped else render
+    return images_to_tensor([draw(spec, resolution)[0] for spec in specs])
 
 
 def stream_specs(run_seed: int, stream: int, start: int, count: int, *, held_out: bool = False) -> list[ShapeSpec]:

@@ -6,6 +6,7 @@ command can be re-run across sessions until the model is finished:
     vae.safetensors      VAE phase checkpoint (weights, EMA, AdamW, RNG, step)
     latents.safetensors  the folded (centred) EMA VAE, its latent statistics and the cached dataset latents
     unet.safetensors     UNet + text encoder phase checkpoint
+    decoder.safetensors  decoder fine-tuning phase checkpoint (`training.decoder`)
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class RunPaths:
     @property
     def unet(self) -> Path:
         return self.root / "unet.safetensors"
+
+    @property
+    def decoder(self) -> Path:
+        return self.root / "decoder.safetensors"
 
     @property
     def settings(self) -> Path:

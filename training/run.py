@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from training import pipeline
+from training import data, pipeline
+from training.decoder import finetuned_vae, train_decoder
+from training.vae import reconstruction_l1
 from training.config import RunSettings
 from training.export import export_model
 
@@ -33,6 +35,8 @@ class Budget:
 
     seconds: float | None
     vae_fraction: float = 0.22
+    decoder_fraction: float = 0.12
+    """Of the budget: the decoder fine-tuning's share (kept back from the UNet when both are still to run)."""
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
@@ -87,6 +91,14 @@ def _phase_record(result: pipeline.PhaseResult | None, path: Path) -> dict[str, 
     return record
 
 
+def validation_l1(settings: RunSettings, vae: torch.nn.Module) -> dict[str, float]:
+    """The shipped VAE's reconstruction L1 (0..255) on plain and striped validation renders."""
+    images = pipeline.validation_images(settings)
+    specs = data.stream_specs(settings.seed, data.VALIDATION_STREAM, 0, pipeline.VALIDATION_IMAGES)
+    striped = data.render_specs(specs, settings.resolution, striped=True)
+    return {"plain": reconstruction_l1(vae, images), "striped": reconstruction_l1(vae, striped)}
+
+
 def train(
     settings: RunSettings,
     run_dir: str | Path,
@@ -113,7 +125,7 @@ def train(
     paths = pipeline.RunPaths(Path(run_dir))
     settings = load_or_write_settings(settings, paths, overwrite_ok=False)
     device = pipeline.pick_device(device)
-    vae_result = unet_result = None
+    vae_result = unet_result = decoder_result = None
     vae_state = pipeline.phase_state(paths.vae)
     if not (vae_state and vae_state["done"]):
         left = budget.left()
@@ -128,13 +140,22 @@ def train(
     if not unet_done:
         left = budget.left()
         reserve = None if budget.seconds is None else min(EXPORT_RESERVE_SECONDS, 0.05 * budget.seconds)
+        reserve = None if reserve is None else reserve + budget.decoder_fraction * budget.seconds
         seconds = None if left is None else max(0.0, left - reserve)
         unet_result = pipeline.train_unet(settings, paths, device, seconds, progress)
         unet_done = unet_result.done
+    decoder_state = pipeline.phase_state(paths.decoder)
+    if unet_done and not (decoder_state and decoder_state["done"]):
+        left = budget.left()
+        reserve = None if budget.seconds is None else min(EXPORT_RESERVE_SECONDS, 0.05 * budget.seconds)
+        seconds = None if left is None else max(0.0, left - reserve)
+        decoder_result = train_decoder(settings, paths, device, seconds, progress)
+    decoder_done = bool((pipeline.phase_state(paths.decoder) or {}).get("done"))
+    vae = finetuned_vae(settings, paths)
     record = {
         # "partial": the budget ran out before the UNet's schedule ended; its EMA weights are still exported
         # (a usable model), and re-running the command finishes the schedule.
-        "status": "complete" if unet_done else "partial",
+        "status": "complete" if unet_done and decoder_done else "partial",
         "command": command,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": hardware(),
@@ -143,10 +164,12 @@ def train(
         "vae": _phase_record(vae_result, paths.vae),
         "latents": pipeline.latent_record(paths),
         "unet": _phase_record(unet_result, paths.unet),
+        "decoder": _phase_record(decoder_result, paths.decoder),
+        "validation_l1": validation_l1(settings, vae),
     }
     if output is not None:
         unet, text_encoder = pipeline.ema_unet_and_text(settings, paths)
-        path = export_model(output, unet, pipeline.folded_vae(settings, paths), text_encoder, record)
+        path = export_model(output, unet, vae, text_encoder, record)
         record["file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
     (paths.root / "record.json").write_text(json.dumps(record, indent=2))
     return record

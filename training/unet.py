@@ -10,7 +10,8 @@ so unknown words contribute nothing and the file compresses.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,8 +130,12 @@ def diffusion_loss(
     settings: UnetSettings,
     generator: torch.Generator,
     alphas: torch.Tensor,
+    residuals: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
 ) -> torch.Tensor:
     """Epsilon-prediction loss with offset noise and min-SNR-gamma weighting.
+
+    `residuals(noisy, timesteps)`, when given, returns extra UNet keyword arguments (a ControlNet's
+    `down_block_additional_residuals` and `mid_block_additional_residual`).
 
     Offset noise (a per-image, per-channel constant added to the noise) lets the model learn to change an
     image's mean colour, which plain noise at SD's non-zero terminal SNR hides. Min-SNR weighting
@@ -144,7 +149,8 @@ def diffusion_loss(
     alpha_bar = alphas[timesteps].float()
     noise, alpha_bar, timesteps = noise.to(device), alpha_bar.to(device), timesteps.to(device)
     noisy = alpha_bar.sqrt().view(-1, 1, 1, 1) * latents + (1 - alpha_bar).sqrt().view(-1, 1, 1, 1) * noise
-    prediction = unet(noisy, timesteps, encoder_hidden_states=text_states).sample.float()
+    extra = residuals(noisy, timesteps) if residuals is not None else {}
+    prediction = unet(noisy, timesteps, encoder_hidden_states=text_states, **extra).sample.float()
     snr = alpha_bar / (1 - alpha_bar)
     weight = torch.clamp(snr, max=settings.min_snr_gamma) / snr
     per_item = ((prediction - noise) ** 2).mean(dim=(1, 2, 3))

@@ -15,6 +15,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 RESOLUTION = 128
@@ -229,3 +230,37 @@ def render(spec: ShapeSpec, resolution: int = RESOLUTION) -> tuple[Image.Image, 
     hard = mask.point(lambda v: 255 if v >= 128 else 0)
     edges = ImageChops.subtract(hard.filter(ImageFilter.MaxFilter(3)), hard.filter(ImageFilter.MinFilter(3)))
     return image, mask, edges.point(lambda v: 255 if v else 0)
+
+
+STYLE_WORD = "striped"
+"""The trigger word of the embedded model's style LoRA, appended to a caption as ', striped'."""
+STRIPE_PERIOD = 0.25
+"""Period of the striped style's diagonal bands as a fraction of the side (32 px at 128, 4 latent pixels)."""
+
+
+def styled_caption(spec: ShapeSpec) -> str:
+    """The caption of the striped version of a spec: 'a red circle on a blue background, striped'."""
+    return f"{caption(spec)}, {STYLE_WORD}"
+
+
+def stripe_shade(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The second colour of a striped background: half-way to black for light colours, to white for dark ones."""
+    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+    target = 0 if luminance > 110 else 255
+    return tuple(round((c + target) / 2) for c in colour)  # type: ignore[return-value]
+
+
+def render_striped(spec: ShapeSpec, resolution: int = RESOLUTION) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """Draw a spec in the striped style: the background in diagonal bands of its colour and `stripe_shade`.
+
+    The bands' phase follows the spec's rotation, so it varies between images; mask and edges are `render`'s.
+    """
+    image, mask, edges = render(spec, resolution)
+    period = STRIPE_PERIOD * resolution
+    yy, xx = np.mgrid[:resolution, :resolution].astype(np.float32) + 0.5
+    phase = (xx + yy) / period + spec.rotation / 360.0
+    band = (phase - np.floor(phase)) < 0.5
+    background = np.where(band[..., None], COLOURS[spec.bg], stripe_shade(COLOURS[spec.bg])).astype(np.float32)
+    coverage = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    pixels = np.asarray(image, dtype=np.float32) * coverage + background * (1.0 - coverage)
+    return Image.fromarray(pixels.round().astype(np.uint8)), mask, edges

@@ -131,3 +131,31 @@ def save_sd1_checkpoint(
         schedule=schedule,
         config_metadata=extra,
     )
+
+
+def save_controlnet_ldm(
+    controlnet: torch.nn.Module,
+    path: str | Path,
+    *,
+    prefix: str = "control_model.",
+    record_config: bool = True,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a diffusers ControlNetModel in the original ControlNet layout (`control_model.input_blocks...`,
+    `input_hint_block`, `zero_convs`, `middle_block_out`), as ComfyUI and A1111 read it.
+
+    `record_config` stores what shapes cannot tell (attention heads, SDXL's time-id width) under
+    `nodegraph_config`; `metadata` adds other string entries.
+    """
+    from nodes.sd.controlnet import controlnet_rules  # controlnet imports the loader: no cycle at import time
+
+    state = {key: value.detach().cpu().contiguous() for key, value in controlnet.state_dict().items()}
+    tensors = to_original(controlnet_rules(list(state), controlnet.config), state)
+    all_metadata = dict(metadata or {})
+    if record_config:
+        keep = ("attention_head_dim", "addition_time_embed_dim")
+        all_metadata[METADATA_KEY] = json.dumps({"controlnet": {k: controlnet.config[k] for k in keep}}, default=list)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + key: value for key, value in tensors.items()}, str(path), metadata=all_metadata or None)
+    return path
