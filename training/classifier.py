@@ -116,6 +116,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best_label if best_size else np.zeros_like(mask)
 
 
+def eroded(mask: np.ndarray, steps: int) -> np.ndarray:
+    """The mask shrunk by `steps` pixels (4-neighbourhood): its core, away from edges blurred into the background."""
+    core = mask.copy()
+    for _ in range(steps):
+        inner = core.copy()
+        inner[1:] &= core[:-1]
+        inner[:-1] &= core[1:]
+        inner[:, 1:] &= core[:, :-1]
+        inner[:, :-1] &= core[:, 1:]
+        core = inner
+    return core
+
+
+CORE_EROSION = 2
+"""Pixels trimmed off the shape's mask before its colour is read (VAE decoders blend 1-3 px at an edge)."""
+
+
 def foreground_mask(pixels: np.ndarray, bg_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(mask, foreground median colour) of an image given its background colour; (empty, None) if no shape.
 
@@ -134,7 +151,8 @@ def foreground_mask(pixels: np.ndarray, bg_rgb: np.ndarray) -> tuple[np.ndarray,
     mask = largest_component((np.linalg.norm(pixels - fg_rgb, axis=2) < distance_to_bg) & (distance_to_bg > 0))
     if mask.sum() < MIN_AREA_FRACTION * mask.size:
         return np.zeros(seeds.shape, dtype=bool), None
-    return mask, np.median(pixels[mask], axis=0)
+    core = eroded(mask, CORE_EROSION)
+    return mask, np.median(pixels[core if core.sum() >= 16 else mask], axis=0)
 
 
 def radial_profile(mask: np.ndarray, cy: float, cx: float, bins: int = ANGLE_BINS) -> np.ndarray:
