@@ -45,7 +45,6 @@ def test_txt2img_follows_the_prompt(engine):
             total += 1
     accuracy = {key: value / total for key, value in hits.items()}
     print(f"prompt adherence over {total} images: {accuracy}")
-    # Chance is 1/9 for a colour and 1/5 for a shape. These bars say "clearly follows the prompt" for the
-    # shipped model (measured: fg 0.83, bg 0.67, shape 1.0); issue 4's acceptance (90/90/80 over the
-    # evaluation set) is measured by scripts/evaluate_embedded_model.py and not yet met (see the model card).
-    assert accuracy["fg"] >= 0.7 and accuracy["bg"] >= 0.6 and accuracy["shape"] >= 0.8, accuracy
+    # Chance is 1/9 for a colour and 1/5 for a shape. The bars are the acceptance of issue 4 (90/90/80), which
+    # scripts/evaluate_embedded_model.py measures on 160 images (see the model card); measured here: 1.0 / 1.0 / 1.0.
+    assert accuracy["fg"] >= 0.9 and accuracy["bg"] >= 0.9 and accuracy["shape"] >= 0.8, accuracy

@@ -43,7 +43,7 @@ def training_markdown(record: Mapping[str, Any]) -> str:
                      f"last step: {figures}")  # fmt: skip
     latents = record.get("latents") or {}
     if latents:
-        lines.append(f"- VAE held-out reconstruction L1 (0..255): {_fmt(latents.get('validation_l1_folded'))}; "
+        lines.append(f"- VAE phase, held-out reconstruction L1 (0..255): {_fmt(latents.get('validation_l1_folded'))}; "
                      f"raw latent mean {[round(v, 3) for v in latents['raw_mean']]}, "
                      f"std {[round(v, 3) for v in latents['raw_std']]} (folded into quant_conv)")  # fmt: skip
     if record.get("validation_l1"):
