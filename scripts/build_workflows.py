@@ -19,7 +19,7 @@ from nodegraph.formats import ui_from_native  # noqa: E402
 from nodegraph.formats.api import from_api  # noqa: E402
 from nodegraph.registry import default_registry  # noqa: E402
 from nodegraph.workflow import Workflow, dump_workflow  # noqa: E402
-from nodes.models.embedded import EMBEDDED_NAME  # noqa: E402
+from nodes.models.embedded import ADAPTERS, EMBEDDED_NAME  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
 PROMPT = "a red circle on a blue background"
@@ -79,6 +79,31 @@ def hires_fix() -> dict[str, Any]:
     return graph
 
 
+def lora() -> dict[str, Any]:
+    """The embedded model's style LoRA on its trigger word: the background drawn in diagonal stripes."""
+    graph = base("a yellow star on a purple background, striped")
+    graph["10"] = {"class_type": "LoraLoader", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": ADAPTERS["lora"][1], "strength_model": 1.0,
+        "strength_clip": 1.0}}
+    graph["3"]["inputs"]["model"] = ["10", 0]
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["10", 1]
+    graph["9"]["inputs"]["filename_prefix"] = "lora"
+    return graph
+
+
+def controlnet() -> dict[str, Any]:
+    """The embedded model's outline ControlNet: the shape is drawn inside example_outline.png's outline."""
+    graph = base("a green triangle on a white background")
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "example_outline.png"}}
+    graph["11"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": ADAPTERS["controlnet"][1]}}
+    graph["12"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["11", 0], "image": ["10", 0],
+        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    graph["3"]["inputs"].update(positive=["12", 0], negative=["12", 1])
+    graph["9"]["inputs"]["filename_prefix"] = "controlnet"
+    return graph
+
+
 def sega() -> dict[str, Any]:
     graph = base("a circle on a blue background")
     graph["20"] = {"class_type": "SemanticGuidance", "inputs": {
@@ -98,8 +123,11 @@ def sag() -> dict[str, Any]:
     return graph
 
 
-GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "sega": sega,
-          "sag": sag}
+GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "lora": lora,
+          "controlnet": controlnet, "sega": sega, "sag": sag}
+OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
+                    cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
+"""The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
 
 
 def laid_out(workflow: Workflow) -> Workflow:
@@ -127,10 +155,11 @@ def laid_out(workflow: Workflow) -> Workflow:
 
 
 def example_images() -> None:
-    """A blue square on yellow, and the same with the square transparent (LoadImage's MASK) for inpainting."""
+    """A blue square on yellow; the same with the square transparent (LoadImage's MASK) for inpainting; and a
+    triangle's outline for the ControlNet."""
     from PIL import Image
 
-    from nodes.sd.shapes import render, spec_for
+    from nodes.sd.shapes import ShapeSpec, render, spec_for
 
     spec = spec_for("square", "blue", "yellow", random.Random(3))
     image, mask, _ = render(spec)
@@ -140,6 +169,7 @@ def example_images() -> None:
     alpha = Image.eval(mask.convert("L"), lambda v: 255 - v)
     rgba.putalpha(alpha)
     rgba.save(WORKFLOWS / "input" / "example_inpaint.png")
+    render(ShapeSpec(**OUTLINE_SPEC))[2].convert("RGB").save(WORKFLOWS / "input" / "example_outline.png")
 
 
 def build() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:

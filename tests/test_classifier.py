@@ -91,3 +91,16 @@ def test_border_band_stays_clear_of_shapes():
     band = border_band(128, 128)
     for seed in random.Random(0).sample(range(10_000), 50):
         assert not (np.asarray(render(spec_from_seed(seed))[1])[band] > 0).any()
+
+
+def test_background_texture_tells_striped_renders_from_plain_ones():
+    from nodes.sd.shapes import render_striped, sample_spec
+    from training.adapter_eval import background_texture, iou, shape_mask
+
+    rng = random.Random(8)
+    for _ in range(10):
+        spec = sample_spec(rng)
+        plain, mask, _ = render(spec)
+        assert background_texture(plain) < 0.5  # flat colour: nothing but the shape's edge, which is left out
+        assert background_texture(render_striped(spec)[0]) > 2.0  # bands of the least contrast (green) give 2.8
+        assert iou(shape_mask(plain), np.asarray(mask) >= 128) > 0.9

@@ -1,7 +1,5 @@
-"""The shipped workflows: current with their generator, importable in both formats, and each one runs.
-
-They name the embedded model; until its weights are in the package the runs map that name to a tiny
-SD1 checkpoint (the same loader and nodes either way)."""
+"""The shipped workflows: current with their generator, importable in both formats, and each one runs on the
+embedded model and its adapters, as shipped (no model mapped)."""
 
 import json
 import sys
@@ -11,10 +9,9 @@ import pytest
 from PIL import Image
 
 from nodegraph import default_registry
-from nodegraph.formats import load_workflow_file, map_models
+from nodegraph.formats import load_workflow_file
 from nodegraph.formats.api import to_api
-from nodes.models.embedded import EMBEDDED_NAME, EMBEDDED_PATH
-from tiny_models import engine_at, sd1_modules, write_checkpoint
+from tiny_models import engine_at
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / "workflows"
@@ -40,18 +37,12 @@ def test_native_and_comfyui_exports_describe_the_same_graph(name):
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("workflows")
-    (root / "models" / "checkpoints").mkdir(parents=True)
-    if not EMBEDDED_PATH.is_file():
-        write_checkpoint(sd1_modules(seed=4, text_hidden=64), root / "models" / "checkpoints" / "tiny.safetensors")
-    return engine_at(root, input_dir=WORKFLOWS / "input")
+    return engine_at(tmp_path_factory.mktemp("workflows"), input_dir=WORKFLOWS / "input")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_workflow_runs_and_saves_its_images(name, engine):
     workflow = load_workflow_file(WORKFLOWS / f"{name}.json", engine.registry)
-    if not EMBEDDED_PATH.is_file():
-        workflow = map_models(workflow, {EMBEDDED_NAME: "tiny.safetensors"})
     for node_id, node in workflow.nodes.items():  # fewer steps: this checks the graph runs, not image quality
         if node.type == "KSampler":
             workflow = workflow.with_widget(node_id, "steps", min(node.widgets["steps"], 4))

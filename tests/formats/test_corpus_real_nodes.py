@@ -1,5 +1,6 @@
 """The real-world corpus against our real node set: every file imports, SD1 graphs validate with their
-checkpoint mapped to a model that is here, and run end to end (a tiny SD1 checkpoint, 2 steps each)."""
+models mapped to ones that are here, and run end to end on the embedded model (its VAE, style LoRA and outline
+ControlNet standing in for the files the workflows name; 2 steps each, at a quarter of their pixel sizes)."""
 
 import json
 
@@ -12,8 +13,8 @@ from nodegraph import default_registry
 from nodegraph.formats import map_models, to_workflow
 from nodegraph.validation import validate_workflow
 from nodes.images import image_to_png_bytes
-from nodes.sd.loading.export import ldm_state_dict
-from tiny_models import engine_at, sd1_modules, tiny_controlnet, write_checkpoint, write_controlnet_ldm, write_kohya_lora
+from nodes.models.embedded import ADAPTERS, EMBEDDED_NAME, EMBEDDED_PATH
+from tiny_models import engine_at
 
 # Node types of newer model families (and one mask node) that we do not implement.
 NOT_YET = {"ui_native_reroutes.json": {"InvertMask"},
@@ -36,7 +37,7 @@ def names_of(workflow, node_type, widget):
     return {n.widgets[widget] for n in workflow.nodes.values() if n.type == node_type and widget in n.widgets}
 
 
-def shrink(workflow, factor=8):
+def shrink(workflow, factor=4):
     """A smoke-run copy: every pixel size divided by `factor` (multiples of 8, within each input's range)."""
     registry = default_registry()
     for node_id, node in workflow.nodes.items():
@@ -49,11 +50,11 @@ def shrink(workflow, factor=8):
 
 
 def mapped(workflow):
-    """Every checkpoint and VAE name mapped to the tiny files that are here."""
-    mapping = {old: "tiny.safetensors" for old in names_of(workflow, "CheckpointLoaderSimple", "ckpt_name")}
-    mapping.update({old: "tiny-vae.safetensors" for old in names_of(workflow, "VAELoader", "vae_name")})
-    mapping.update({old: "tiny-lora.safetensors" for old in names_of(workflow, "LoraLoader", "lora_name")})
-    mapping.update({old: "tiny-controlnet.safetensors"
+    """Every model name mapped to the embedded model and its adapters (`--map-model` does the same)."""
+    mapping = {old: EMBEDDED_NAME for old in names_of(workflow, "CheckpointLoaderSimple", "ckpt_name")}
+    mapping.update({old: "embedded-vae.safetensors" for old in names_of(workflow, "VAELoader", "vae_name")})
+    mapping.update({old: ADAPTERS["lora"][1] for old in names_of(workflow, "LoraLoader", "lora_name")})
+    mapping.update({old: ADAPTERS["controlnet"][1]
                     for old in names_of(workflow, "ControlNetLoader", "control_net_name")})
     return map_models(workflow, mapping)
 
@@ -63,16 +64,11 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     for folder in ("checkpoints", "vae", "loras", "controlnet"):
         (root / "models" / folder).mkdir(parents=True)
-    modules = sd1_modules(seed=5, text_hidden=64)
-    write_checkpoint(modules, root / "models" / "checkpoints" / "tiny.safetensors")
-    from safetensors.torch import save_file  # a standalone VAE file, as VAE downloads come (LDM keys)
+    from safetensors.torch import load_file, save_file  # a standalone VAE file, as VAE downloads come (LDM keys)
 
-    vae_keys = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in
-                ldm_state_dict("sd1", modules.unet, modules.vae, modules.encoders).items()
+    vae_keys = {k.removeprefix("first_stage_model."): v for k, v in load_file(EMBEDDED_PATH).items()
                 if k.startswith("first_stage_model.")}
-    save_file(vae_keys, root / "models" / "vae" / "tiny-vae.safetensors")
-    write_kohya_lora(modules, root / "models" / "loras" / "tiny-lora.safetensors")
-    write_controlnet_ldm(tiny_controlnet(modules), root / "models" / "controlnet" / "tiny-controlnet.safetensors")
+    save_file(vae_keys, root / "models" / "vae" / "embedded-vae.safetensors")
     return engine_at(root)
 
 
@@ -95,7 +91,7 @@ def test_every_corpus_file_validates_with_models_mapped(name, engine):
 def test_sd1_corpus_graph_runs_end_to_end_on_a_mapped_model(name, engine):
     workflow = shrink(mapped(load(name, engine.registry)))
     for image in names_of(workflow, "LoadImage", "image"):
-        (engine.env.input_dir / image).write_bytes(image_to_png_bytes(torch.rand(64, 96, 3)))
+        (engine.env.input_dir / image).write_bytes(image_to_png_bytes(torch.rand(128, 192, 3)))
     for node_id, node in workflow.nodes.items():  # a smoke run: 2 steps, small latents
         if node.type in ("KSampler", "KSamplerAdvanced"):
             workflow = workflow.with_widget(node_id, "steps", 2)
@@ -108,6 +104,6 @@ def test_sd1_corpus_graph_runs_end_to_end_on_a_mapped_model(name, engine):
     for entry in saved:
         folder = engine.env.output_dir if entry["type"] == "output" else engine.env.temp_dir
         with Image.open(folder / entry["subfolder"] / entry["filename"]) as image:
-            assert image.width >= 64 and image.height >= 64
+            assert image.width >= 96 and image.height >= 96
             if not name.startswith("api_"):
                 assert json.loads(image.text["workflow"])["nodes"]  # the UI workflow travels with the image
