@@ -48,6 +48,20 @@ def churn_gamma(sigma: float, steps: int, s_churn: float, s_tmin: float, s_tmax:
     return min(s_churn / steps, 2**0.5 - 1) if s_churn > 0 and s_tmin <= sigma <= s_tmax else 0.0
 
 
+def churned(
+    x: Tensor, sigmas: Tensor, i: int, noise: NoiseSampler, s_churn: float, s_tmin: float, s_tmax: float,
+    s_noise: float,
+) -> tuple[Tensor, float]:
+    """Algorithm 2 lines 4-6: raise step i's sigma to sigma_hat and add the noise that lifts x there.
+
+    Returns x at sigma_hat and sigma_hat (x and sigma unchanged without churn)."""
+    sigma = float(sigmas[i])
+    sigma_hat = sigma * (churn_gamma(sigma, len(sigmas) - 1, s_churn, s_tmin, s_tmax) + 1)
+    if sigma_hat > sigma:
+        x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+    return x, sigma_hat
+
+
 @torch.no_grad()
 def sample_euler(
     denoiser: Denoiser,
@@ -67,9 +81,7 @@ def sample_euler(
     extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
-        sigma_hat = sig[i] * (churn_gamma(sig[i], len(sig) - 1, s_churn, s_tmin, s_tmax) + 1)
-        if sigma_hat > sig[i]:  # Algorithm 2 lines 5-6: noise that lifts x from sigma to sigma_hat
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
+        x, sigma_hat = churned(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         x = x + to_d(x, sigma_hat, denoised) * (sig[i + 1] - sigma_hat)
@@ -122,9 +134,7 @@ def sample_heun(
     extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
-        sigma_hat = sig[i] * (churn_gamma(sig[i], len(sig) - 1, s_churn, s_tmin, s_tmax) + 1)
-        if sigma_hat > sig[i]:  # Algorithm 2 lines 5-6: noise that lifts x from sigma to sigma_hat
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
+        x, sigma_hat = churned(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         d = to_d(x, sigma_hat, denoised)
@@ -158,9 +168,7 @@ def sample_dpm_2(
     extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
-        sigma_hat = sig[i] * (churn_gamma(sig[i], len(sig) - 1, s_churn, s_tmin, s_tmax) + 1)
-        if sigma_hat > sig[i]:  # Algorithm 2 lines 5-6: noise that lifts x from sigma to sigma_hat
-            x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
+        x, sigma_hat = churned(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
         denoised = denoiser(x, sigma_hat * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         d = to_d(x, sigma_hat, denoised)
