@@ -1,8 +1,9 @@
 """One command's worth of training: run the stages that are not finished yet, within a time budget, then export.
 
 The budget is split as the trials suggest: about a fifth of it for the VAE, what encoding the dataset
-takes, and the rest for the UNet and text encoder (less a reserve for export). Each phase fits its step
-count to its share on a fresh start; re-running the same command after an interruption continues.
+takes, about an eighth for fine-tuning the decoder (`training.decoder`), and the rest for the UNet and
+text encoder (less a reserve for export). Each phase fits its step count to its share on a fresh start;
+re-running the same command after an interruption continues.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 import torch
 
 from training import data, pipeline
-from training.decoder import finetuned_vae, train_decoder
-from training.vae import reconstruction_l1
 from training.config import RunSettings
+from training.decoder import finetuned_vae, train_decoder
 from training.export import export_model
+from training.vae import reconstruction_l1
 
 EXPORT_RESERVE_SECONDS = 60.0
 """Kept back from the UNet's share for the export (a few seconds) and slack; at most 5 % of a small budget."""
@@ -137,24 +138,25 @@ def train(
         pipeline.encode_dataset(settings, paths, device, progress)
     unet_state = pipeline.phase_state(paths.unet)
     unet_done = bool(unet_state and unet_state["done"])
+    export_reserve = 0.0 if budget.seconds is None else min(EXPORT_RESERVE_SECONDS, 0.05 * budget.seconds)
+    decoder_state = pipeline.phase_state(paths.decoder)
+    decoder_done = bool(decoder_state and decoder_state["done"])
     if not unet_done:
         left = budget.left()
-        reserve = None if budget.seconds is None else min(EXPORT_RESERVE_SECONDS, 0.05 * budget.seconds)
-        reserve = None if reserve is None else reserve + budget.decoder_fraction * budget.seconds
+        reserve = export_reserve + (0.0 if budget.seconds is None or decoder_done else
+                                    budget.decoder_fraction * budget.seconds)  # fmt: skip
         seconds = None if left is None else max(0.0, left - reserve)
         unet_result = pipeline.train_unet(settings, paths, device, seconds, progress)
         unet_done = unet_result.done
-    decoder_state = pipeline.phase_state(paths.decoder)
-    if unet_done and not (decoder_state and decoder_state["done"]):
+    if unet_done and not decoder_done:
         left = budget.left()
-        reserve = None if budget.seconds is None else min(EXPORT_RESERVE_SECONDS, 0.05 * budget.seconds)
-        seconds = None if left is None else max(0.0, left - reserve)
+        seconds = None if left is None else max(0.0, left - export_reserve)
         decoder_result = train_decoder(settings, paths, device, seconds, progress)
     decoder_done = bool((pipeline.phase_state(paths.decoder) or {}).get("done"))
     vae = finetuned_vae(settings, paths)
     record = {
-        # "partial": the budget ran out before the UNet's schedule ended; its EMA weights are still exported
-        # (a usable model), and re-running the command finishes the schedule.
+        # "partial": the budget ran out before the UNet's or the decoder's schedule ended; the EMA weights so far
+        # are still exported (a usable model), and re-running the command finishes the schedules.
         "status": "complete" if unet_done and decoder_done else "partial",
         "command": command,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
