@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .environment import Environment, ModelPaths, pick_device
 from .executor import Engine
+from .models import ModelManager
 from .registry import NodeRegistry, default_registry
 
 
@@ -20,16 +21,38 @@ class AppConfig:
     """More model roots with ComfyUI's folder names, e.g. an existing ComfyUI `models/` tree."""
     device: str = "auto"
     precision: str = "auto"
+    """Every part's precision unless its own option is given."""
+    unet_precision: str | None = None
+    text_precision: str | None = None
+    vae_precision: str | None = None
+    prefer_bf16: bool = False
+    vram_mode: str = "normalvram"
+    """ComfyUI's memory modes: highvram, normalvram, lowvram, cpu (cpu also computes on the CPU)."""
+    reserve_vram_gb: float | None = None
+    ram_budget_gb: float | None = None
+    compile: bool = False
+
+
+def build_model_manager(config: AppConfig, device: str) -> ModelManager:
+    gib = 1024**3
+    return ModelManager(
+        device, mode=config.vram_mode,
+        reserve_vram=None if config.reserve_vram_gb is None else int(config.reserve_vram_gb * gib),
+        ram_budget=None if config.ram_budget_gb is None else int(config.ram_budget_gb * gib),
+    )
 
 
 def build_environment(config: AppConfig, registry: NodeRegistry) -> Environment:
     for directory in (config.output_dir, config.input_dir, config.temp_dir):
         directory.mkdir(parents=True, exist_ok=True)
+    device = "cpu" if config.vram_mode == "cpu" else pick_device(config.device)
     env = Environment(
         output_dir=config.output_dir.resolve(), input_dir=config.input_dir.resolve(),
         temp_dir=config.temp_dir.resolve(),
         models=ModelPaths(roots=[config.models_dir.resolve(), *(p.resolve() for p in config.extra_model_dirs)]),
-        device=pick_device(config.device), precision=config.precision,
+        device=device, precision=config.precision, unet_precision=config.unet_precision,
+        text_precision=config.text_precision, vae_precision=config.vae_precision, prefer_bf16=config.prefer_bf16,
+        compile=config.compile, model_manager=build_model_manager(config, device),
     )
     return registry.setup_environment(env)
 

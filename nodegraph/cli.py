@@ -71,10 +71,16 @@ class ProgressBar(Hooks):
             self.bar = None
 
 
-def _config(args: argparse.Namespace) -> AppConfig:
-    return AppConfig(output_dir=Path(args.output_dir), input_dir=Path(args.input_dir),
-                     models_dir=Path(args.models_dir), extra_model_dirs=[Path(p) for p in args.extra_models_dir],
-                     device=args.device, precision=args.precision)
+def _config(args: argparse.Namespace, **paths: Any) -> AppConfig:
+    options: dict[str, Any] = dict(
+        output_dir=Path(args.output_dir), input_dir=Path(args.input_dir or "input"), models_dir=Path(args.models_dir),
+        extra_model_dirs=[Path(p) for p in args.extra_models_dir], device=args.device, precision=args.precision,
+        unet_precision=args.unet_precision, text_precision=args.text_precision, vae_precision=args.vae_precision,
+        prefer_bf16=args.bf16, vram_mode=args.vram_mode, reserve_vram_gb=args.reserve_vram,
+        ram_budget_gb=args.ram_budget, compile=args.compile,
+    )
+    options.update(paths)
+    return AppConfig(**options)
 
 
 def parse_model_map(items: list[str]) -> dict[str, str]:
@@ -147,8 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--extra-models-dir", action="append", default=[], metavar="DIR",
                         help="another models root, e.g. an existing ComfyUI models/ tree (repeatable)")
     common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    common.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="UNet precision (auto: fp16 on CUDA, fp32 on CPU)")
+    precisions = ["auto", "fp32", "bf16", "fp16"]
+    common.add_argument("--precision", default="auto", choices=precisions,
+                        help="every part's precision (auto: fp16 on CUDA, the VAE fp32 unless its config allows "
+                             "fp16; fp32 on CPU)")
+    for part in ("unet", "text", "vae"):
+        common.add_argument(f"--{part}-precision", choices=precisions, default=None,
+                            help=f"the {part} precision (default: --precision)")
+    common.add_argument("--bf16", action="store_true", help="auto picks bf16 rather than fp16 where the GPU has it")
+    memory = common.add_mutually_exclusive_group()
+    for mode, text in (("highvram", "keep every model on the GPU"),
+                       ("normalvram", "keep models on the GPU while they fit, the least recently used move to RAM "
+                                      "(default)"),
+                       ("lowvram", "keep weights in RAM and stream each block to the GPU while it runs"),
+                       ("cpu", "compute on the CPU")):
+        memory.add_argument(f"--{mode}", dest="vram_mode", action="store_const", const=mode, help=text)
+    common.set_defaults(vram_mode="normalvram")
+    common.add_argument("--reserve-vram", type=float, default=None, metavar="GB",
+                        help="GPU memory kept free for activations (default: 1 GB or 10%% of the GPU)")
+    common.add_argument("--ram-budget", type=float, default=None, metavar="GB",
+                        help="RAM loaded models may use (default: what is available at start, less a reserve)")
+    common.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet (compiled once per shape, reused across prompts)")
     common.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext, func in (("run", "run a workflow", cmd_run), ("validate", "check a workflow", cmd_validate)):
@@ -184,11 +210,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server  # only `serve` needs aiohttp
 
     data_dir = Path(args.data_dir)
-    config = AppConfig(output_dir=Path(args.output_dir),
-                       input_dir=Path(args.input_dir) if args.input_dir else data_dir / "input",
-                       temp_dir=data_dir / "temp", models_dir=Path(args.models_dir),
-                       extra_model_dirs=[Path(p) for p in args.extra_models_dir], device=args.device,
-                       precision=args.precision)
+    config = _config(args, input_dir=Path(args.input_dir) if args.input_dir else data_dir / "input",
+                     temp_dir=data_dir / "temp")
     engine = build_engine(config, load_node_packs(args.nodes_module) if args.nodes_module else None)
     for pack, error in engine.registry.load_errors.items():
         print(f"warning: node pack {pack!r} failed to load: {error}", file=sys.stderr)

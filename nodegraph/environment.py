@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from .models import ModelManager
 from .paths import list_files, safe_join
 
 MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
@@ -72,9 +72,30 @@ class Environment:
     device: str = "cpu"
     """"cuda" or "cpu"; nodes place models and tensors there."""
     precision: str = "auto"
-    """UNet precision: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "bf16" or "fp16"."""
-    resources: dict[str, Any] = field(default_factory=dict)
-    """Long-lived state node packs share across runs (loaded model caches), keyed by the pack."""
+    """Every model part's precision unless its own setting says otherwise: "auto", "fp32", "bf16", "fp16"."""
+    unet_precision: str | None = None
+    text_precision: str | None = None
+    vae_precision: str | None = None
+    prefer_bf16: bool = False
+    """auto picks bf16 instead of fp16 for the UNet and text encoders where the device supports it."""
+    compile: bool = False
+    """Compile the UNet with torch.compile (once per shape, reused across prompts)."""
+    model_manager: ModelManager | None = None
+    """The one owner of every loaded model; made for `device` when not given."""
+
+    def __post_init__(self) -> None:
+        if self.model_manager is None:
+            self.model_manager = ModelManager(self.device)
+
+    @property
+    def manager(self) -> ModelManager:
+        assert self.model_manager is not None
+        return self.model_manager
+
+    def part_precision(self, part: str) -> str:
+        """The precision setting of one part ("unet", "text" or "vae"): its own, else `precision`."""
+        own = {"unet": self.unet_precision, "text": self.text_precision, "vae": self.vae_precision}[part]
+        return own or self.precision
 
     def input_path(self, name: str) -> Path:
         return safe_join(self.input_dir, name)

@@ -69,7 +69,7 @@ class ControlNetLoader(Node):
         from .sd.controlnet import load_controlnet
 
         path = ctx.env.models.resolve("controlnet", control_net_name)
-        return (load_controlnet(path, device=ctx.env.device, dtype=unet_dtype(ctx.env)),)
+        return (load_controlnet(path, manager=ctx.env.manager, dtype=unet_dtype(ctx.env)),)
 
     @classmethod
     def fingerprint(cls, ctx: NodeContext, control_net_name: str) -> Any:

@@ -27,12 +27,24 @@ def _file_fingerprint(ctx: NodeContext, folder: str, name: str) -> Any:
         return None
 
 
+def part_dtypes(env: Any, *, force_upcast: bool | None = None) -> Any:
+    """The dtypes of UNet, text encoders and VAE that the environment's precision settings give (see
+    nodes/sd/precision.py for the rules: auto is fp16 on CUDA except a VAE that must upcast, fp32 on CPU)."""
+    from .sd.precision import choose_dtypes
+
+    device = getattr(env, "device", "cpu")
+    part = getattr(env, "part_precision", lambda _: getattr(env, "precision", "auto"))
+    return choose_dtypes(device, unet=part("unet"), text=part("text"), vae=part("vae"), force_upcast=force_upcast,
+                         bf16_supported=_bf16_supported(device), prefer_bf16=getattr(env, "prefer_bf16", False))
+
+
+def _bf16_supported(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def unet_dtype(env: Any) -> torch.dtype:
-    """The UNet precision the environment asks for: auto is fp16 on CUDA and fp32 on the CPU."""
-    precision = getattr(env, "precision", "auto")
-    if precision == "auto":
-        return torch.float16 if getattr(env, "device", "cpu").startswith("cuda") else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The UNet precision the environment asks for (ControlNets run in it too)."""
+    return part_dtypes(env).unet
 
 
 class CheckpointLoaderSimple(Node):
@@ -47,8 +59,13 @@ class CheckpointLoaderSimple(Node):
     def execute(cls, ctx: NodeContext, ckpt_name: str) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
         from .sd.loading import load_checkpoint
 
+        from .sd.loading import open_checkpoint
+
         path = ctx.env.models.resolve("checkpoints", ckpt_name)
-        loaded = load_checkpoint(path, device=ctx.env.device, dtype=unet_dtype(ctx.env))
+        opened = open_checkpoint(path)
+        dtypes = part_dtypes(ctx.env, force_upcast=opened.vae_config.get("force_upcast", True))
+        loaded = load_checkpoint(path, manager=ctx.env.manager, dtype=dtypes.unet, text_dtype=dtypes.text,
+                                 vae_dtype=dtypes.vae, opened=opened)
         embedding_dirs = tuple(str(d) for d in ctx.env.models.folder_dirs("embeddings"))
         clip = replace(loaded.clip, embedding_dirs=embedding_dirs)
         return (loaded.model, clip, loaded.vae)
@@ -68,7 +85,8 @@ class VAELoader(Node):
     def execute(cls, ctx: NodeContext, vae_name: str) -> tuple[VaeHandle]:
         from .sd.loading import load_vae
 
-        return (load_vae(ctx.env.models.resolve("vae", vae_name), device=ctx.env.device),)
+        dtype = part_dtypes(ctx.env).vae  # force_upcast unknown before reading: fp32 on CUDA unless told
+        return (load_vae(ctx.env.models.resolve("vae", vae_name), manager=ctx.env.manager, dtype=dtype),)
 
     @classmethod
     def fingerprint(cls, ctx: NodeContext, vae_name: str) -> Any:

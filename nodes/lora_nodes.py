@@ -1,8 +1,8 @@
 """LoRA loader nodes (ComfyUI's LoraLoader and LoraLoaderModelOnly: same names, inputs and order).
 
-They return new MODEL / CLIP handles carrying a "weights" patch; the cached checkpoint is never changed.
-The low-rank updates (Hu et al. 2021) are added to copies of the touched weights when a sampler or text
-encode runs (see nodes/sd/lora.py).
+They return new MODEL / CLIP handles whose models derive from the loaded ones; the loaded checkpoint is never
+changed. The low-rank updates (Hu et al. 2021) are merged into copies of the touched weights once, by the
+model manager, when a sampler or text encode first needs them (see nodes/sd/lora.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def apply_lora(
     strength_clip: float,
 ) -> tuple[ModelHandle, ClipHandle | None]:
     """Patch `model` (and `clip`, when given) with a LoRA from the `loras` folder; strength 0 leaves a side as is."""
+    from .sd.loading.files import file_signature
     from .sd.lora import (
         add_clip_lora,
         add_model_lora,
@@ -34,15 +35,17 @@ def apply_lora(
 
     if strength_model == 0 and (clip is None or strength_clip == 0):
         return model, clip  # exact no-op: the very same handles
-    lora = read_lora(ctx.env.models.resolve("loras", lora_name))
+    path = ctx.env.models.resolve("loras", lora_name)
+    lora = read_lora(path, manager=ctx.env.manager)
+    file_key = file_signature(path)
     encoders = clip.encoders if clip is not None and strength_clip != 0 else ()
     matched = match_lora(lora, model.unet if strength_model != 0 else None, encoders,
                          strength_model=strength_model, strength_clip=strength_clip)
     warn_not_loaded(lora_name, matched.not_loaded)
     if strength_model != 0 and matched.unet.by_param:
-        model = add_model_lora(model, lora_name, matched.unet, strength_model)
+        model = add_model_lora(model, lora_name, matched.unet, strength_model, file_key)
     if clip is not None and encoders and any(u.by_param for u in matched.encoders):
-        clip = add_clip_lora(clip, lora_name, matched.encoders, strength_clip)
+        clip = add_clip_lora(clip, lora_name, matched.encoders, strength_clip, file_key)
     return model, clip
 
 

@@ -159,7 +159,7 @@ def test_strength_zero_is_exactly_no_control_and_percents_matter(setup):
 def test_percent_window_follows_the_models_sigmas(setup, tmp_path):
     """start/end percent map to sigmas as ComfyUI does; the ControlNet runs only for steps inside the window."""
     engine, _, _ = setup
-    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
+    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"), manager=engine.env.manager)
     sigmas = model_sigmas(loaded.model.alphas_cumprod)
     assert percent_to_sigma(0.0, sigmas) == float("inf") and percent_to_sigma(1.0, sigmas) == 0.0
     assert percent_to_sigma(0.5, sigmas) == pytest.approx(float(sigmas[500 - 1] * (sigmas[500] / sigmas[499]) ** 0.5), rel=1e-6)
@@ -183,7 +183,7 @@ def test_percent_window_follows_the_models_sigmas(setup, tmp_path):
 def test_each_entry_gets_its_own_residuals_when_batched(setup):
     """A controlled and an uncontrolled entry, or two entries sharing a control, equal their separate evaluations."""
     engine, _, _ = setup
-    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
+    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"), manager=engine.env.manager)
     net = load_controlnet(engine.env.models.resolve("controlnet", "tiny_ldm.safetensors"))
     generator = torch.Generator().manual_seed(5)
     first = CondItem(torch.randn(1, 77, 64, generator=generator))

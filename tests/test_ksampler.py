@@ -55,7 +55,7 @@ def one_thread() -> Iterator[None]:
 def model() -> ModelHandle:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET_CONFIG).eval()
-    return ModelHandle(unet=unet, family="sd1", prediction="epsilon", alphas_cumprod=scaled_linear_alphas_cumprod())
+    return ModelHandle(unet_ref=unet, family="sd1", prediction="epsilon", alphas_cumprod=scaled_linear_alphas_cumprod())
 
 
 def embeds(seed: int) -> Tensor:

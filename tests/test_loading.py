@@ -21,7 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import tiny_models as tm
-from nodes.sd.loading import checkpoint_cache, load_checkpoint, load_vae
+from nodegraph.models import ModelManager
+from nodes.sd.loading import load_checkpoint, load_vae
 from nodes.sd.loading.build import new_text_encoder, new_unet, new_vae
 from nodes.sd.loading.configs import template
 from nodes.sd.loading.detect import detect_prediction
@@ -275,17 +276,20 @@ def test_missing_and_unexpected_keys_are_named(tiny, tmp_path: Path, caplog: pyt
         load_checkpoint(shape)
 
 
-def test_second_load_hits_the_cache_until_the_file_changes(tmp_path: Path) -> None:
+def test_parts_load_once_per_manager_until_the_file_changes(tmp_path: Path) -> None:
     path = tm.make_sd1_checkpoint(tmp_path)
-    checkpoint_cache.clear()
-    first = load_checkpoint(path)
-    second = load_checkpoint(path)
-    assert second is first and (checkpoint_cache.hits, checkpoint_cache.misses) == (1, 1)
-    with_dirs = load_checkpoint(path, embedding_dirs=[tmp_path])
-    assert with_dirs.clip.embedding_dirs == (str(tmp_path),) and with_dirs.model is first.model
+    manager = ModelManager()
+    first = load_checkpoint(path, manager=manager)
+    assert manager.loads == 0  # opening reads the header only; parts load when used
+    unet = first.model.unet
+    assert manager.loads == 1 and first.model.unet is unet
+    second = load_checkpoint(path, manager=manager)
+    assert second.model.unet is unet and manager.loads == 1  # another loader node, same file: no reload
+    with_dirs = load_checkpoint(path, manager=manager, embedding_dirs=[tmp_path])
+    assert with_dirs.clip.embedding_dirs == (str(tmp_path),) and with_dirs.model.unet is unet
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert load_checkpoint(path) is not first and checkpoint_cache.misses == 2
+    assert load_checkpoint(path, manager=manager).model.unet is not unet and manager.loads == 2
 
 
 def test_standalone_vae_in_both_layouts(tiny, tmp_path: Path) -> None:

@@ -178,7 +178,7 @@ def test_two_branches_plain_one_is_bit_identical_in_either_order_and_from_cache(
     engine, _, root = setup
     reference_engine = tm.engine_at(tmp_path, models_dir=root / "models")
     reference = run(reference_engine, base_graph(steps=4), "8")[0]
-    checkpoint = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
+    checkpoint = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"), manager=engine.env.manager)
     before = {k: v.clone() for k, v in checkpoint.model.unet.state_dict().items()}
     loras = [("peft.safetensors", 0.9, 0.9), ("kohya_ldm.safetensors", 0.6, 1.0)]
     moved = {"3": "203", "6": "206", "7": "207", "8": "208"}
@@ -206,7 +206,7 @@ def test_two_branches_plain_one_is_bit_identical_in_either_order_and_from_cache(
 
 def test_strength_zero_is_an_exact_no_op(setup):
     engine, _, _ = setup
-    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
+    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"), manager=engine.env.manager)
     ctx = type("Ctx", (), {"env": engine.env})()
     model, clip = lora_nodes.LoraLoader.execute(ctx, loaded.model, loaded.clip, "peft.safetensors", 0.0, 0.0)
     assert model is loaded.model and clip is loaded.clip
@@ -220,7 +220,7 @@ def _patched_unet_output(engine, loras: list[tuple[str, float]]) -> torch.Tensor
     """One UNet evaluation (x0 at sigma 2) with LoRAs stacked in this order through LoraLoaderModelOnly."""
     from nodes.sd.denoisers import patches_applied
 
-    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
+    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"), manager=engine.env.manager)
     ctx = type("Ctx", (), {"env": engine.env})()
     model = loaded.model
     for name, strength in loras:
@@ -248,7 +248,7 @@ def test_stacking_is_order_independent_and_negative_strength_reverses(setup):
 
 def test_clip_lora_changes_the_encoding_and_not_the_encoder(setup):
     engine, _, _ = setup
-    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
+    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"), manager=engine.env.manager)
     ctx = type("Ctx", (), {"env": engine.env})()
     before = encode(loaded.clip, PROMPT).embeds
     _, clip = lora_nodes.LoraLoader.execute(ctx, loaded.model, loaded.clip, "kohya_ldm.safetensors", 1.0, 1.0)
@@ -268,7 +268,7 @@ def test_unplaceable_keys_are_reported(setup, tmp_path, caplog):
     tensors["lora_unet_middle_block_1_proj_in.dora_scale"] = torch.zeros(1)  # DoRA: not applied as plain LoRA
     folder = engine.env.models.folder_dirs("loras")[0]
     save_file(tensors, str(folder / "extra_keys.safetensors"))
-    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"))
+    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "tiny.safetensors"), manager=engine.env.manager)
     ctx = type("Ctx", (), {"env": engine.env})()
     with caplog.at_level(logging.WARNING, logger="nodes.sd.lora"):
         lora_nodes.LoraLoaderModelOnly.execute(ctx, loaded.model, "extra_keys.safetensors", 1.0)

@@ -94,7 +94,7 @@ def test_long_prompt_is_two_windows(checkpoints) -> None:
 
 
 def test_windows_keep_words_whole() -> None:
-    clip = ClipHandle(encoders=(_Width(),), tokenizers=(clip_l_tokenizer(),), family="sd1")
+    clip = ClipHandle(encoder_refs=(_Width(),), tokenizers=(clip_l_tokenizer(),), family="sd1")
     word = "photosynthesis"  # several tokens
     size = len(clip_l_tokenizer().word_ids(word))
     assert 1 < size < 8
@@ -177,7 +177,7 @@ def test_weights_patches_act_for_one_encode(checkpoints) -> None:
     patched = sd1.with_patch(ModelPatch(kind="weights", name="swap", apply=swap_encoder))
     got = encode(patched, "a cat").embeds
     assert undone == [True] and sd1.encoders[0] is checkpoints["sd1"].clip.encoders[0]
-    assert torch.equal(got, encode(replace(sd1, encoders=sd2.encoders), "a cat").embeds)
+    assert torch.equal(got, encode(replace(sd1, encoder_refs=sd2.encoder_refs), "a cat").embeds)
     assert not torch.equal(got, encode(sd1, "a cat").embeds)
     with pytest.raises(ValueError, match="kind 'guidance'"):
         encode(sd1.with_patch(ModelPatch(kind="guidance", name="x", apply=lambda run: None)), "a cat")

@@ -148,9 +148,32 @@ class SystemInfo(BaseModel):
     ram_free: int
 
 
+class LoadedModel(BaseModel):
+    name: str
+    device: str = Field(description="where its weights are: the compute device, or cpu (offloaded or streamed)")
+    nbytes: int = Field(description="bytes it holds; a derived model (LoRA-merged) only what it adds")
+    pinned: bool = Field(description="in use by the running prompt")
+    loads: int = Field(description="times it was loaded or built")
+    derived: bool
+
+
+class ModelMemory(BaseModel):
+    mode: Literal["highvram", "normalvram", "lowvram", "cpu"]
+    device: str
+    vram_budget: int | None = Field(description="bytes of models the device may hold; null on the CPU")
+    ram_budget: int
+    device_bytes: int
+    ram_bytes: int
+    loads: int
+    evictions: int
+    offloads: int
+    models: list[LoadedModel] = Field(description="most recently used first")
+
+
 class SystemStats(BaseModel):
     system: SystemInfo
     devices: list[DeviceStats]
+    models: ModelMemory | None = Field(None, description="the model manager: what is loaded where (nodegraph)")
 
 
 class ObjectInfoNode(BaseModel):

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..environment import MODEL_FOLDERS
+from ..models import ModelManager, host_memory
 from .config import ServerConfig
 from .models import FreeRequest
 from .object_info import node_info, object_info
@@ -46,15 +47,10 @@ async def get_object_info_node(request: web.Request) -> web.Response:
 
 def memory() -> tuple[int, int]:
     """(total, available) RAM in bytes."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        page = os.sysconf("SC_PAGE_SIZE")
-        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    return host_memory()
 
 
-def system_stats(device: str) -> dict[str, Any]:
+def system_stats(device: str, manager: ModelManager | None = None) -> dict[str, Any]:
     ram_total, ram_free = memory()
     devices: list[dict[str, Any]] = []
     torch_version = "not installed"
@@ -81,12 +77,14 @@ def system_stats(device: str) -> dict[str, Any]:
                    "nodegraph_version": __version__, "pytorch_version": torch_version,
                    "ram_total": ram_total, "ram_free": ram_free},
         "devices": devices,
+        "models": manager.stats() if manager is not None else None,
     }
 
 
 async def get_system_stats(request: web.Request) -> web.Response:
     env = request.app[STATE].engine.env
-    return json_response(await asyncio.to_thread(system_stats, str(getattr(env, "device", "cpu"))))
+    manager = getattr(env, "model_manager", None)
+    return json_response(await asyncio.to_thread(system_stats, str(getattr(env, "device", "cpu")), manager))
 
 
 def _folders(env: Any) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..context import CancelToken
 from ..errors import Interrupted, NodeExecutionError, ValidationFailed
+from ..models import release_memory
 from ..executor import Engine, RunResult
 from .events import PromptEvents
 from .queue_store import QueueItem, QueueStore
@@ -189,18 +190,11 @@ class Worker:
 
 
 def _free(engine: Engine, unload_models: bool, free_memory: bool) -> None:
+    """POST /free: cached outputs go with either flag; loaded models with unload_models (ComfyUI's meaning),
+    through the model manager that owns them. Then freed memory is handed back to the OS."""
     if unload_models or free_memory:
         engine.cache.clear()
-    if unload_models:
-        resources = getattr(engine.env, "resources", None) or {}
-        for name, resource in list(resources.items()):
-            clear = getattr(resource, "clear", None)
-            if callable(clear):
-                try:
-                    clear()
-                except Exception:
-                    log.exception("clearing resource %r failed", name)
-    gc.collect()
-    torch = sys.modules.get("torch")  # only if a node pack loaded it; /free must not import it
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    manager = getattr(engine.env, "model_manager", None)
+    if unload_models and manager is not None:
+        manager.free()
+    release_memory()

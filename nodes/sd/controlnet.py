@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -32,8 +33,8 @@ from torch import Tensor
 from nodes.sd.loading.build import empty_module, fill
 from nodes.sd.loading.configs import nodegraph_config
 from nodes.sd.loading.diffusers_folder import folder_weights, read_json
+from nodegraph.models import ModelManager, ModelRef, resolve
 from nodes.sd.loading.files import (
-    LRUCache,
     check_suffix,
     file_signature,
     folder_signature,
@@ -44,21 +45,27 @@ from nodes.sd.schedules import timestep_to_sigma
 
 LDM_PREFIX = "control_model."
 Tensors = dict[str, Tensor]
-_controlnet_cache = LRUCache(capacity=4)
 
 
 @dataclass(frozen=True)
 class ControlNetHandle:
-    """CONTROL_NET: a diffusers ControlNetModel, shared with the cache and other branches: never mutate it."""
+    """CONTROL_NET: the model manager's ref to a diffusers ControlNetModel (or the module itself), shared
+    with the cache and other branches: never mutate it."""
 
-    model: torch.nn.Module
+    model_ref: ModelRef | torch.nn.Module
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     source: str = ""
 
     @property
-    def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+    def model(self) -> torch.nn.Module:
+        return resolve(self.model_ref)
+
+    @property
+    def nbytes(self) -> int:  # the manager counts a managed model; a bare module is counted here
+        if isinstance(self.model_ref, ModelRef):
+            return 0
+        return sum(p.numel() * p.element_size() for p in self.model_ref.parameters())
 
 
 # -- configs from shapes ---------------------------------------------------------------------------
@@ -181,13 +188,12 @@ def new_controlnet(config: Mapping[str, Any]) -> torch.nn.Module:
     return empty_module(lambda: ControlNetModel.from_config(dict(config)))
 
 
-def _load_uncached(path: Path, device: str, dtype: torch.dtype) -> ControlNetHandle:
+def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
     what = f"ControlNet {path.name}"
     if path.is_dir():
         module = new_controlnet(read_json(path / "config.json"))
         rules = [KeyRule(key, key) for key in module.state_dict()]
-        module = fill(module, rules, folder_weights(path), what, device=device, dtype=dtype)
-        return ControlNetHandle(module, dtype, device, str(path))
+        return fill(module, rules, folder_weights(path), what, device=device, dtype=dtype)
     try:
         tensors, metadata = read_weights(path)
     except Exception as error:
@@ -206,11 +212,13 @@ def _load_uncached(path: Path, device: str, dtype: torch.dtype) -> ControlNetHan
         shown = ", ".join(sorted(tensors)[:5]) or "none"
         raise ValueError(f"{what}: not a ControlNet: expected control_model.*/input_hint_block (original layout) "
                          f"or controlnet_cond_embedding.* (diffusers layout) keys; found e.g. {shown}")
-    return ControlNetHandle(fill(module, rules, tensors, what, device=device, dtype=dtype), dtype, device, str(path))
+    return fill(module, rules, tensors, what, device=device, dtype=dtype)
 
 
-def load_controlnet(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ControlNetHandle:
-    """Load a ControlNet (original-layout or diffusers-layout file, or a diffusers folder), cached by file.
+def load_controlnet(path: str | Path, *, manager: ModelManager | None = None, device: str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> ControlNetHandle:
+    """Load a ControlNet (original-layout or diffusers-layout file, or a diffusers folder) through the model
+    manager (a private one when None), which keeps it by file identity and dtype.
 
     Raises:
         ValueError: the file is unreadable, not a ControlNet, or its weights do not fit the architecture
@@ -224,7 +232,11 @@ def load_controlnet(path: str | Path, *, device: str = "cpu", dtype: torch.dtype
     else:
         check_suffix(path)
         signature = file_signature(path)
-    return _controlnet_cache.get_or_load((signature, device, str(dtype)), partial(_load_uncached, path, device, dtype))
+    manager = manager if manager is not None else ModelManager(device, ram_budget=sys.maxsize)
+    ref = manager.ref((signature, "controlnet", str(dtype)), partial(_build, path, dtype=dtype),
+                      name=f"ControlNet {path.name} ({str(dtype).removeprefix('torch.')})")
+    ref.get()  # build now, so a broken file fails in its loader node
+    return ControlNetHandle(ref, dtype, manager.device, str(path))
 
 
 # -- applying a control while sampling ------------------------------------------------------------------

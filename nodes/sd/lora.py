@@ -16,8 +16,9 @@ File layouts read here:
   processors' `processor.to_q_lora.up.weight`.
 
 Keys we cannot place are reported (a count and a few names, as ComfyUI's "lora key not loaded"), never
-dropped silently. Applying the updates never touches a cached module: `with_updated_weights` returns a
-copy that shares every untouched tensor with the original and owns the updated ones.
+dropped silently. Applying the updates never touches a loaded module: `with_updated_weights` returns a
+copy that shares every untouched tensor with the original and owns the updated ones, and the model manager
+keeps that copy as a model derived from its base (built once, counted as only the weights it replaced).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nodes.sd.loading.files import LRUCache, file_signature, read_weights
+from nodegraph.models import ModelManager, ModelRef, as_ref
+from nodes.sd.loading.files import file_signature, read_weights
 from nodes.sd.loading.keymap import unet_rules
-from nodes.sd.types import ClipHandle, ModelHandle, ModelPatch
+from nodes.sd.types import ClipHandle, ModelHandle
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,11 @@ class LoraFile:
     name: str
     layers: dict[str, LoraLayer]
     unrecognised: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """What the model manager counts for it (its tensors stay in CPU RAM)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers.values() for t in (layer.up, layer.down))
 
 
 @dataclass(frozen=True)
@@ -169,21 +176,21 @@ def parse_lora(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], name:
     return LoraFile(name, layers, tuple(sorted(k for k in tensors if k not in used)))
 
 
-_file_cache = LRUCache(capacity=8)
-
-
-def read_lora(path: str | Path) -> LoraFile:
-    """Read and parse a LoRA file (cached by path, size and mtime); errors name the file."""
+def read_lora(path: str | Path, *, manager: ModelManager | None = None) -> LoraFile:
+    """Read and parse a LoRA file; with a manager it is kept by file identity (path, size, mtime), so
+    switching between LoRAs re-reads none. Errors name the file."""
     path = Path(path)
 
-    def load() -> LoraFile:
+    def load(device: str = "cpu") -> LoraFile:
         try:
             tensors, metadata = read_weights(path)
         except Exception as error:  # a truncated or foreign file: say which and why
             raise ValueError(f"LoRA {path.name}: cannot read the file: {error}") from error
         return parse_lora(tensors, metadata, path.name)
 
-    return _file_cache.get_or_load(file_signature(path), load)
+    if manager is None:
+        return load()
+    return manager.ref((file_signature(path), "lora"), load, name=f"LoRA file {path.name}").get()
 
 
 # -- where each layer goes ---------------------------------------------------------------------------
@@ -310,59 +317,61 @@ def with_updated_weights(root: torch.nn.Module, updates: WeightUpdates) -> torch
     return copies[""]
 
 
-def _apply_to_unet(updates: WeightUpdates, denoiser: Any) -> Callable[[], None]:
-    """ModelPatch.apply for kind "weights": swap the per-run denoiser's UNet for an updated copy."""
-    previous = denoiser.unet
-    denoiser.unet = with_updated_weights(previous, updates)
-
-    def undo() -> None:
-        denoiser.unet = previous
-
-    return undo
+def _describe(loras: Iterable[tuple[str, float, Any]]) -> str:
+    return " + ".join(f"{name}@{strength:g}" for name, strength, _ in loras)
 
 
-def _apply_to_clip(updates: tuple[WeightUpdates, ...], run: Any) -> Callable[[], None]:
-    """CLIP patch apply: swap the per-encode ClipRun's encoders for updated copies."""
-    previous = list(run.encoders)
-    for index, encoder_updates in enumerate(updates):
-        run.encoders[index] = with_updated_weights(run.encoders[index], encoder_updates)
+@dataclass(frozen=True)
+class LoraTag:
+    """What a LoRA-merged model derives from its base by: the LoRAs in stacking order, each as
+    (file name, strength, file identity). Equal tags on one base are one merged model: the manager merges
+    once and keeps it while it is used (switching A -> B -> A merges A again only if it was evicted)."""
 
-    def undo() -> None:
-        run.encoders[:] = previous
-
-    return undo
+    loras: tuple[tuple[str, float, Any], ...]
+    updates: tuple[WeightUpdates, ...] = field(compare=False, hash=False)
 
 
-def _describe(loras: Iterable[tuple[str, float]]) -> str:
-    return " + ".join(f"{name}@{strength:g}" for name, strength in loras)
+def _lora_parts(ref: ModelRef) -> tuple[ModelRef, tuple[tuple[str, float, Any], ...], tuple[WeightUpdates, ...]]:
+    """(base ref, LoRAs, updates) of a LoRA-merged ref; (ref, (), ()) for any other."""
+    tag = ref.key[1] if isinstance(ref.key, tuple) and len(ref.key) == 2 else None
+    if ref.base is not None and isinstance(tag, LoraTag):
+        return ref.base, tag.loras, tag.updates
+    return ref, (), ()
 
 
-def add_model_lora(model: ModelHandle, name: str, updates: WeightUpdates, strength: float) -> ModelHandle:
-    """A new MODEL handle with these LoRA updates; directly stacked LoRAs share one patch (one copy per run)."""
-    loras: tuple[tuple[str, float], ...] = ((name, strength),)
-    patches = model.patches
-    last = patches[-1] if patches else None
-    if last is not None and last.kind == "weights" and isinstance(last.options.get("lora_updates"), WeightUpdates):
-        updates = last.options["lora_updates"].plus(updates)
-        loras = last.options["loras"] + loras
-        patches = patches[:-1]
-    patch = ModelPatch("weights", f"LoRA {_describe(loras)}", partial(_apply_to_unet, updates),
-                       {"lora_updates": updates, "loras": loras})
-    return replace(model, patches=(*patches, patch))
+def _updated_bytes(updates: WeightUpdates, module: torch.nn.Module) -> int:
+    """What a merged copy adds to its base: only the weights it replaced."""
+    parameters = dict(module.named_parameters())
+    return sum(parameters[name].numel() * parameters[name].element_size() for name in updates.by_param)
 
 
-def add_clip_lora(clip: ClipHandle, name: str, updates: tuple[WeightUpdates, ...], strength: float) -> ClipHandle:
-    """A new CLIP handle with these LoRA updates (one per text encoder); stacked LoRAs share one patch."""
-    loras: tuple[tuple[str, float], ...] = ((name, strength),)
-    patches = clip.patches
-    last = patches[-1] if patches else None
-    if last is not None and last.kind == "weights" and isinstance(last.options.get("lora_updates"), tuple):
-        updates = tuple(a.plus(b) for a, b in zip(last.options["lora_updates"], updates))
-        loras = last.options["loras"] + loras
-        patches = patches[:-1]
-    patch = ModelPatch("weights", f"LoRA {_describe(loras)}", partial(_apply_to_clip, updates),
-                       {"lora_updates": updates, "loras": loras})
-    return replace(clip, patches=(*patches, patch))
+def with_lora(model_ref: Any, name: str, file_key: Any, updates: WeightUpdates, strength: float) -> ModelRef:
+    """A ref to `model_ref`'s module with these LoRA updates merged in (derived from the unpatched base, so
+    directly stacked LoRAs merge into one copy)."""
+    base, loras, previous = _lora_parts(as_ref(model_ref))
+    total = previous[0].plus(updates) if previous else updates
+    loras = (*loras, (name, strength, file_key))
+    tag = LoraTag(loras, (total,))
+    return base.derive(tag, partial(_merged, total), name=f"{base.name} + LoRA {_describe(loras)}",
+                       size=partial(_updated_bytes, total))
+
+
+def _merged(updates: WeightUpdates, module: torch.nn.Module) -> torch.nn.Module:
+    return with_updated_weights(module, updates)
+
+
+def add_model_lora(model: ModelHandle, name: str, updates: WeightUpdates, strength: float,
+                   file_key: Any = None) -> ModelHandle:
+    """A new MODEL handle whose UNet has these LoRA updates merged (by the model manager, once)."""
+    return replace(model, unet_ref=with_lora(model.unet_ref, name, file_key, updates, strength))
+
+
+def add_clip_lora(clip: ClipHandle, name: str, updates: tuple[WeightUpdates, ...], strength: float,
+                  file_key: Any = None) -> ClipHandle:
+    """A new CLIP handle whose text encoders have these LoRA updates merged (one update set per encoder)."""
+    refs = tuple(ref if not encoder_updates.by_param else with_lora(ref, name, file_key, encoder_updates, strength)
+                 for ref, encoder_updates in zip(clip.encoder_refs, updates))
+    return replace(clip, encoder_refs=refs)
 
 
 def warn_not_loaded(lora: str, names: Sequence[str]) -> None:

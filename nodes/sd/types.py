@@ -13,11 +13,15 @@ from typing import Any, Literal
 
 import torch
 
+from nodegraph.models import ModelRef, resolve
+
 Family = Literal["sd1", "sd2", "sdxl"]
 Prediction = Literal["epsilon", "v_prediction"]
 
 
 def _module_nbytes(*modules: Any) -> int:
+    """Bytes of the modules a handle holds itself; a ModelRef's model belongs to the model manager and is
+    counted there, once, however many handles (patched, cached) share it."""
     total = 0
     for module in modules:
         if isinstance(module, torch.nn.Module):
@@ -43,8 +47,9 @@ class ModelPatch:
 class ModelHandle:
     """MODEL: a denoising UNet plus its noise schedule. Patch nodes return new handles (`with_patch`)."""
 
-    unet: torch.nn.Module
-    """A diffusers UNet2DConditionModel; shared with the cache and other branches: never mutate it."""
+    unet_ref: ModelRef | torch.nn.Module
+    """The model manager's ref to a diffusers UNet2DConditionModel (or, in tests and scripts, the module
+    itself). Shared with the cache and other branches: never mutate what it gives."""
     family: Family
     prediction: Prediction
     alphas_cumprod: torch.Tensor
@@ -54,19 +59,25 @@ class ModelHandle:
     patches: tuple[ModelPatch, ...] = ()
     source: str = ""
 
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The UNet, loaded (and placed on the compute device) by the model manager if need be."""
+        return resolve(self.unet_ref)
+
     def with_patch(self, patch: ModelPatch) -> ModelHandle:
         return replace(self, patches=(*self.patches, patch))
 
     @cached_property
     def nbytes(self) -> int:  # counted once per handle: the cache asks on every put
-        return _module_nbytes(self.unet)
+        return _module_nbytes(self.unet_ref)
 
 
 @dataclass(frozen=True)
 class ClipHandle:
     """CLIP: one text encoder (SD1/SD2) or two (SDXL: CLIP-L then OpenCLIP-bigG), each with its tokenizer."""
 
-    encoders: tuple[torch.nn.Module, ...]
+    encoder_refs: tuple[ModelRef | torch.nn.Module, ...]
+    """The model manager's refs to the text encoders (or the modules themselves)."""
     tokenizers: tuple[Any, ...]
     family: Family
     layer_idx: int = -1
@@ -76,27 +87,35 @@ class ClipHandle:
     patches: tuple[ModelPatch, ...] = ()
     source: str = ""
 
+    @property
+    def encoders(self) -> tuple[torch.nn.Module, ...]:
+        return tuple(resolve(ref) for ref in self.encoder_refs)
+
     def with_patch(self, patch: ModelPatch) -> ClipHandle:
         return replace(self, patches=(*self.patches, patch))
 
     @cached_property
     def nbytes(self) -> int:
-        return _module_nbytes(*self.encoders)
+        return _module_nbytes(*self.encoder_refs)
 
 
 @dataclass(frozen=True)
 class VaeHandle:
     """VAE: a diffusers AutoencoderKL; latents are scaled by `scaling_factor` (and shifted, if set)."""
 
-    vae: torch.nn.Module
+    vae_ref: ModelRef | torch.nn.Module
     scaling_factor: float
     shift_factor: float = 0.0
     device: str = "cpu"
     source: str = ""
 
+    @property
+    def vae(self) -> torch.nn.Module:
+        return resolve(self.vae_ref)
+
     @cached_property
     def nbytes(self) -> int:
-        return _module_nbytes(self.vae)
+        return _module_nbytes(self.vae_ref)
 
 
 @dataclass(frozen=True)

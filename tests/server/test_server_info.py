@@ -70,28 +70,39 @@ async def test_system_stats_models_embeddings_features(tmp_path):
         assert features["supports_preview_metadata"] is True and features["max_upload_size"] > 0
 
 
-class Cache:
-    def __init__(self):
-        self.cleared = 0
+class FakeModel:
+    """A model the manager can hold: it only says how big it is."""
 
-    def clear(self):
-        self.cleared += 1
+    nbytes = 1_000_000
 
 
-async def test_free_clears_caches_between_prompts(tmp_path):
+async def test_free_unloads_models_and_clears_outputs_between_prompts(tmp_path):
     engine = make_engine(tmp_path)
-    engine.env.resources["models"] = Cache()
-    engine.env.resources["plain"] = object()  # no clear(): left alone
+    manager = engine.env.model_manager
+    ref = manager.ref("fake", lambda device: FakeModel(), name="fake model")
+    ref.get()
     async with serve(tmp_path, engine=engine) as client:
         await wait_history(client, (await submit(client, api_prompt(1)))["prompt_id"])
         assert len(engine.cache) > 0
-        response = await client.post("/free", json={"unload_models": True, "free_memory": True})
+        stats = await (await client.get("/system_stats")).json()
+        assert [m["name"] for m in stats["models"]["models"]] == ["fake model"]
+        assert stats["models"]["ram_bytes"] == 1_000_000
+        response = await client.post("/free", json={"unload_models": False, "free_memory": True})
         assert response.status == 200
         for _ in range(200):
-            if engine.env.resources["models"].cleared:
+            if len(engine.cache) == 0:
                 break
             await asyncio.sleep(0.01)
-        assert engine.env.resources["models"].cleared == 1 and len(engine.cache) == 0
+        assert len(engine.cache) == 0 and manager.is_loaded(ref)  # free_memory alone keeps models
+        response = await client.post("/free", json={"unload_models": True})
+        assert response.status == 200
+        for _ in range(200):
+            if not manager.is_loaded(ref):
+                break
+            await asyncio.sleep(0.01)
+        assert manager.loaded_bytes() == 0
+        stats = await (await client.get("/system_stats")).json()
+        assert stats["models"]["models"] == [] and stats["models"]["evictions"] == 1
 
 
 async def test_openapi_describes_the_routes_with_models(tmp_path):

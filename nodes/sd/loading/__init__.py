@@ -2,53 +2,46 @@
 
 `load_checkpoint` reads SD1.x, SD2.x and SDXL-base single files (`.safetensors`, or pickles through
 `torch.load(weights_only=True)`) and diffusers pipeline folders; `load_vae` reads standalone VAEs.
-Loaded objects are kept in a small LRU keyed by the file's identity (path, mtime, size) and the device
-and dtype asked for, so re-running a workflow does not reload gigabytes. Cached modules are shared:
-callers must treat them as read-only (patches return new handles).
+Opening a checkpoint reads its header and checks every part against its architecture; the parts
+themselves are ModelRefs the model manager loads when first used (a workflow that only encodes text never
+reads the UNet), keyed by the file's identity (path, mtime, size) and the dtype asked for, so re-running a
+workflow, or another loader node naming the same file, reuses what is loaded. Loaded modules are shared:
+callers treat them as read-only (patches return new handles and derived refs).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from nodes.sd.loading.configs import family_defaults, nodegraph_config, template
+from nodegraph.models import ModelManager
+from nodes.sd.loading.configs import family_defaults, nodegraph_config, template, vae_config_from_weights
 from nodes.sd.loading.detect import UNET_PREFIX, VAE_PREFIX, detect_family
-from nodes.sd.loading.diffusers_folder import load_diffusers_folder, read_json, vae_from_folder
-from nodes.sd.loading.files import LRUCache, check_suffix, file_signature, folder_signature, read_weights
-from nodes.sd.loading.handles import LoadedCheckpoint, vae_handle
-from nodes.sd.loading.single_file import load_single_file, vae_from_original
+from nodes.sd.loading.diffusers_folder import DiffusersFolderCheckpoint, read_json, vae_from_folder
+from nodes.sd.loading.files import PrefixView, WeightFile, check_suffix, file_signature, folder_signature
+from nodes.sd.loading.handles import LoadedCheckpoint, assemble, vae_handle
+from nodes.sd.loading.single_file import SingleFileCheckpoint, vae_from_original
 from nodes.sd.types import Family, VaeHandle
 
-__all__ = ["LoadedCheckpoint", "checkpoint_cache", "load_checkpoint", "load_vae", "vae_cache"]
-
-checkpoint_cache = LRUCache(capacity=2)
-"""Whole checkpoints: two fit an SDXL + refiner-sized workflow without holding every model ever used."""
-vae_cache = LRUCache(capacity=4)
+__all__ = ["LoadedCheckpoint", "load_checkpoint", "load_vae", "open_checkpoint"]
 
 
-def _signature(path: Path) -> tuple:
+def signature(path: Path) -> tuple:
+    """What identifies a model file's contents cheaply: path, mtime and size (every file, for a folder)."""
     return folder_signature(path) if path.is_dir() else file_signature(path)
 
 
-def load_checkpoint(
-    path: str | Path,
-    *,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    embedding_dirs: Sequence[str | Path] = (),
-) -> LoadedCheckpoint:
-    """Load a Stable Diffusion checkpoint (SD1.x, SD2.x, SDXL base), reusing a cached load when possible.
+def _manager(manager: ModelManager | None, device: str) -> ModelManager:
+    """The caller's manager; scripts and tests that pass none get a private one without budgets."""
+    return manager if manager is not None else ModelManager(device, ram_budget=sys.maxsize)
 
-    Args:
-        path: a single checkpoint file, or a diffusers pipeline folder (one with `model_index.json`).
-        device: where the modules live.
-        dtype: the floating-point type weights are converted to.
-        embedding_dirs: folders `embedding:name` prompts look in; set on the returned CLIP handle.
+
+def open_checkpoint(path: str | Path) -> SingleFileCheckpoint | DiffusersFolderCheckpoint:
+    """Inspect a checkpoint (header and configs only) and check its parts; nothing is built yet.
 
     Raises:
         ValueError: unknown layout, refused file type, or weights that do not match the architecture
@@ -58,62 +51,85 @@ def load_checkpoint(
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{path}: a folder checkpoint must be a diffusers pipeline with model_index.json")
-        loader = load_diffusers_folder
+        return DiffusersFolderCheckpoint(path)
+    check_suffix(path)
+    return SingleFileCheckpoint(path)
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    manager: ModelManager | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    text_dtype: torch.dtype | None = None,
+    vae_dtype: torch.dtype | None = None,
+    embedding_dirs: Sequence[str | Path] = (),
+    opened: SingleFileCheckpoint | DiffusersFolderCheckpoint | None = None,
+) -> LoadedCheckpoint:
+    """Open an SD checkpoint (SD1.x, SD2.x, SDXL base) as handles whose parts the model manager loads.
+
+    Args:
+        path: a single checkpoint file, or a diffusers pipeline folder (one with `model_index.json`).
+        manager: the model manager that owns the parts (a private one when None).
+        device: the compute device when no manager is given (else the manager's).
+        dtype: the UNet's floating-point type (and the other parts' unless given).
+        text_dtype: the text encoders' type.
+        vae_dtype: the VAE's type.
+        embedding_dirs: folders `embedding:name` prompts look in; set on the returned CLIP handle.
+        opened: what `open_checkpoint(path)` returned, when the caller already inspected the file.
+
+    Raises:
+        ValueError: unknown layout, refused file type, or weights that do not match the architecture.
+    """
+    path = Path(path)
+    manager = _manager(manager, device)
+    source = opened or open_checkpoint(path)
+    key = signature(path)
+    text_dtype, vae_dtype = text_dtype or dtype, vae_dtype or dtype
+    name = path.name
+    unet = manager.ref((key, "unet", str(dtype)), lambda dev: source.build_unet(device=dev, dtype=dtype),
+                       name=f"{name} UNet ({str(dtype).removeprefix('torch.')})")
+    encoders = [
+        manager.ref((key, f"text_encoder_{index}", str(text_dtype)),
+                    lambda dev, index=index: source.build_text_encoder(index, device=dev, dtype=text_dtype),
+                    name=f"{name} text encoder {index + 1} ({str(text_dtype).removeprefix('torch.')})")
+        for index in range(len(source.open_clip if isinstance(source, DiffusersFolderCheckpoint)
+                               else source.layout.open_clip))
+    ]
+    vae = manager.ref((key, "vae", str(vae_dtype)), lambda dev: source.build_vae(device=dev, dtype=vae_dtype),
+                      name=f"{name} VAE ({str(vae_dtype).removeprefix('torch.')})")
+    if isinstance(source, DiffusersFolderCheckpoint):
+        schedule, open_clip, clip_layer_idx = source.schedule, source.open_clip, None
     else:
-        check_suffix(path)
-        loader = load_single_file
-    key = (_signature(path), str(device), str(dtype))
-    loaded = checkpoint_cache.get_or_load(key, partial(loader, path, device=device, dtype=dtype))
+        schedule, open_clip = source.config.get("schedule"), source.layout.open_clip
+        clip_layer_idx = source.config.get("clip_layer_idx")
+    loaded = assemble(
+        family=source.family, prediction=source.prediction, schedule=schedule, unet=unet, vae=vae,
+        vae_config=source.vae_config, encoders=encoders, open_clip=open_clip, device=manager.device, dtype=dtype,
+        source=str(path), metadata=source.metadata, clip_layer_idx=clip_layer_idx,
+    )
     if embedding_dirs:
         clip = replace(loaded.clip, embedding_dirs=tuple(str(d) for d in embedding_dirs))
         loaded = replace(loaded, clip=clip)
     return loaded
 
 
-def _vae_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Family | None]:
-    """A VAE file's tensors without any `first_stage_model.`/`vae.` prefix; a full checkpoint gives its VAE."""
-    tensors, metadata = read_weights(path)
-    family: Family | None = None
-    if any(key.startswith(UNET_PREFIX) for key in tensors):
-        family = detect_family(list(tensors))
-    for prefix in (VAE_PREFIX, "vae."):
-        if any(key.startswith(prefix) for key in tensors):
-            tensors = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
-            break
-    return tensors, metadata, family
-
-
-def _load_vae_uncached(
-    path: Path, device: str, dtype: torch.dtype, family: Family | None, scaling_factor: float | None
-) -> VaeHandle:
-    if path.is_dir():
-        folder = path / "vae" if (path / "model_index.json").is_file() else path
-        vae = vae_from_folder(folder, device=device, dtype=dtype)
-        if scaling_factor is None and family is not None and "scaling_factor" not in read_json(folder / "config.json"):
-            scaling_factor = template(family_defaults(family)["vae"])["scaling_factor"]
-        return vae_handle(vae, device, str(path), scaling_factor)
-    tensors, metadata, found_family = _vae_tensors(path)
-    overrides = dict(nodegraph_config(metadata).get("vae", {}))
-    family = family or found_family or "sd1"
-    if scaling_factor is not None:
-        overrides["scaling_factor"] = scaling_factor
-    vae = vae_from_original(tensors, family, overrides, device=device, dtype=dtype, what=f"VAE ({path.name})")
-    return vae_handle(vae, device, str(path))
-
-
 def load_vae(
     path: str | Path,
     *,
+    manager: ModelManager | None = None,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     family: Family | None = None,
     scaling_factor: float | None = None,
 ) -> VaeHandle:
-    """Load a standalone VAE (VAELoader): LDM or diffusers key layout, a single file or a diffusers folder.
+    """Open a standalone VAE (VAELoader): LDM or diffusers key layout, a single file or a diffusers folder.
 
     Args:
         path: a VAE weight file, a diffusers `vae/` folder, or a pipeline folder (its `vae/` is used).
-        device: where the module lives.
+        manager: the model manager that owns it (a private one when None).
+        device: the compute device when no manager is given.
         dtype: the floating-point type weights are converted to.
         family: which family's latent scaling applies when the file does not say. SD1/SD2 and SDXL VAEs have
             identical layouts but different scalings (0.18215 vs 0.13025), so an SDXL VAE file without
@@ -121,7 +137,34 @@ def load_vae(
         scaling_factor: overrides everything else.
     """
     path = Path(path)
-    if not path.is_dir():
-        check_suffix(path)
-    key = (_signature(path), str(device), str(dtype), family, scaling_factor)
-    return vae_cache.get_or_load(key, partial(_load_vae_uncached, path, device, dtype, family, scaling_factor))
+    manager = _manager(manager, device)
+    key = (signature(path), "vae", str(dtype))
+    if path.is_dir():
+        folder = path / "vae" if (path / "model_index.json").is_file() else path
+        config = read_json(folder / "config.json")
+        if scaling_factor is None and family is not None and "scaling_factor" not in config:
+            scaling_factor = template(family_defaults(family)["vae"])["scaling_factor"]
+        config.setdefault("scaling_factor", template(family_defaults("sd1")["vae"])["scaling_factor"])
+        ref = manager.ref(key, lambda dev: vae_from_folder(folder, device=dev, dtype=dtype), name=f"{path.name} VAE")
+        return vae_handle(ref, manager.device, str(path), scaling_factor=scaling_factor, config=config)
+    check_suffix(path)
+    with WeightFile(path) as weights:
+        metadata = weights.metadata
+        found_family: Family | None = None
+        if any(key.startswith(UNET_PREFIX) for key in weights):
+            found_family = detect_family(list(weights))
+        prefix = next((p for p in (VAE_PREFIX, "vae.") if any(k.startswith(p) for k in weights)), "")
+        overrides = dict(nodegraph_config(metadata).get("vae", {}))
+        family = family or found_family or "sd1"
+        if scaling_factor is not None:
+            overrides["scaling_factor"] = scaling_factor
+        config = vae_config_from_weights(PrefixView(weights, prefix), family, overrides)
+
+    def build(dev: str) -> torch.nn.Module:
+        with WeightFile(path) as weights:
+            part = PrefixView(weights, prefix)
+            return vae_from_original(part, family, overrides, device=dev, dtype=dtype, what=f"VAE ({path.name})")
+
+    ref = manager.ref((*key, family, scaling_factor), build, name=f"{path.name} VAE")
+    ref.get()  # VAEs are small: build now, so a broken file fails in its loader node
+    return vae_handle(ref, manager.device, str(path), config=config)

@@ -16,7 +16,7 @@ import torch
 from nodes.sd.loading.build import fill, new_text_encoder, new_unet, new_vae
 from nodes.sd.loading.detect import is_ignored
 from nodes.sd.loading.files import read_weights
-from nodes.sd.loading.handles import LoadedCheckpoint, assemble
+
 from nodes.sd.loading.keymap import KeyRule, clip_rules
 from nodes.sd.loading.single_file import legacy_vae_attention_names
 from nodes.sd.types import Family, Prediction
@@ -87,28 +87,35 @@ def _family(root: Path, index: dict[str, Any]) -> Family:
     return "sd2" if text_config.get("hidden_act") == "gelu" else "sd1"
 
 
-def load_diffusers_folder(root: Path, *, device: str, dtype: torch.dtype) -> LoadedCheckpoint:
-    """Load a diffusers StableDiffusion(XL)Pipeline folder into our handles."""
-    index = read_json(root / "model_index.json")
-    family = _family(root, index)
-    names = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
-    encoders = [text_encoder_from_folder(root / name, device=device, dtype=dtype) for name in names]
-    scheduler_path = root / "scheduler" / "scheduler_config.json"
-    scheduler = read_json(scheduler_path) if scheduler_path.is_file() else {}
-    prediction: Prediction = scheduler.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
-        raise ValueError(f"{root.name}: unsupported prediction_type {prediction!r}")
-    schedule = {k: scheduler[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps") if k in scheduler}
-    return assemble(
-        family=family,
-        prediction=prediction,
-        schedule=schedule or None,
-        unet=unet_from_folder(root / "unet", device=device, dtype=dtype),
-        vae=vae_from_folder(root / "vae", device=device, dtype=dtype),
-        encoders=encoders,
-        open_clip=(True,) if family == "sd2" else (False, True) if family == "sdxl" else (False,),
-        device=device,
-        dtype=dtype,
-        source=str(root),
-        metadata={key: json.dumps(value) if not isinstance(value, str) else value for key, value in index.items()},
-    )
+class DiffusersFolderCheckpoint:
+    """A diffusers StableDiffusion(XL)Pipeline folder: family, prediction and schedule read at once from its
+    configs; each part built from its own subfolder when asked."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root
+        index = read_json(root / "model_index.json")
+        self.family: Family = _family(root, index)
+        self.text_folders = ["text_encoder", "text_encoder_2"] if self.family == "sdxl" else ["text_encoder"]
+        for name in ("unet", "vae", *self.text_folders):
+            if not (root / name / "config.json").is_file():
+                raise ValueError(f"{root.name}: the pipeline folder has no {name}/config.json")
+        scheduler_path = root / "scheduler" / "scheduler_config.json"
+        scheduler = read_json(scheduler_path) if scheduler_path.is_file() else {}
+        prediction = scheduler.get("prediction_type", "epsilon")
+        if prediction not in ("epsilon", "v_prediction"):
+            raise ValueError(f"{root.name}: unsupported prediction_type {prediction!r}")
+        self.prediction: Prediction = prediction
+        keys = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")
+        self.schedule = {k: scheduler[k] for k in keys if k in scheduler} or None
+        self.open_clip = (True,) if self.family == "sd2" else (False, True) if self.family == "sdxl" else (False,)
+        self.metadata = {key: json.dumps(value) if not isinstance(value, str) else value for key, value in index.items()}
+        self.vae_config = read_json(root / "vae" / "config.json")
+
+    def build_unet(self, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+        return unet_from_folder(self.path / "unet", device=device, dtype=dtype)
+
+    def build_text_encoder(self, index: int, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+        return text_encoder_from_folder(self.path / self.text_folders[index], device=device, dtype=dtype)
+
+    def build_vae(self, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+        return vae_from_folder(self.path / "vae", device=device, dtype=dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,6 +58,88 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     if not isinstance(data, dict):
         raise ValueError(f"{Path(path).name}: expected a dict of tensors, found {type(data).__name__}")
     return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}, metadata
+
+
+class WeightFile(Mapping[str, torch.Tensor]):
+    """A weight file's tensors by key, each read only when asked for.
+
+    Building a model from it converts one tensor at a time, so the whole file is never held twice; a
+    safetensors tensor already in the wanted dtype is a view of the file's memory map (no copy at all).
+    Pickles are read whole (`weights_only=True`, memory-mapped when their format allows). Use it as a
+    context manager, or call `close()`: an open file keeps its mapping alive.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        check_suffix(self.path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such weight file: {self.path}")
+        self._handle: Any = None
+        self._tensors: dict[str, torch.Tensor] | None = None
+        if self.path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
+            self._keys = list(self._handle.keys())
+        else:
+            self._tensors, self.metadata = read_weights(self.path)
+            self._keys = list(self._tensors)
+        self._key_set = set(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        if self._tensors is not None:
+            return self._tensors[key]
+        return self._handle.get_tensor(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """A tensor's shape without reading its data."""
+        if self._tensors is not None:
+            return tuple(self._tensors[key].shape)
+        return tuple(self._handle.get_slice(key).get_shape())
+
+    def close(self) -> None:
+        self._handle = None
+        self._tensors = None
+
+    def __enter__(self) -> WeightFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PrefixView(Mapping[str, torch.Tensor]):
+    """The tensors of `weights` under `prefix`, prefix removed, read lazily; `skip(key)` hides keys."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], prefix: str,
+                 skip: Callable[[str], bool] = lambda key: False) -> None:
+        self._weights, self._prefix = weights, prefix
+        self._keys = [key[len(prefix):] for key in weights if key.startswith(prefix) and not skip(key)]
+        self._key_set = set(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._key_set:
+            raise KeyError(key)
+        return self._weights[self._prefix + key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def file_signature(path: str | Path) -> tuple[str, int, int]:

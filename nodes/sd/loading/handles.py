@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from nodegraph.models import resolve
 from nodes.sd.loading.configs import alphas_cumprod, family_defaults
 from nodes.sd.tokenizer import SDTokenizer, clip_l_tokenizer, open_clip_tokenizer
 from nodes.sd.types import ClipHandle, Family, ModelHandle, Prediction, VaeHandle
@@ -30,11 +31,15 @@ def tokenizer_for(open_clip: bool) -> SDTokenizer:
     return open_clip_tokenizer() if open_clip else clip_l_tokenizer()
 
 
-def vae_handle(vae: torch.nn.Module, device: str, source: str, scaling_factor: float | None = None) -> VaeHandle:
-    """A VaeHandle; the latent scaling comes from the caller, else the module's config."""
-    scale = scaling_factor if scaling_factor is not None else float(vae.config.scaling_factor)
-    shift = float(vae.config.get("shift_factor") or 0.0)
-    return VaeHandle(vae=vae, scaling_factor=scale, shift_factor=shift, device=device, source=source)
+def vae_handle(vae: Any, device: str, source: str, *, scaling_factor: float | None = None,
+               config: Mapping[str, Any] | None = None) -> VaeHandle:
+    """A VaeHandle around a module or a ModelRef; the latent scaling comes from the caller, else the VAE's
+    config (`config`, or the module's own)."""
+    if config is None:
+        config = dict(resolve(vae).config)
+    scale = scaling_factor if scaling_factor is not None else float(config["scaling_factor"])
+    shift = float(config.get("shift_factor") or 0.0)
+    return VaeHandle(vae_ref=vae, scaling_factor=scale, shift_factor=shift, device=device, source=source)
 
 
 def assemble(
@@ -42,9 +47,10 @@ def assemble(
     family: Family,
     prediction: Prediction,
     schedule: Mapping[str, Any] | None,
-    unet: torch.nn.Module,
-    vae: torch.nn.Module,
-    encoders: Sequence[torch.nn.Module],
+    unet: Any,
+    vae: Any,
+    vae_config: Mapping[str, Any],
+    encoders: Sequence[Any],
     open_clip: Sequence[bool],
     device: str,
     dtype: torch.dtype,
@@ -52,10 +58,10 @@ def assemble(
     metadata: Mapping[str, str],
     clip_layer_idx: int | None = None,
 ) -> LoadedCheckpoint:
-    """Wrap loaded modules in handles with the family's defaults (schedule, default CLIP layer)."""
+    """Wrap the parts (ModelRefs, or modules) in handles with the family's defaults (schedule, CLIP layer)."""
     defaults = family_defaults(family)
     model = ModelHandle(
-        unet=unet,
+        unet_ref=unet,
         family=family,
         prediction=prediction,
         alphas_cumprod=alphas_cumprod(schedule or defaults["schedule"]),
@@ -64,7 +70,7 @@ def assemble(
         source=source,
     )
     clip = ClipHandle(
-        encoders=tuple(encoders),
+        encoder_refs=tuple(encoders),
         tokenizers=tuple(tokenizer_for(flag) for flag in open_clip),
         family=family,
         layer_idx=defaults["clip_layer_idx"] if clip_layer_idx is None else clip_layer_idx,
@@ -74,7 +80,7 @@ def assemble(
     return LoadedCheckpoint(
         model=model,
         clip=clip,
-        vae=vae_handle(vae, device, source),
+        vae=vae_handle(vae, device, source, config=vae_config),
         family=family,
         metadata=dict(metadata),
     )

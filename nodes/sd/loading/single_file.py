@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nodes.sd.loading.build import fill, new_text_encoder, new_unet, new_vae
+from nodes.sd.loading.build import check_keys, fill, new_text_encoder, new_unet, new_vae
 from nodes.sd.loading.configs import (
     family_defaults,
     nodegraph_config,
@@ -18,56 +18,16 @@ from nodes.sd.loading.configs import (
     vae_config_from_weights,
 )
 from nodes.sd.loading.detect import LAYOUTS, UNET_PREFIX, VAE_PREFIX, detect_family, detect_prediction, is_ignored
-from nodes.sd.loading.files import read_weights
-from nodes.sd.loading.handles import LoadedCheckpoint, assemble
-from nodes.sd.loading.keymap import KeyRule, clip_rules, open_clip_rules, unet_rules, vae_rules
+from nodes.sd.loading.files import PrefixView, WeightFile
+from nodes.sd.loading.keymap import KeyRule, clip_rules, open_clip_rules, to_module, unet_rules, vae_rules
 from nodes.sd.types import Family
 
 Tensors = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
 
 
-def _take(tensors: Tensors, prefix: str, claimed: set[str]) -> Tensors:
-    """The component under `prefix` (prefix removed), minus keys no module needs; marks them claimed."""
-    part = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix):
-            claimed.add(key)
-            if not is_ignored(key):
-                part[key[len(prefix) :]] = value
-    return part
-
-
-def text_encoder_from_original(
-    part: Tensors,
-    template_name: str,
-    overrides: Mapping[str, Any],
-    *,
-    open_clip: bool,
-    with_projection: bool,
-    what: str,
-    device: str,
-    dtype: torch.dtype,
-) -> torch.nn.Module:
-    """A CLIP text encoder from OpenAI-CLIP (`text_model.*`) or OpenCLIP (`transformer.resblocks.*`) tensors."""
-    if not with_projection:
-        part.pop("text_projection", None)  # SD2 stores OpenCLIP's projection but never uses it
-    if open_clip:
-        config = text_config_from_weights(part, template_name, overrides, open_clip=True)
-    else:
-        inner = {key.removeprefix("text_model."): value for key, value in part.items()}
-        config = text_config_from_weights(inner, template_name, overrides, open_clip=False)
-    module = new_text_encoder(config, with_projection=with_projection)
-    keys = list(module.state_dict())
-    if open_clip:
-        rules = open_clip_rules(keys)
-    else:
-        rules = clip_rules(keys, text_model_prefix=any(key.startswith("text_model.") for key in part))
-    return fill(module, rules, part, what, device=device, dtype=dtype)
-
-
 def vae_from_original(
-    part: Tensors, family: Family, overrides: Mapping[str, Any], *, device: str, dtype: torch.dtype, what: str = "VAE"
+    part: Mapping[str, torch.Tensor], family: Family, overrides: Mapping[str, Any], *, device: str, dtype: torch.dtype, what: str = "VAE"
 ) -> torch.nn.Module:
     """An AutoencoderKL from LDM-layout (`encoder.down.N`) or diffusers-layout VAE tensors."""
     config = vae_config_from_weights(part, family, overrides)
@@ -76,12 +36,12 @@ def vae_from_original(
     if any(key.startswith("encoder.down.") for key in part):
         rules = vae_rules(keys, config)
     else:
-        part = legacy_vae_attention_names(part)
+        part = legacy_vae_attention_names(dict(part))
         rules = [KeyRule(key, key) for key in keys]
     return fill(module, rules, part, what, device=device, dtype=dtype)
 
 
-def legacy_vae_attention_names(part: Tensors) -> Tensors:
+def legacy_vae_attention_names(part: Mapping[str, torch.Tensor]) -> Tensors:
     """diffusers before 0.14 named VAE attention query/key/value/proj_attn; today's names are to_q/.../to_out.0."""
     renames = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
     out = {}
@@ -93,54 +53,119 @@ def legacy_vae_attention_names(part: Tensors) -> Tensors:
     return out
 
 
-def load_single_file(path: Path, *, device: str, dtype: torch.dtype) -> LoadedCheckpoint:
-    """Load an SD1/SD2/SDXL single-file checkpoint.
+def _meta_like(weights: WeightFile, key: str) -> torch.Tensor:
+    return torch.empty(weights.shape(key), device="meta")
 
-    Each component's keys must match its module exactly; keys outside every component are logged.
+
+def check_part(module: torch.nn.Module, rules: list[KeyRule], part: Mapping[str, Any], what: str) -> None:
+    """Every key present and every shape right, from the file's header alone (meta tensors, no data read),
+    so a broken checkpoint fails in its loader node, not in whichever node first uses the part."""
+    check_keys({rule.source for rule in rules}, part.keys(), what)
+    shapes = {name: tensor.shape for name, tensor in module.state_dict().items()}
+    for rule in rules:
+        to_module(rule, part[rule.source], shapes[rule.target])
+
+
+class _Shapes(Mapping[str, torch.Tensor]):
+    """A prefix view of a weight file whose values are meta tensors of the stored shapes."""
+
+    def __init__(self, view: PrefixView, weights: WeightFile, prefix: str) -> None:
+        self._view, self._weights, self._prefix = view, weights, prefix
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._view:
+            raise KeyError(key)
+        return _meta_like(self._weights, self._prefix + key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view)
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+
+class SingleFileCheckpoint:
+    """An SD1/SD2/SDXL single-file checkpoint, inspected at once and built part by part when asked.
+
+    Opening reads the header (and the one or two tensors prediction detection looks at), works out each
+    part's config and checks every part's keys and shapes against its architecture, so a broken file fails
+    here. `build(part, ...)` then reads only that part's tensors, converting one at a time.
     """
-    tensors, metadata = read_weights(path)
-    config = nodegraph_config(metadata)
-    family = detect_family(list(tensors))
-    layout = LAYOUTS[family]
-    defaults = family_defaults(family)
-    claimed: set[str] = set()
-    text_overrides = config.get("text_encoders") or [{}] * len(layout.text_prefixes)
-    encoders = []
-    for index, (prefix, open_clip) in enumerate(zip(layout.text_prefixes, layout.open_clip)):
-        encoders.append(
-            text_encoder_from_original(
-                _take(tensors, prefix, claimed),
-                defaults["text_encoders"][index],
-                text_overrides[index],
-                open_clip=open_clip,
-                with_projection=family == "sdxl" and index == 1,
-                what=f"text encoder {index + 1} ({prefix}*)",
-                device=device,
-                dtype=dtype,
-            )
-        )
-    pooled_dim = int(encoders[-1].config.projection_dim) if family == "sdxl" else None
-    unet_part = _take(tensors, UNET_PREFIX, claimed)
-    unet_config = unet_config_from_ldm(unet_part, family, config.get("unet", {}), pooled_dim)
-    unet = new_unet(unet_config)
-    unet = fill(unet, unet_rules(list(unet.state_dict()), unet_config), unet_part, "UNet", device=device, dtype=dtype)
-    vae_part = _take(tensors, VAE_PREFIX, claimed)
-    vae = vae_from_original(vae_part, family, config.get("vae", {}), device=device, dtype=dtype)
-    leftover = sorted(key for key in tensors if key not in claimed and not is_ignored(key))
-    if leftover:  # they cannot change what we built, so they do not make the file unusable; say so
-        more = f" (+{len(leftover) - 5} more)" if len(leftover) > 5 else ""
-        logger.warning("%s: ignoring keys outside the UNet, VAE and text encoders: %s%s", path.name, ", ".join(leftover[:5]), more)
-    return assemble(
-        family=family,
-        prediction=detect_prediction(tensors, metadata, family, config),
-        schedule=config.get("schedule"),
-        unet=unet,
-        vae=vae,
-        encoders=encoders,
-        open_clip=layout.open_clip,
-        device=device,
-        dtype=dtype,
-        source=str(path),
-        metadata=metadata,
-        clip_layer_idx=config.get("clip_layer_idx"),
-    )
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with WeightFile(path) as weights:
+            self.metadata = weights.metadata
+            self.config = nodegraph_config(self.metadata)
+            self.family: Family = detect_family(list(weights))
+            self.prediction = detect_prediction(weights, self.metadata, self.family, self.config)
+            self.layout = LAYOUTS[self.family]
+            self._text_configs: list[dict[str, Any]] = []
+            defaults = family_defaults(self.family)
+            overrides = self.config.get("text_encoders") or [{}] * len(self.layout.text_prefixes)
+            for index, (prefix, open_clip) in enumerate(zip(self.layout.text_prefixes, self.layout.open_clip)):
+                part = self._text_part(weights, index)
+                if open_clip:
+                    config = text_config_from_weights(part, defaults["text_encoders"][index], overrides[index], open_clip=True)
+                else:
+                    inner = {key.removeprefix("text_model."): value for key, value in part.items()}
+                    config = text_config_from_weights(inner, defaults["text_encoders"][index], overrides[index], open_clip=False)
+                self._text_configs.append(config)
+                module, rules = self._text_skeleton(index, part)
+                check_part(module, rules, part, self._text_what(index))
+            pooled_dim = int(self._text_configs[-1]["projection_dim"]) if self.family == "sdxl" else None
+            unet_part = _Shapes(PrefixView(weights, UNET_PREFIX, is_ignored), weights, UNET_PREFIX)
+            self.unet_config = unet_config_from_ldm(unet_part, self.family, self.config.get("unet", {}), pooled_dim)
+            unet = new_unet(self.unet_config)
+            check_part(unet, unet_rules(list(unet.state_dict()), self.unet_config), unet_part, "UNet")
+            vae_part = _Shapes(PrefixView(weights, VAE_PREFIX, is_ignored), weights, VAE_PREFIX)
+            self.vae_config = vae_config_from_weights(vae_part, self.family, self.config.get("vae", {}))
+            self._vae_ldm = any(key.startswith("encoder.down.") for key in vae_part)
+            vae = new_vae(self.vae_config)
+            if self._vae_ldm:
+                check_part(vae, vae_rules(list(vae.state_dict()), self.vae_config), vae_part, "VAE")
+            claimed = (UNET_PREFIX, VAE_PREFIX, *self.layout.text_prefixes)
+            leftover = sorted(key for key in weights if not key.startswith(claimed) and not is_ignored(key))
+        if leftover:  # they cannot change what we build, so they do not make the file unusable; say so
+            more = f" (+{len(leftover) - 5} more)" if len(leftover) > 5 else ""
+            logger.warning("%s: ignoring keys outside the UNet, VAE and text encoders: %s%s", path.name,
+                           ", ".join(leftover[:5]), more)
+
+    def _text_what(self, index: int) -> str:
+        return f"text encoder {index + 1} ({self.layout.text_prefixes[index]}*)"
+
+    def _text_part(self, weights: Mapping[str, torch.Tensor], index: int) -> dict[str, Any]:
+        prefix = self.layout.text_prefixes[index]
+        meta = isinstance(weights, WeightFile)
+        part = {key[len(prefix):]: (_meta_like(weights, key) if meta else weights[key])  # type: ignore[arg-type]
+                for key in weights if key.startswith(prefix) and not is_ignored(key)}
+        if not (self.family == "sdxl" and index == 1):
+            part.pop("text_projection", None)  # SD2 stores OpenCLIP's projection but never uses it
+        return part
+
+    def _text_skeleton(self, index: int, part: Mapping[str, Any]) -> tuple[torch.nn.Module, list[KeyRule]]:
+        module = new_text_encoder(self._text_configs[index], with_projection=self.family == "sdxl" and index == 1)
+        keys = list(module.state_dict())
+        if self.layout.open_clip[index]:
+            return module, open_clip_rules(keys)
+        return module, clip_rules(keys, text_model_prefix=any(key.startswith("text_model.") for key in part))
+
+    def build_unet(self, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+        unet = new_unet(self.unet_config)
+        with WeightFile(self.path) as weights:
+            part = PrefixView(weights, UNET_PREFIX, is_ignored)
+            return fill(unet, unet_rules(list(unet.state_dict()), self.unet_config), part, "UNet", device=device, dtype=dtype)
+
+    def build_text_encoder(self, index: int, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+        with WeightFile(self.path) as weights:
+            part = {key[len(self.layout.text_prefixes[index]):]: weights[key] for key in weights
+                    if key.startswith(self.layout.text_prefixes[index]) and not is_ignored(key)}
+            if not (self.family == "sdxl" and index == 1):
+                part.pop("text_projection", None)
+            module, rules = self._text_skeleton(index, part)
+            return fill(module, rules, part, self._text_what(index), device=device, dtype=dtype)
+
+    def build_vae(self, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
+        with WeightFile(self.path) as weights:
+            part = PrefixView(weights, VAE_PREFIX, is_ignored)
+            return vae_from_original(part, self.family, self.config.get("vae", {}), device=device, dtype=dtype)
