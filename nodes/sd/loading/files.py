@@ -7,9 +7,12 @@ is refused rather than guessed at.
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,13 +63,22 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}, metadata
 
 
-class WeightFile(Mapping[str, torch.Tensor]):
-    """A weight file's tensors by key, each read only when asked for.
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+_MAX_HEADER = 100 * 1024 * 1024
 
-    Building a model from it converts one tensor at a time, so the whole file is never held twice; a
-    safetensors tensor already in the wanted dtype is a view of the file's memory map (no copy at all).
-    Pickles are read whole (`weights_only=True`, memory-mapped when their format allows). Use it as a
-    context manager, or call `close()`: an open file keeps its mapping alive.
+
+class WeightFile(Mapping[str, torch.Tensor]):
+    """A weight file's tensors by key, each read from disk only when asked for.
+
+    Building a model from it converts one tensor at a time, so the file is never held whole beside the
+    model. Safetensors tensors are read with plain file reads into memory the tensor owns, never through a
+    memory map: a mapped file's touched pages count in the process' RSS until it is unmapped, which made
+    loading an fp16 checkpoint into fp32 modules hold both. Pickles are read whole (`weights_only=True`).
+    Use it as a context manager, or call `close()`.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -74,12 +86,12 @@ class WeightFile(Mapping[str, torch.Tensor]):
         check_suffix(self.path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no such weight file: {self.path}")
-        self._handle: Any = None
+        self._file: Any = None
         self._tensors: dict[str, torch.Tensor] | None = None
         if self.path.suffix.lower() in SAFETENSORS_SUFFIXES:
-            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-            self.metadata: dict[str, str] = dict(self._handle.metadata() or {})
-            self._keys = list(self._handle.keys())
+            self._file = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+            self._info, self.metadata, self._data_start = _safetensors_header(self._file, self.path)
+            self._keys = list(self._info)
         else:
             self._tensors, self.metadata = read_weights(self.path)
             self._keys = list(self._tensors)
@@ -90,7 +102,15 @@ class WeightFile(Mapping[str, torch.Tensor]):
             raise KeyError(key)
         if self._tensors is not None:
             return self._tensors[key]
-        return self._handle.get_tensor(key)
+        if self._file is None:
+            raise ValueError(f"{self.path.name}: read after close")
+        info = self._info[key]
+        start, end = info["data_offsets"]
+        raw = torch.empty(end - start, dtype=torch.uint8)
+        self._file.seek(self._data_start + start)
+        if end > start and self._file.readinto(memoryview(raw.numpy())) != end - start:
+            raise ValueError(f"{self.path.name}: the file ends inside tensor {key!r} (truncated?)")
+        return raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
 
     def __contains__(self, key: object) -> bool:
         return key in self._key_set
@@ -105,10 +125,22 @@ class WeightFile(Mapping[str, torch.Tensor]):
         """A tensor's shape without reading its data."""
         if self._tensors is not None:
             return tuple(self._tensors[key].shape)
-        return tuple(self._handle.get_slice(key).get_shape())
+        return tuple(self._info[key]["shape"])
+
+    def nbytes(self, keys: Iterable[str], dtype: torch.dtype | None = None) -> int:
+        """What these tensors take in memory, as stored or converted to `dtype` (floating ones only)."""
+        total = 0
+        for key in keys:
+            tensor_dtype = self._tensors[key].dtype if self._tensors is not None else SAFETENSORS_DTYPES[self._info[key]["dtype"]]
+            if dtype is not None and tensor_dtype.is_floating_point:
+                tensor_dtype = dtype
+            total += math.prod(self.shape(key)) * tensor_dtype.itemsize
+        return total
 
     def close(self) -> None:
-        self._handle = None
+        if self._file is not None:
+            self._file.close()
+        self._file = None
         self._tensors = None
 
     def __enter__(self) -> WeightFile:
@@ -116,6 +148,36 @@ class WeightFile(Mapping[str, torch.Tensor]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _safetensors_header(file: Any, path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """(tensor infos by key, metadata, where tensor data starts) of an open safetensors file, checked so a
+    corrupt or hostile header is refused with its file named rather than read out of bounds."""
+    size = path.stat().st_size
+    head = file.read(8)
+    if len(head) != 8:
+        raise ValueError(f"{path.name}: not a safetensors file (shorter than its header length)")
+    length = struct.unpack("<Q", head)[0]
+    if length > min(_MAX_HEADER, size - 8):
+        raise ValueError(f"{path.name}: not a safetensors file (header length {length} exceeds the file)")
+    try:
+        header = json.loads(file.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path.name}: not a safetensors file (header is not JSON: {error})") from error
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name}: not a safetensors file (header is not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_size = size - 8 - length
+    for key, info in header.items():
+        try:
+            start, end = info["data_offsets"]
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            count = math.prod(info["shape"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path.name}: tensor {key!r} has a malformed header entry ({error!r})") from error
+        if not 0 <= start <= end <= data_size or end - start != count * dtype.itemsize:
+            raise ValueError(f"{path.name}: tensor {key!r} lies outside the file or does not match its shape")
+    return header, {str(k): str(v) for k, v in metadata.items()}, 8 + length
 
 
 class PrefixView(Mapping[str, torch.Tensor]):
