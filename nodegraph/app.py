@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .environment import Environment, ModelPaths, pick_device
 from .executor import Engine
-from .models import ModelManager
+from .models import ModelManager, return_large_frees_to_the_os
 from .registry import NodeRegistry, default_registry
 
 
@@ -58,5 +58,6 @@ def build_environment(config: AppConfig, registry: NodeRegistry) -> Environment:
 
 
 def build_engine(config: AppConfig, registry: NodeRegistry | None = None) -> Engine:
+    return_large_frees_to_the_os()
     registry = registry if registry is not None else default_registry()
     return Engine(registry, env=build_environment(config, registry))

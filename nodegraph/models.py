@@ -92,6 +92,21 @@ def release_memory() -> None:
             pass
 
 
+def return_large_frees_to_the_os(threshold: int = 1 << 20) -> None:
+    """Serve every allocation of `threshold` bytes or more with its own mmap (glibc's M_MMAP_THRESHOLD).
+
+    glibc otherwise raises that threshold up to 32 MiB as large blocks are freed, after which tensors of a
+    few MiB come from the heap, where one live block pins everything below it: memory freed by unloading a
+    model then never leaves the process. An application-wide policy, so applications call it (the CLI and
+    server do at start); a library import never does.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+        except (OSError, AttributeError):
+            pass
+
+
 class ModelRef:
     """A model the manager owns, by key: what node outputs carry instead of the model object.
 
@@ -99,15 +114,18 @@ class ModelRef:
     placed where the manager's mode says.
     """
 
-    __slots__ = ("manager", "key", "loader", "name", "base", "build", "size")
+    __slots__ = ("manager", "key", "loader", "name", "base", "build", "size", "size_hint")
 
     def __init__(self, manager: ModelManager, key: Hashable, *, name: str, loader: Loader | None = None,
                  base: ModelRef | None = None, build: Callable[[Any], Any] | None = None,
-                 size: Callable[[Any], int] | None = None) -> None:
+                 size: Callable[[Any], int] | None = None, size_hint: int | None = None) -> None:
         if (loader is None) == (build is None and base is None):
             raise ValueError(f"model {name!r}: give either a loader or a base and a build function")
         self.manager, self.key, self.name = manager, key, name
         self.loader, self.base, self.build, self.size = loader, base, build, size
+        self.size_hint = size_hint
+        """The bytes it will take once loaded, when the loader can tell beforehand (from a file's header):
+        room is made before loading, so the old and the new model never peak together."""
 
     def get(self) -> Any:
         """The model object, loaded and placed (see ModelManager.get)."""
@@ -147,6 +165,7 @@ class _Entry:
     pins: int = 0
     loads: int = 1
     movable: bool = True
+    streamed: bool = False
     dependants: set[Hashable] = field(default_factory=set)
 
 
@@ -196,9 +215,13 @@ class ModelManager:
 
     # -- what nodes call ----------------------------------------------------------------------------------
 
-    def ref(self, key: Hashable, loader: Loader, *, name: str) -> ModelRef:
-        """A ref to the model under `key`, loaded by `loader(device)` when first asked for. Nothing loads now."""
-        return ModelRef(self, key, name=name, loader=loader)
+    def ref(self, key: Hashable, loader: Loader, *, name: str, size_hint: int | None = None) -> ModelRef:
+        """A ref to the model under `key`, loaded by `loader(device)` when first asked for. Nothing loads now.
+
+        `size_hint`: its bytes once loaded, if known beforehand; then room is made before it loads, and a
+        model larger than the whole device budget is kept in RAM and streamed (as in lowvram).
+        """
+        return ModelRef(self, key, name=name, loader=loader, size_hint=size_hint)
 
     def get(self, ref: ModelRef) -> Any:
         """The object `ref` names, loaded if needed, on the compute device when the mode and budget allow.
@@ -209,7 +232,7 @@ class ModelManager:
             entry = self._entries.get(ref.key)
             if entry is None:
                 entry = self._load(ref)
-            elif self._wants_device() and entry.device != self.device and entry.movable:
+            elif self._wants_device() and entry.device != self.device and entry.movable and not entry.streamed:
                 self._to_device(entry)
             entry.last_used = next(self._clock)
             return entry.value
@@ -323,12 +346,19 @@ class ModelManager:
             entry = _Entry(ref, value, nbytes, base.device)
         else:
             device = self.device if self._wants_device() else "cpu"
+            stream = self.mode == "lowvram" and self.device != "cpu"
+            if ref.size_hint is not None:
+                budget = self._device_budget()
+                if budget is not None and ref.size_hint > budget:
+                    device, stream = "cpu", True  # can never fit: keep it in RAM, stream its blocks
+                self._make_room(ref.size_hint, device)
             assert ref.loader is not None
             value = ref.loader(device)
             movable = callable(getattr(value, "to", None))  # a parsed file (LoRA) stays in CPU RAM
             entry = _Entry(ref, value, model_nbytes(value), device if movable else "cpu", movable=movable)
-            if self.mode == "lowvram" and self.device != "cpu":
+            if stream and movable:
                 stream_blocks(value, self.device)
+                entry.streamed = True
         entry.loads = self._load_counts[ref.key] = self._load_counts.get(ref.key, 0) + 1
         self.loads += 1
         entry.last_used = next(self._clock)
@@ -358,16 +388,27 @@ class ModelManager:
         finally:
             entry.pins -= 1
 
+    def _device_budget(self) -> int | None:
+        """The device budget eviction works to, or None where nothing is offloaded for room."""
+        return self.vram_budget() if self._wants_device() and self.mode != "highvram" else None
+
     def _fit(self, keep: _Entry) -> None:
         """Make the device and RAM budgets hold, moving or dropping the least recently used unpinned models."""
-        budget = self.vram_budget() if self._wants_device() and self.mode != "highvram" else None
+        self._make_room(0, self.device)
+
+    def _make_room(self, incoming: int, device: str) -> None:
+        """Offload (device) and drop (RAM) the least recently used unpinned models until `incoming` more
+        bytes on `device` fit the budgets."""
+        budget = self._device_budget()
         if budget is not None:
+            extra = incoming if device == self.device else 0
             for victim in self._victims(on_device=True):
-                if self.loaded_bytes(self.device) <= budget:
+                if self.loaded_bytes(self.device) + extra <= budget:
                     break
                 self._offload(victim)
+        extra = incoming if device == "cpu" else 0
         for victim in self._victims(on_device=False):
-            if self._ram_bytes() <= self.ram_budget:
+            if self._ram_bytes() + extra <= self.ram_budget:
                 break
             self._drop(victim)
 

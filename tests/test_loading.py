@@ -305,7 +305,7 @@ def test_standalone_vae_in_both_layouts(tiny, tmp_path: Path) -> None:
             handle = load_vae(tmp_path / path, family="sdxl")
             assert handle.scaling_factor == 0.13025
             assert torch.equal(handle.vae.decode(latent).sample, want)
-        assert load_vae(tmp_path / "ldm_vae.safetensors").scaling_factor == 0.18215  # SD1/SD2 unless told
+        assert load_vae(tmp_path / "ldm_vae.safetensors").scaling_factor == 0.18215  # no metadata: its latents measure as SD1
         assert load_vae(checkpoint).scaling_factor == 0.13025  # a full SDXL checkpoint knows its family
 
 

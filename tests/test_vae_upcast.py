@@ -104,3 +104,19 @@ def test_an_fp32_vae_is_never_retried(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="nodes.sd.vae"):
         image = decode(vae_handle(source, "cpu", "fp32"), _latents(1), upcast=lambda: pytest.fail("upcast on fp32"))
     assert torch.isnan(image).any() and not caplog.records
+
+
+def test_a_managed_vae_keeps_its_fp32_copy_in_the_model_manager() -> None:
+    from nodegraph.models import ModelManager
+
+    manager = ModelManager()
+    module = copy.deepcopy(_overflowing("decoder")).half()
+    ref = manager.ref("vae", lambda device: module, name="tiny VAE")
+    half = vae_handle(ref, "cpu", "tiny-fp16.safetensors")
+    first = decode(half, _latents(1))
+    assert torch.isfinite(first).all() and manager.loads == 2  # the VAE, then its fp32 copy
+    assert torch.equal(decode(half, _latents(1)), first) and manager.loads == 2  # the copy is reused
+    names = {m["name"]: m for m in manager.stats()["models"]}
+    assert names["tiny VAE as fp32"]["derived"] and names["tiny VAE as fp32"]["nbytes"] == 2 * names["tiny VAE"]["nbytes"]
+    manager.unload(ref)
+    assert manager.loaded_bytes() == 0  # the copy goes with its base

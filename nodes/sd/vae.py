@@ -19,6 +19,7 @@ from functools import cache
 
 import torch
 
+from nodegraph.models import ModelRef, model_nbytes
 from nodes.sd.types import VaeHandle
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,17 @@ def _crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return image[:, top : top + height, left : left + width]
 
 
+def _fp32_copy(module: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(module).float()
+
+
 def _fp32_source(vae: VaeHandle, upcast: Upcast | None) -> Upcast:
-    """The fp32 VAE for retries, made at most once per call (copying a VAE costs its size in memory)."""
-    return cache(upcast if upcast is not None else lambda: copy.deepcopy(vae.vae).float())
+    """The fp32 VAE for retries, made at most once per call (copying a VAE costs its size in memory). A
+    managed VAE's copy is a model derived from it, so the manager keeps it for later decodes and counts it."""
+    if upcast is None and isinstance(vae.vae_ref, ModelRef):
+        upcast = vae.vae_ref.derive(("dtype", "float32"), _fp32_copy, name=f"{vae.vae_ref.name} as fp32",
+                                    size=model_nbytes).get
+    return cache(upcast if upcast is not None else lambda: _fp32_copy(vae.vae))
 
 
 def _run_finite(

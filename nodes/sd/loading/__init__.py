@@ -11,6 +11,7 @@ callers treat them as read-only (patches return new handles and derived refs).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,8 +26,10 @@ from nodes.sd.loading.diffusers_folder import DiffusersFolderCheckpoint, read_js
 from nodes.sd.loading.files import PrefixView, WeightFile, check_suffix, file_signature, folder_signature
 from nodes.sd.loading.handles import LoadedCheckpoint, assemble, vae_handle
 from nodes.sd.loading.single_file import SingleFileCheckpoint, vae_from_original
+from nodes.sd.loading.vae_family import detect_vae_latent_format
 from nodes.sd.types import Family, VaeHandle
 
+logger = logging.getLogger(__name__)
 __all__ = ["LoadedCheckpoint", "load_checkpoint", "load_vae", "open_checkpoint"]
 
 
@@ -88,17 +91,25 @@ def load_checkpoint(
     key = signature(path)
     text_dtype, vae_dtype = text_dtype or dtype, vae_dtype or dtype
     name = path.name
+
+    def hint(part: str, part_dtype: torch.dtype) -> int | None:
+        return source.nbytes(part, part_dtype) if isinstance(source, SingleFileCheckpoint) else None
+
+    def label(what: str, part_dtype: torch.dtype) -> str:
+        return f"{name} {what} ({str(part_dtype).removeprefix('torch.')})"
+
     unet = manager.ref((key, "unet", str(dtype)), lambda dev: source.build_unet(device=dev, dtype=dtype),
-                       name=f"{name} UNet ({str(dtype).removeprefix('torch.')})")
+                       name=label("UNet", dtype), size_hint=hint("unet", dtype))
     encoders = [
         manager.ref((key, f"text_encoder_{index}", str(text_dtype)),
                     lambda dev, index=index: source.build_text_encoder(index, device=dev, dtype=text_dtype),
-                    name=f"{name} text encoder {index + 1} ({str(text_dtype).removeprefix('torch.')})")
+                    name=label(f"text encoder {index + 1}", text_dtype),
+                    size_hint=hint(f"text_encoder_{index}", text_dtype))
         for index in range(len(source.open_clip if isinstance(source, DiffusersFolderCheckpoint)
                                else source.layout.open_clip))
     ]
     vae = manager.ref((key, "vae", str(vae_dtype)), lambda dev: source.build_vae(device=dev, dtype=vae_dtype),
-                      name=f"{name} VAE ({str(vae_dtype).removeprefix('torch.')})")
+                      name=label("VAE", vae_dtype), size_hint=hint("vae", vae_dtype))
     if isinstance(source, DiffusersFolderCheckpoint):
         schedule, open_clip, clip_layer_idx = source.schedule, source.open_clip, None
     else:
@@ -131,9 +142,9 @@ def load_vae(
         manager: the model manager that owns it (a private one when None).
         device: the compute device when no manager is given.
         dtype: the floating-point type weights are converted to.
-        family: which family's latent scaling applies when the file does not say. SD1/SD2 and SDXL VAEs have
-            identical layouts but different scalings (0.18215 vs 0.13025), so an SDXL VAE file without
-            metadata needs `family="sdxl"` (or `scaling_factor`).
+        family: which family's latent scaling applies. SD1/SD2 and SDXL VAEs have identical layouts but
+            different scalings (0.18215 vs 0.13025); when neither this nor `scaling_factor` is given, the
+            file's metadata, else its latents' statistics, decide (nodes/sd/loading/vae_family.py).
         scaling_factor: overrides everything else.
     """
     path = Path(path)
@@ -155,6 +166,13 @@ def load_vae(
             found_family = detect_family(list(weights))
         prefix = next((p for p in (VAE_PREFIX, "vae.") if any(k.startswith(p) for k in weights)), "")
         overrides = dict(nodegraph_config(metadata).get("vae", {}))
+        if family is None and found_family is None and scaling_factor is None:
+            # SD1/SD2 and SDXL VAEs share one layout: metadata, else the latents' statistics, tell them apart
+            found = detect_vae_latent_format(PrefixView(weights, prefix), metadata)
+            logger.info("VAE %s: %s, scaling %g (%s)", path.name, found.family, found.scaling_factor, found.how)
+            found_family = found.family
+            overrides.setdefault("scaling_factor", found.scaling_factor)
+            overrides.setdefault("shift_factor", found.shift_factor)
         family = family or found_family or "sd1"
         if scaling_factor is not None:
             overrides["scaling_factor"] = scaling_factor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ class _Shapes(Mapping[str, torch.Tensor]):
         return len(self._view)
 
 
+def _numel(weights: WeightFile, prefix: str) -> int:
+    return sum(math.prod(weights.shape(key)) for key in weights if key.startswith(prefix) and not is_ignored(key))
+
+
 class SingleFileCheckpoint:
     """An SD1/SD2/SDXL single-file checkpoint, inspected at once and built part by part when asked.
 
@@ -124,12 +129,19 @@ class SingleFileCheckpoint:
             vae = new_vae(self.vae_config)
             if self._vae_ldm:
                 check_part(vae, vae_rules(list(vae.state_dict()), self.vae_config), vae_part, "VAE")
+            self._numel = {"unet": _numel(weights, UNET_PREFIX), "vae": _numel(weights, VAE_PREFIX)}
+            for index, prefix in enumerate(self.layout.text_prefixes):
+                self._numel[f"text_encoder_{index}"] = _numel(weights, prefix)
             claimed = (UNET_PREFIX, VAE_PREFIX, *self.layout.text_prefixes)
             leftover = sorted(key for key in weights if not key.startswith(claimed) and not is_ignored(key))
         if leftover:  # they cannot change what we build, so they do not make the file unusable; say so
             more = f" (+{len(leftover) - 5} more)" if len(leftover) > 5 else ""
             logger.warning("%s: ignoring keys outside the UNet, VAE and text encoders: %s%s", path.name,
                            ", ".join(leftover[:5]), more)
+
+    def nbytes(self, part: str, dtype: torch.dtype) -> int:
+        """What one part ("unet", "vae", "text_encoder_0", ...) will take in memory in `dtype`."""
+        return self._numel[part] * dtype.itemsize
 
     def _text_what(self, index: int) -> str:
         return f"text encoder {index + 1} ({self.layout.text_prefixes[index]}*)"
