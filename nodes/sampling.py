@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ def _run(ctx: NodeContext, model: ModelHandle, **kwargs: Any) -> Latent:
     def callback(step: int, total: int, x0: torch.Tensor | None) -> None:
         ctx.progress(step, total, latent_preview(x0) if x0 is not None else None)
 
+    if getattr(ctx.env, "compile", False) and model.compile_backend is None:
+        model = replace(model, compile_backend="inductor")  # --compile: every sampler compiles its UNet
     return sample(model, callback=callback, should_stop=lambda: ctx.interrupted, **kwargs)
 
 

@@ -131,7 +131,7 @@ def unet_denoiser(model: ModelHandle) -> UNetDenoiser:
     kind = {"epsilon": EpsDenoiser, "v_prediction": VDenoiser}.get(model.prediction)
     if kind is None:
         raise ValueError(f"unknown prediction type {model.prediction!r}; expected 'epsilon' or 'v_prediction'")
-    return kind(model.unet, model.alphas_cumprod, dtype=model.dtype, device=model.device)
+    return kind(model.sampling_unet, model.alphas_cumprod, dtype=model.dtype, device=model.device)
 
 
 # -- conditioning and classifier-free guidance --------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Literal
 
 import torch
 
-from nodegraph.models import ModelRef, resolve
+from nodegraph.models import ModelRef, as_ref, resolve
 
 Family = Literal["sd1", "sd2", "sdxl"]
 Prediction = Literal["epsilon", "v_prediction"]
@@ -27,6 +27,17 @@ def _module_nbytes(*modules: Any) -> int:
         if isinstance(module, torch.nn.Module):
             total += sum(p.numel() * p.element_size() for p in module.parameters())
     return total
+
+
+COMPILE_BACKENDS: tuple[str, ...] = ("inductor", "cudagraphs")
+"""TorchCompileModel's choices (ComfyUI's)."""
+
+
+def compile_module(module: torch.nn.Module, *, backend: str) -> torch.nn.Module:
+    """torch.compile a UNet for sampling: static shapes (a new resolution or batch compiles once more)."""
+    if backend not in COMPILE_BACKENDS:
+        raise ValueError(f"unknown torch.compile backend {backend!r}; expected one of {', '.join(COMPILE_BACKENDS)}")
+    return torch.compile(module, backend=backend, dynamic=False)
 
 
 @dataclass(frozen=True)
@@ -58,11 +69,25 @@ class ModelHandle:
     device: str = "cpu"
     patches: tuple[ModelPatch, ...] = ()
     source: str = ""
+    compile_backend: str | None = None
+    """torch.compile backend the sampler runs the UNet with (TorchCompileModel, --compile); None runs it eagerly."""
 
     @property
     def unet(self) -> torch.nn.Module:
         """The UNet, loaded (and placed on the compute device) by the model manager if need be."""
         return resolve(self.unet_ref)
+
+    @property
+    def sampling_unet(self) -> torch.nn.Module:
+        """What the sampler calls: the UNet, compiled when `compile_backend` says. The compiled module is a
+        model derived from the (possibly LoRA-merged) UNet, so the manager keeps it across prompts, and
+        torch.compile compiles once per input shape and reuses it."""
+        if self.compile_backend is None:
+            return self.unet
+        backend = self.compile_backend
+        ref = as_ref(self.unet_ref, "UNet").derive(("compile", backend), partial(compile_module, backend=backend),
+                                                   name=f"{getattr(self.unet_ref, 'name', 'UNet')} compiled")
+        return ref.get()
 
     def with_patch(self, patch: ModelPatch) -> ModelHandle:
         return replace(self, patches=(*self.patches, patch))
