@@ -44,10 +44,14 @@ def to_ui(workflow: Workflow, registry: NodeRegistry) -> dict[str, Any]:
         return next_link[0]
 
     raw_links: list[list[Any]] = []
+    taken: set[Any] = set()
     routed: set[tuple[str, str]] = set()
+    incoming_by_node: dict[str, dict[str, Any]] = {}
+    for link in workflow.links:  # one pass: scanning every link for every node was O(N^2) on long chains
+        incoming_by_node.setdefault(link.to_node, {})[link.to_input] = link
     for node_id, node in workflow.nodes.items():
         info = _info(node)
-        incoming = {link.to_input: link for link in workflow.links if link.to_node == node_id}
+        incoming = incoming_by_node.get(node_id, {})
         for name, route in (info.get("routes") or {}).items():
             link = incoming.get(name)
             primitive_still_feeds = route.get("source") is None and link is None and name in node.converted_widgets
@@ -57,13 +61,14 @@ def to_ui(workflow: Workflow, registry: NodeRegistry) -> dict[str, Any]:
             if (node_id, name) in routed or link.from_node not in ids:
                 continue  # kept as an editor route, or from a node that is not there (validation says so)
             link_id = (info.get("link_ids") or {}).get(name)
-            link_id = link_id if link_id is not None and link_id not in _taken(raw_links) else new_link_id()
+            link_id = link_id if link_id is not None and link_id not in taken else new_link_id()
+            taken.add(link_id)
             raw_links.append([link_id, ids[link.from_node], link.from_slot, ids[node_id], None, None, name])
 
     by_target_input: dict[tuple[Any, str], Any] = {}
-    for node_id, node in workflow.nodes.items():
-        for name in [n for (nid, n) in routed if nid == node_id]:
-            by_target_input[(ids[node_id], name)] = _info(node)["routes"][name]["link"]
+    for node_id, name in routed:
+        by_target_input[(ids[node_id], name)] = _info(workflow.nodes[node_id])["routes"][name]["link"]
+    route_name = {(target, link_id): name for (target, name), link_id in by_target_input.items()}
     for raw in kept.get("editor_links") or []:
         origin, target = str(raw[1]), str(raw[3])
         if target not in editor_ids and target not in workflow.nodes:
@@ -74,8 +79,7 @@ def to_ui(workflow: Workflow, registry: NodeRegistry) -> dict[str, Any]:
         if target_is_editor:
             raw_links.append([raw[0], ids.get(origin, raw[1]), raw[2], raw[3], raw[4], raw[5], None])
             continue
-        name = next((n for (t, n), link_id in by_target_input.items() if link_id == raw[0] and t == ids[target]),
-                    None)
+        name = route_name.get((ids[target], raw[0]))
         if name is not None:  # else the route was changed here: that input now has its own link
             raw_links.append([raw[0], ids.get(origin, raw[1]), raw[2], ids[target], None, raw[5], name])
 
@@ -137,10 +141,6 @@ def _reserved_link_ids(workflow: Workflow, kept: dict[str, Any]) -> set[Any]:
     for node in workflow.nodes.values():
         reserved.update((_info(node).get("link_ids") or {}).values())
     return reserved
-
-
-def _taken(raw_links: list[list[Any]]) -> set[Any]:
-    return {raw[0] for raw in raw_links}
 
 
 def _node_out(node_id: str, node: NodeInstance, editor_id: Any, registry: NodeRegistry) -> dict[str, Any]:
@@ -213,11 +213,11 @@ def _wire_slots(nodes: dict[Any, dict[str, Any]], editor_nodes: dict[Any, dict[s
             outputs.append({"name": "*", "type": "*", "links": []})
         if raw[5] is None:
             raw[5] = outputs[raw[2]].get("type", "*")
-        if target in nodes.values():
+        if raw[3] in nodes:  # a node made here (not a kept editor-only node); a key lookup, not a scan
             entries = target.get("inputs") or []
             if raw[4] < len(entries):
                 entries[raw[4]]["link"] = raw[0]
-        if origin in nodes.values():
+        if raw[1] in nodes:
             outputs[raw[2]]["links"] = [*(outputs[raw[2]].get("links") or []), raw[0]]
 
 

@@ -68,6 +68,13 @@ def main() -> None:
     figures["chain10k_cold_s"] = round(cold10k, 3)
     figures["chain10k_per_node_us_cold"] = round(cold10k / n10k * 1e6, 2)
     figures["chain10k_cached_rerun_ms"] = round(cached10k * 1e3, 2)
+    from nodegraph.formats.ui_export import to_ui
+
+    long_chain = chain(5000)
+    started = time.perf_counter()
+    to_ui(long_chain, registry())  # what a submitted prompt without a UI workflow embeds in its images
+    figures["to_ui_chain5k_s"] = round(time.perf_counter() - started, 3)
+    print(f"to_ui    {len(long_chain.nodes):6d} nodes: {figures['to_ui_chain5k_s']:.3f} s")
     print(json.dumps(figures))
 
 
