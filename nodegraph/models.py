@@ -454,15 +454,15 @@ def _move(value: Any, device: str) -> Any:
 
 
 def stream_blocks(module: Any, device: str) -> None:
-    """lowvram: weights stay in CPU RAM; each submodule that owns weights is moved to `device` just before it
-    runs and back right after (what accelerate's sequential CPU offload does), so only one block's weights
-    occupy the device at a time."""
+    """lowvram: weights stay in CPU RAM; each submodule that owns weights (or buffers) is moved to `device`
+    just before it runs and back right after (what accelerate's sequential CPU offload does), so only one
+    block's weights occupy the device at a time."""
     modules = getattr(module, "modules", None)
     if not callable(modules):
         return
     for sub in modules():
-        if not any(True for _ in sub.parameters(recurse=False)):
-            continue
+        if not any(True for _ in itertools.chain(sub.parameters(recurse=False), sub.buffers(recurse=False))):
+            continue  # buffers too: CLIP's position_ids must sit beside the input it indexes
 
         def before(mod: Any, args: Any) -> None:
             mod.to(device)

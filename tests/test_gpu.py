@@ -20,11 +20,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def txt2img(tmp_path: Path, precision: str) -> torch.Tensor:
+def txt2img(tmp_path: Path, precision: str, **options) -> torch.Tensor:
     from nodegraph.app import AppConfig, build_engine
 
     engine = build_engine(AppConfig(output_dir=tmp_path / precision, input_dir=tmp_path / "in", temp_dir=tmp_path / "t",
-                                    models_dir=tmp_path / "models", device="cuda", precision=precision))
+                                    models_dir=tmp_path / "models", device="cuda", precision=precision, **options))
     workflow = load_workflow_file(ROOT / "workflows" / "txt2img.json", engine.registry)
     decode = next(nid for nid, node in workflow.nodes.items() if node.type == "VAEDecode")
     return engine.run(workflow, outputs=[decode]).values[decode][0]
@@ -63,3 +63,17 @@ def test_sdxl_architecture_vae_decodes_without_nan_in_auto_precision(tmp_path):
     half = copy.deepcopy(vae).half().cuda()
     with torch.no_grad():  # the same decode forced into fp16 really overflows: the test would catch a regression
         assert not torch.isfinite(half.decode(torch.zeros(1, 4, 32, 32, device="cuda", dtype=torch.float16)).sample).all()
+
+
+@pytest.mark.parametrize("mode", ["lowvram", "highvram"])
+def test_memory_modes_draw_the_same_picture(tmp_path, mode):
+    """lowvram streams each block to the GPU while it runs; the picture is the normalvram one."""
+    reference = txt2img(tmp_path / "normal", "fp32")
+    other = txt2img(tmp_path / mode, "fp32", vram_mode=mode)
+    assert (other - reference).abs().max().item() < 1e-3
+
+
+def test_a_tiny_vram_budget_offloads_and_still_draws_the_same_picture(tmp_path):
+    reference = txt2img(tmp_path / "normal", "fp32")
+    squeezed = txt2img(tmp_path / "squeezed", "fp32", reserve_vram_gb=10_000)  # budget 0: every model offloads
+    assert (squeezed - reference).abs().max().item() < 1e-3
