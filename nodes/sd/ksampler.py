@@ -20,7 +20,7 @@ from torch import Tensor
 from nodegraph.errors import Interrupted
 from nodes.sd.denoisers import CFGDenoiser, patches_applied, unet_denoiser
 from nodes.sd.samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLERS
-from nodes.sd.samplers_multistep import BrownianNoise, Denoiser, GaussianNoise, NoiseSampler
+from nodes.sd.samplers_multistep import BrownianNoise, Denoiser, GaussianNoise, to_device_async
 from nodes.sd.schedules import SCHEDULERS, calculate_sigmas, model_sigmas
 from nodes.sd.types import CondItem, Latent, ModelHandle
 
@@ -73,16 +73,19 @@ def item_seed(seed: int, index: int) -> int:
 
 
 class BatchNoise:
-    """Per-step noise for a batch: each item draws from its own CPU generator (see `item_seed`)."""
+    """Per-step noise for a batch: each item draws from its own CPU generator (see `item_seed`); the batch
+    goes to x's device in one copy that does not wait for the device (`to_device_async`)."""
 
     def __init__(self, x: Tensor, seed: int, indices: Sequence[int], brownian: bool) -> None:
         kind = BrownianNoise if brownian else GaussianNoise
-        self.items: list[NoiseSampler] = [
+        self.device, self.dtype = x.device, x.dtype
+        self.items: list[GaussianNoise | BrownianNoise] = [
             kind(x[k : k + 1], torch.Generator().manual_seed(item_seed(seed, index))) for k, index in enumerate(indices)
         ]
 
     def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        return torch.cat([item(sigma, sigma_next) for item in self.items])
+        host = torch.cat([item.draw(sigma, sigma_next) for item in self.items])
+        return to_device_async(host, self.device, self.dtype)
 
 
 def prepare_mask(mask: Tensor, shape: torch.Size) -> Tensor:
@@ -211,9 +214,8 @@ def sample(
 
     step_noise = BatchNoise(x, seed, indices, brownian=sampler_name in BROWNIAN_SAMPLERS)
     with patches_applied(model.patches, unet_denoiser=unet, cfg_denoiser=guided):
-        out = SAMPLERS[sampler_name](
-            denoiser, x, sigmas.to(device), callback=on_step, noise_sampler=step_noise
-        )
+        # sigmas stay on the CPU: samplers decide on host values and never wait for the device (host_schedule)
+        out = SAMPLERS[sampler_name](denoiser, x, sigmas, callback=on_step, noise_sampler=step_noise)
     if mask is not None:
         out = out * mask + (init + noise * float(sigmas[-1])) * (1 - mask)
     return replace(latent, samples=out.detach().to(torch.float32).cpu())
