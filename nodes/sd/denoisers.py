@@ -120,9 +120,10 @@ def channels_last_on_cuda(unet: torch.nn.Module, device: torch.device) -> bool:
     """Give the UNet's 4-D weights the channels_last layout on CUDA and say whether it did; elsewhere change nothing.
 
     cuDNN's tensor-core convolutions work in NHWC, so NCHW weights and activations pay a transpose around
-    every convolution (diffusers' performance guide recommends channels_last for the UNet). A layout is not a
-    value: the outputs are the same and the shared module stays interchangeable; converting again is a no-op.
-    On the CPU (where oneDNN chooses its own layouts) it returns False and touches nothing.
+    every convolution (diffusers' performance guide recommends channels_last for the UNet). A layout changes no
+    weight value (results differ only by the rounding of the kernels cuDNN picks), so the shared, cached module
+    stays what every other user expects; converting again is a no-op. On the CPU (where oneDNN picks its own
+    layouts) it returns False and touches nothing.
     """
     if device.type != "cuda":
         return False
