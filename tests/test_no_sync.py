@@ -124,7 +124,7 @@ def recording(unet: torch.nn.Module) -> Iterator[SyncRecorder]:
 def meta_model(config: dict[str, Any], family: str) -> ModelHandle:
     with torch.device(DEVICE):
         unet = UNet2DConditionModel(**config).eval().requires_grad_(False)
-    return ModelHandle(unet=unet, family=family, prediction="epsilon",  # type: ignore[arg-type]
+    return ModelHandle(unet, family=family, prediction="epsilon",  # type: ignore[arg-type]
                        alphas_cumprod=scaled_linear_alphas_cumprod(), device=DEVICE)
 
 

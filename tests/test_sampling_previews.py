@@ -33,7 +33,7 @@ class Progress(Hooks):
 def run_ksampler(env: Any, steps: int) -> tuple[list[tuple[int, int, Any]], float]:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET_CONFIG).eval().requires_grad_(False)
-    model = ModelHandle(unet=unet, family="sd1", prediction="epsilon", alphas_cumprod=scaled_linear_alphas_cumprod())
+    model = ModelHandle(unet, family="sd1", prediction="epsilon", alphas_cumprod=scaled_linear_alphas_cumprod())
     hooks = Progress()
     ctx = NodeContext("3", "KSampler", env, run=RunInfo(run_id="r", outputs=[]), hooks=hooks)
     embeds = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(1))

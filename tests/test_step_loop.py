@@ -45,7 +45,7 @@ def recording_patch(seen: list[dict[str, Any]]) -> ModelPatch:
 
 def test_conditioning_reaches_every_step_as_the_same_tensors_in_the_unets_dtype() -> None:
     seen: list[dict[str, Any]] = []
-    model = ModelHandle(unet=tiny_unet(torch.float64), family="sd1", prediction="epsilon",
+    model = ModelHandle(tiny_unet(torch.float64), family="sd1", prediction="epsilon",
                         alphas_cumprod=scaled_linear_alphas_cumprod(), dtype=torch.float64)
     positive = (CondItem(embeds(1)), CondItem(embeds(3), area=(4, 4, 0, 0)))  # two shapes: two UNet calls a step
     ksampler.sample(model.with_patch(recording_patch(seen)), seed=0, steps=5, cfg=4.0, sampler_name="euler",
@@ -62,7 +62,7 @@ def test_conditioning_reaches_every_step_as_the_same_tensors_in_the_unets_dtype(
 
 def test_a_new_run_builds_its_own_conditioning() -> None:
     """Plans live on the per-run denoiser, so different prompts in later runs are never served stale kwargs."""
-    model = ModelHandle(unet=tiny_unet(), family="sd1", prediction="epsilon",
+    model = ModelHandle(tiny_unet(), family="sd1", prediction="epsilon",
                         alphas_cumprod=scaled_linear_alphas_cumprod())
     results = [
         ksampler.sample(model, seed=0, steps=2, cfg=4.0, sampler_name="euler", scheduler="karras",
@@ -79,5 +79,5 @@ def test_channels_last_changes_nothing_off_cuda() -> None:
     before = {name: (p.stride(), p.data_ptr()) for name, p in unet.named_parameters()}
     assert channels_last_on_cuda(unet, torch.device("cpu")) is False
     assert {name: (p.stride(), p.data_ptr()) for name, p in unet.named_parameters()} == before
-    model = ModelHandle(unet=unet, family="sd1", prediction="epsilon", alphas_cumprod=scaled_linear_alphas_cumprod())
+    model = ModelHandle(unet, family="sd1", prediction="epsilon", alphas_cumprod=scaled_linear_alphas_cumprod())
     assert unet_denoiser(model).channels_last is False

@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# this checkout's packages first (an installed nodegraph may be another checkout), then tests/ for tiny_models
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
@@ -216,14 +217,17 @@ def run_case(engine: Any, ckpt: str, case: Case, backend: str | None) -> tuple[d
     return figures, attention_report(handle.unet)
 
 
-def free_models() -> None:
-    """Drop loaded checkpoints between cases (the loader keeps recent ones) so two big models never coexist."""
+def free_models(engine: Any) -> None:
+    """Drop loaded models between cases so two big ones never coexist: the engine's outputs hold handles, and
+    the loader keeps models too (a model manager in the environment, or the loader's module-level caches)."""
     from nodes.sd import loading
 
-    for name in ("checkpoint_cache", "vae_cache"):
-        cache = getattr(loading, name, None)
-        if cache is not None and hasattr(cache, "clear"):
-            cache.clear()
+    engine.cache.clear()
+    owners = [getattr(engine.env, "manager", None), getattr(loading, "checkpoint_cache", None),
+              getattr(loading, "vae_cache", None)]
+    for owner in owners:
+        if owner is not None and hasattr(owner, "clear"):
+            owner.clear()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -268,6 +272,7 @@ def main() -> None:
     figures: dict[str, Any] = {
         "device": "cuda" if cuda else "cpu", "gpu": torch.cuda.get_device_name() if cuda else None,
         "torch": torch.__version__, "mode": "quick" if args.quick else "full", "threads": torch.get_num_threads(),
+        "code_root": str(Path(sys.modules["nodes"].__file__).resolve().parents[1]),
     }
     notes = []
     if args.quick:
@@ -308,8 +313,7 @@ def main() -> None:
             if variant == "eager":
                 figures.update({f"{prefix}_{key}": value for key, value in attention.items()})
             print(f"{prefix} {variant}: {measured}", flush=True)
-        engine.cache.clear()  # the loader's outputs hold the model too
-        free_models()
+        free_models(engine)
         (root / "models" / "checkpoints" / ckpt).unlink()
     embedded = Case("embedded", "sd1", None, 64 if args.quick else 128, 2 if args.quick else 20,
                     batch=2 if args.quick else 16)
