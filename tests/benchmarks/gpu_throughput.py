@@ -15,6 +15,8 @@ Usage:
   python tests/benchmarks/gpu_throughput.py            # CUDA if present, else the small CPU sizes
   python tests/benchmarks/gpu_throughput.py --quick    # tiny models only: a smoke test of the whole path
   python tests/benchmarks/gpu_throughput.py --out figures.json
+  OMP_NUM_THREADS=1 python tests/benchmarks/gpu_throughput.py   # steadier CPU figures on a shared machine, where
+                                                                 # threads waiting for each other slow steps many-fold
 Last line: one JSON object of named figures (null where a figure could not be measured, with a note saying why).
 """
 
