@@ -80,6 +80,9 @@ class Environment:
     """auto picks bf16 instead of fp16 for the UNet and text encoders where the device supports it."""
     compile: bool = False
     """Compile the UNet with torch.compile (once per shape, reused across prompts)."""
+    preview_interval_s: float = 0.5
+    """Least wall time between two step previews (the last step always gets one): a preview reads the latent
+    back from the device, which waits for every queued kernel."""
     model_manager: ModelManager | None = None
     """The one owner of every loaded model; made for `device` when not given."""
 

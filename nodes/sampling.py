@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,22 +17,49 @@ from .sd.types import Conditioning, Latent, ModelHandle
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
+PREVIEW_INTERVAL_S = 0.5
+"""Least wall time between two step previews; an application may set `Environment.preview_interval_s`."""
+
 # Projection of SD latents to RGB for cheap step previews (a linear fit; any model gives a rough picture).
 _LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
                             [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
 
 
 def latent_preview(x0: torch.Tensor) -> torch.Tensor:
-    """IMAGE [1,H,W,3] in 0..1 from the first latent of a batch."""
-    rgb = torch.einsum("chw,cr->hwr", x0[0, :4].float().cpu(), _LATENT_RGB)
-    return ((rgb + 1) / 2).clamp(0, 1).unsqueeze(0)
+    """IMAGE [1,H,W,3] in 0..1 from the first latent of a batch (projected where it lies; only RGB comes back)."""
+    rgb = torch.einsum("chw,cr->hwr", x0[0, :4].float(), _LATENT_RGB.to(x0.device))
+    return ((rgb + 1) / 2).clamp(0, 1).unsqueeze(0).cpu()
+
+
+class PreviewPacer:
+    """Which steps get a preview image: the last, and others at least `interval_s` of wall time apart.
+
+    Progress (the step count) goes out every step and costs nothing, but a preview reads the latent on the
+    host, which on a GPU waits for every queued kernel: at batch 1 that costs more than a step. Deciding reads
+    only `time.monotonic()`, never a tensor, so the decision itself causes no sync. The first interval counts
+    from the start of the run, so a run shorter than `interval_s` gets just its final preview.
+    """
+
+    def __init__(self, interval_s: float = PREVIEW_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s, self.clock = interval_s, clock
+        self.last = clock()
+
+    def due(self, step: int, total: int) -> bool:
+        now = self.clock()
+        if step < total and now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
 
 
 def _run(ctx: NodeContext, model: ModelHandle, **kwargs: Any) -> Latent:
     from .sd.ksampler import sample
 
+    pacer = PreviewPacer(getattr(ctx.env, "preview_interval_s", PREVIEW_INTERVAL_S))  # any env without one
+
     def callback(step: int, total: int, x0: torch.Tensor | None) -> None:
-        ctx.progress(step, total, latent_preview(x0) if x0 is not None else None)
+        preview = latent_preview(x0) if x0 is not None and pacer.due(step, total) else None
+        ctx.progress(step, total, preview)
 
     if getattr(ctx.env, "compile", False) and model.compile_backend is None:
         model = replace(model, compile_backend="inductor")  # --compile: every sampler compiles its UNet

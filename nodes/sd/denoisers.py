@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from nodes.sd.schedules import model_sigmas, sigma_to_timestep
+from nodes.sd.schedules import model_sigmas, precise_dtype, sigma_to_timestep
 from nodes.sd.types import CondItem, ModelHandle, ModelPatch
 
 UNetCall = Callable[[Tensor, Tensor, dict[str, Any]], Tensor]
@@ -50,13 +50,19 @@ class UNetDenoiser:
     ) -> None:
         self.unet = unet
         self.sigmas = model_sigmas(alphas_cumprod)
+        """The ascending training sigmas on the CPU (float64), for host-side decisions (ControlNet's ranges)."""
         self.dtype, self.device = dtype, torch.device(device)
+        self._timestep_sigmas = self.sigmas.to(self.device, precise_dtype(self.device))
         self.wrappers: list[UNetWrapper] = []
         self.batch_sets: tuple[int, ...] = ()
         """While calc_cond_batch runs the UNet: the conditioning set (0 positive, 1 negative, 2+ extra) of each
         equal-sized batch chunk of that call, so a wrapper can tell cond from uncond (ComfyUI's cond_or_uncond)."""
+        self.cond_plans: dict[tuple[Any, ...], _CondPlan] = {}
+        """calc_cond_batch's batching of each conditioning it has seen, built on its first step and reused:
+        this object lives for one sampling run, so the plans do too."""
         config = getattr(unet, "config", None)
         self.needs_added_cond = getattr(config, "addition_embed_type", None) == "text_time"
+        self.channels_last = channels_last_on_cuda(unet, self.device)
 
     @property
     def sigma_min(self) -> float:
@@ -67,8 +73,13 @@ class UNetDenoiser:
         return float(self.sigmas[-1])
 
     def timestep(self, sigma: Tensor) -> Tensor:
-        """The fractional training timestep of each sigma (log-sigma interpolation)."""
-        return sigma_to_timestep(sigma.to(torch.float64).cpu(), self.sigmas).to(torch.float32)
+        """The fractional training timestep of each sigma (log-sigma interpolation), float32 on the UNet's device.
+
+        Computed where the UNet runs, in float64 as diffusers' schedulers do (float32 where the device has no
+        float64): taking sigma to the CPU for this would wait for every queued kernel, a sync per step.
+        """
+        sigmas = self._timestep_sigmas
+        return sigma_to_timestep(sigma.to(sigmas.device, sigmas.dtype), sigmas).to(torch.float32)
 
     def output_to_denoised(self, x: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
         raise NotImplementedError
@@ -95,11 +106,29 @@ class UNetDenoiser:
         return call(sample, timestep, kwargs)
 
     def _call_unet(self, sample: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        # calc_cond_batch's kwargs are already on the UNet's device and dtype (`to` returns them as they are);
+        # this moves only what a step adds (ControlNet residuals from a net in another dtype)
         moved = {key: _to(value, self.device, self.dtype) for key, value in kwargs.items()}
-        out = self.unet(
-            sample.to(self.device, self.dtype), timestep.to(self.device), **moved, return_dict=False
-        )
+        sample = sample.to(self.device, self.dtype)
+        if self.channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        out = self.unet(sample, timestep.to(self.device), **moved, return_dict=False)
         return out[0]
+
+
+def channels_last_on_cuda(unet: torch.nn.Module, device: torch.device) -> bool:
+    """Give the UNet's 4-D weights the channels_last layout on CUDA and say whether it did; elsewhere change nothing.
+
+    cuDNN's tensor-core convolutions work in NHWC, so NCHW weights and activations pay a transpose around
+    every convolution (diffusers' performance guide recommends channels_last for the UNet). A layout changes no
+    weight value (results differ only by the rounding of the kernels cuDNN picks), so the shared, cached module
+    stays what every other user expects; converting again is a no-op. On the CPU (where oneDNN picks its own
+    layouts) it returns False and touches nothing.
+    """
+    if device.type != "cuda":
+        return False
+    unet.to(memory_format=torch.channels_last)
+    return True
 
 
 def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -202,16 +231,38 @@ def _time_ids(item: CondItem, height: int, width: int) -> Tensor:
     return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
 
 
-def calc_cond_batch(
-    model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor, sigma: Tensor
-) -> list[Tensor | None]:
-    """x0 for each set of conditioning entries, evaluating entries of equal shape in one UNet call.
+@dataclass(frozen=True)
+class _Group:
+    """Entries evaluated in one UNet call, with everything about them that does not depend on x."""
 
-    Each entry predicts x0 on its area; a set's result is the weight-averaged prediction of its entries
-    (ComfyUI's calc_cond_batch). A pixel no entry covers gets 0, as in ComfyUI.
-    """
+    sets: tuple[int, ...]
+    """The conditioning set of each entry (UNetDenoiser.batch_sets)."""
+    regions: tuple[tuple[int, int, int, int], ...]
+    weights: tuple[Tensor, ...]
+    """Each entry's weight on its region, on x's device and dtype."""
+    kwargs: dict[str, Any]
+    """encoder_hidden_states (and SDXL's added_cond_kwargs) for the stacked rows, on the UNet's device and
+    dtype; read-only: a step copies the dict before adding to it."""
+    row_kwargs: tuple[RowKwargs, ...]
+
+
+@dataclass(frozen=True)
+class _CondPlan:
+    """How calc_cond_batch batches some conditioning sets for latents of one shape (see UNetDenoiser.cond_plans)."""
+
+    cond_sets: tuple[tuple[CondItem, ...], ...]
+    """The entries planned for, held so the ids in the plan's key cannot be reused by other objects."""
+    groups: tuple[_Group, ...]
+
+
+def _plan_key(cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor) -> tuple[Any, ...]:
+    return (tuple(tuple(map(id, items or ())) for items in cond_sets), tuple(x.shape), x.dtype, x.device)
+
+
+def _build_plan(model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor) -> _CondPlan:
+    """Group entries of equal shape and build each group's UNet kwargs, moved to the UNet's device once."""
     batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-    groups: dict[tuple[Any, ...], list[_Piece]] = {}
+    grouped: dict[tuple[Any, ...], list[_Piece]] = {}
     for set_index, items in enumerate(cond_sets):
         for item in items or ():
             if model.needs_added_cond and item.pooled is None:
@@ -219,12 +270,9 @@ def calc_cond_batch(
             region, weight = area_and_weight(item, height, width)
             time_ids = _time_ids(item, height, width) if model.needs_added_cond else None
             piece = _Piece(set_index, item, region, weight, time_ids)
-            groups.setdefault(piece.batch_key(), []).append(piece)
-    totals = [torch.zeros_like(x) if items else None for items in cond_sets]
-    counts = [torch.full_like(x, 1e-37) if items else None for items in cond_sets]
-    sigma = sigma.reshape(-1).expand(batch)
-    for pieces in groups.values():
-        crops = [x[:, :, top : top + h, left : left + w] for (h, w, top, left) in (p.region for p in pieces)]
+            grouped.setdefault(piece.batch_key(), []).append(piece)
+    groups = []
+    for pieces in grouped.values():
         kwargs: dict[str, Any] = {
             "encoder_hidden_states": torch.cat([p.item.embeds.expand(batch, -1, -1) for p in pieces]),
         }
@@ -233,18 +281,49 @@ def calc_cond_batch(
                 "text_embeds": torch.cat([p.item.pooled.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
                 "time_ids": torch.cat([p.time_ids.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
             }
-        rows, row_sigma = torch.cat(crops), sigma.repeat(len(pieces))
-        for extra in _row_kwargs(pieces[0].item):
-            kwargs.update(extra.unet_kwargs(model, rows, row_sigma, kwargs, len(pieces)))
-        model.batch_sets = tuple(p.set_index for p in pieces)
+        groups.append(_Group(
+            sets=tuple(p.set_index for p in pieces),
+            regions=tuple(p.region for p in pieces),
+            weights=tuple(p.weight.to(x.device, x.dtype) for p in pieces),
+            kwargs={key: _to(value, model.device, model.dtype) for key, value in kwargs.items()},
+            row_kwargs=_row_kwargs(pieces[0].item),
+        ))
+    return _CondPlan(tuple(tuple(items or ()) for items in cond_sets), tuple(groups))
+
+
+def calc_cond_batch(
+    model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor, sigma: Tensor
+) -> list[Tensor | None]:
+    """x0 for each set of conditioning entries, evaluating entries of equal shape in one UNet call.
+
+    Each entry predicts x0 on its area; a set's result is the weight-averaged prediction of its entries
+    (ComfyUI's calc_cond_batch). A pixel no entry covers gets 0, as in ComfyUI.
+
+    The grouping, weights and UNet kwargs are built on the first call for these entries and this latent
+    shape and kept in `model.cond_plans` (the denoiser lives for one run): later steps only crop, stack x
+    and call the UNet, with no host-to-device copies of embeddings (each one a sync on CUDA).
+    """
+    key = _plan_key(cond_sets, x)
+    plan = model.cond_plans.get(key)
+    if plan is None:
+        plan = model.cond_plans[key] = _build_plan(model, cond_sets, x)
+    batch = x.shape[0]
+    totals = [torch.zeros_like(x) if items else None for items in cond_sets]
+    counts = [torch.full_like(x, 1e-37) if items else None for items in cond_sets]
+    sigma = sigma.reshape(-1).expand(batch)
+    for group in plan.groups:
+        crops = [x[:, :, top : top + h, left : left + w] for (h, w, top, left) in group.regions]
+        rows, row_sigma = torch.cat(crops), sigma.repeat(len(group.regions))
+        kwargs = dict(group.kwargs)
+        for extra in group.row_kwargs:
+            kwargs.update(extra.unet_kwargs(model, rows, row_sigma, kwargs, len(group.regions)))
+        model.batch_sets = group.sets
         try:
             out = model(rows, row_sigma, **kwargs)
         finally:
             model.batch_sets = ()
-        for k, piece in enumerate(pieces):
-            h, w, top, left = piece.region
-            weight = piece.weight.to(x.device, x.dtype)
-            total, count = totals[piece.set_index], counts[piece.set_index]
+        for k, (set_index, (h, w, top, left), weight) in enumerate(zip(group.sets, group.regions, group.weights)):
+            total, count = totals[set_index], counts[set_index]
             assert total is not None and count is not None
             total[:, :, top : top + h, left : left + w] += out[k * batch : (k + 1) * batch] * weight
             count[:, :, top : top + h, left : left + w] += weight

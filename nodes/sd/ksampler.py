@@ -9,6 +9,7 @@ item k of a batch equals a single run with batch_index (k,) for every sampler, a
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nodegraph.errors import Interrupted
+from nodegraph.models import ModelRef
 from nodes.sd.denoisers import CFGDenoiser, patches_applied, unet_denoiser
 from nodes.sd.samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLERS
-from nodes.sd.samplers_multistep import BrownianNoise, Denoiser, GaussianNoise, NoiseSampler
+from nodes.sd.samplers_multistep import BrownianNoise, Denoiser, GaussianNoise, to_device_async
 from nodes.sd.schedules import SCHEDULERS, calculate_sigmas, model_sigmas
 from nodes.sd.types import CondItem, Latent, ModelHandle
 
@@ -73,16 +75,19 @@ def item_seed(seed: int, index: int) -> int:
 
 
 class BatchNoise:
-    """Per-step noise for a batch: each item draws from its own CPU generator (see `item_seed`)."""
+    """Per-step noise for a batch: each item draws from its own CPU generator (see `item_seed`); the batch
+    goes to x's device in one copy that does not wait for the device (`to_device_async`)."""
 
     def __init__(self, x: Tensor, seed: int, indices: Sequence[int], brownian: bool) -> None:
         kind = BrownianNoise if brownian else GaussianNoise
-        self.items: list[NoiseSampler] = [
+        self.device, self.dtype = x.device, x.dtype
+        self.items: list[GaussianNoise | BrownianNoise] = [
             kind(x[k : k + 1], torch.Generator().manual_seed(item_seed(seed, index))) for k, index in enumerate(indices)
         ]
 
     def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        return torch.cat([item(sigma, sigma_next) for item in self.items])
+        host = torch.cat([item.draw(sigma, sigma_next) for item in self.items])
+        return to_device_async(host, self.device, self.dtype)
 
 
 def prepare_mask(mask: Tensor, shape: torch.Size) -> Tensor:
@@ -120,6 +125,12 @@ class StoppableDenoiser:
         if self.should_stop():
             raise Interrupted()
         return self.inner(x, sigma, **extra)
+
+
+def in_use(model: Any) -> AbstractContextManager[Any]:
+    """Keeps a managed model (and what it derives from) where it is while the sampler runs: a ControlNet the
+    steps load must not move the UNet to CPU RAM under the sampler's feet."""
+    return model.manager.using(model) if isinstance(model, ModelRef) else nullcontext()
 
 
 def sample(
@@ -210,10 +221,9 @@ def sample(
             callback(info["i"] + 1, total, info["denoised"])
 
     step_noise = BatchNoise(x, seed, indices, brownian=sampler_name in BROWNIAN_SAMPLERS)
-    with patches_applied(model.patches, unet_denoiser=unet, cfg_denoiser=guided):
-        out = SAMPLERS[sampler_name](
-            denoiser, x, sigmas.to(device), callback=on_step, noise_sampler=step_noise
-        )
+    with in_use(model.unet_ref), patches_applied(model.patches, unet_denoiser=unet, cfg_denoiser=guided):
+        # sigmas stay on the CPU: samplers decide on host values and never wait for the device (host_schedule)
+        out = SAMPLERS[sampler_name](denoiser, x, sigmas, callback=on_step, noise_sampler=step_noise)
     if mask is not None:
         out = out * mask + (init + noise * float(sigmas[-1])) * (1 - mask)
     return replace(latent, samples=out.detach().to(torch.float32).cpu())

@@ -7,6 +7,10 @@ Stochastic samplers draw noise from a CPU `generator` (or an explicit `noise_sam
 same image on any device. Every sampler accepts both, so callers never branch on the name; deterministic
 ones ignore them. The callback gets {"i", "x", "sigma", "denoised"} once per step.
 
+No step reads a device tensor on the host: each sampler takes a host copy of `sigmas` before its loop
+(`host_schedule`) and decides and computes coefficients from that, so on a GPU the loop only queues kernels
+and never waits for them (tests/test_no_sync.py runs every sampler on the meta device to hold this).
+
 The ODE view follows Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative
 Models"): dx/dsigma = (x - D(x, sigma)) / sigma.
 """
@@ -26,6 +30,7 @@ from nodes.sd.samplers_multistep import (
     NoiseSampler,
     StepCallback,
     get_ancestral_step,
+    host_schedule,
     report,
     resolve_noise,
     sample_dpmpp_2m,
@@ -34,7 +39,6 @@ from nodes.sd.samplers_multistep import (
     sample_dpmpp_sde,
     sample_uni_pc,
     sample_uni_pc_bh2,
-    sigma_list,
 )
 
 
@@ -78,7 +82,8 @@ def sample_euler(
     s_noise: float = 1.0,
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without the Heun step)."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         x, sigma_hat = churned(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
@@ -103,7 +108,8 @@ def sample_euler_ancestral(
 ) -> Tensor:
     """Euler steps to sigma_down plus fresh noise up to the next sigma (ancestral sampling; Karras et al. 2022
     Euler with Song et al. 2020's eta split)."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
@@ -131,7 +137,8 @@ def sample_heun(
     s_noise: float = 1.0,
 ) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 2); the step to sigma 0 is plain Euler."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         x, sigma_hat = churned(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
@@ -165,7 +172,8 @@ def sample_dpm_2(
 ) -> Tensor:
     """DPM-Solver-2 as a midpoint method at the geometric-mean sigma (Karras et al. 2022's "DPM2", after
     Lu et al. 2022); the step to sigma 0 is plain Euler."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         x, sigma_hat = churned(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
@@ -196,7 +204,8 @@ def sample_dpm_2_ancestral(
     s_noise: float = 1.0,
 ) -> Tensor:
     """Ancestral DPM2: the midpoint step to sigma_down, then fresh noise (Karras et al. 2022 / Lu et al. 2022)."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
@@ -240,7 +249,8 @@ def sample_lms(
 ) -> Tensor:
     """Linear multistep (Adams-Bashforth in sigma) on the probability-flow ODE (Karras et al. 2022's LMS
     baseline; k-diffusion's sample_lms), order rising from 1 as history accumulates."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     derivatives: list[Tensor] = []
     for i in range(len(sig) - 1):
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
@@ -268,7 +278,8 @@ def sample_ddim(
 
     With eta = 0 (the default, as in ComfyUI) this is exactly Euler on the probability-flow ODE.
     """
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
@@ -293,7 +304,8 @@ def sample_lcm(
 ) -> Tensor:
     """Latent Consistency Model multistep sampling (Luo et al. 2023, Algorithm 1): jump to the prediction,
     then re-noise to the next sigma. The consistency boundary condition belongs to the model, not here."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         denoised = denoiser(x, sig[i] * s_in, **extra_args)

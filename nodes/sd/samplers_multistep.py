@@ -30,6 +30,18 @@ NoiseSampler = Callable[[Tensor, Tensor], Tensor]
 # -- noise -------------------------------------------------------------------------------------------
 
 
+def to_device_async(host: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A CPU tensor on `device` in `dtype`, without making the host wait for the device.
+
+    A plain CPU -> CUDA copy synchronises the stream (PyTorch waits for every queued kernel before it
+    returns), which inside a step loop costs more than a UNet call at batch 1. From pinned memory with
+    non_blocking the copy is queued behind the step's kernels instead. Elsewhere this is a plain `to`.
+    """
+    if device.type == "cuda":
+        return host.to(dtype).pin_memory().to(device, non_blocking=True)
+    return host.to(device, dtype, non_blocking=device.type != "cpu")
+
+
 class GaussianNoise:
     """Independent N(0, I) draws from a CPU generator, moved to x's device afterwards.
 
@@ -40,9 +52,12 @@ class GaussianNoise:
         self.shape, self.device, self.dtype = tuple(x.shape), x.device, x.dtype
         self.generator = generator
 
+    def draw(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        """The step's noise on the CPU (float32)."""
+        return torch.randn(self.shape, generator=self.generator, dtype=torch.float32, device="cpu")
+
     def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        noise = torch.randn(self.shape, generator=self.generator, dtype=torch.float32, device="cpu")
-        return noise.to(self.device, self.dtype)
+        return to_device_async(self.draw(sigma, sigma_next), self.device, self.dtype)
 
 
 class BrownianNoise:
@@ -82,12 +97,15 @@ class BrownianNoise:
         values.insert(i, value)
         return value
 
-    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    def draw(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        """The increment on the CPU (float64); sigma and sigma_next are host values (see host_schedule)."""
         a, b = float(sigma), float(sigma_next)
         if a == b:
-            return torch.zeros(self.shape, device=self.device, dtype=self.dtype)
-        increment = (self._at(b) - self._at(a)) / math.sqrt(abs(b - a))
-        return increment.to(self.device, self.dtype)
+            return torch.zeros(self.shape, dtype=torch.float64)
+        return (self._at(b) - self._at(a)) / math.sqrt(abs(b - a))
+
+    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        return to_device_async(self.draw(sigma, sigma_next), self.device, self.dtype)
 
 
 def resolve_noise(
@@ -118,6 +136,18 @@ def sigma_list(sigmas: Tensor) -> list[float]:
     return [float(s) for s in sigmas]
 
 
+def host_schedule(sigmas: Tensor) -> tuple[Tensor, list[float]]:
+    """The schedule on the host, read once before the loop: a CPU tensor (what noise samplers are given)
+    and float64 Python numbers (step coefficients and control flow such as `sig[i + 1] == 0`).
+
+    Reading a device tensor inside the loop (`float()`, `.item()`, `if t > 0`) makes the host wait for every
+    queued kernel, a sync per step; with the schedule on the host the loop only queues work. KSampler passes
+    CPU sigmas, so this copies nothing.
+    """
+    host = sigmas.detach().cpu()
+    return host, sigma_list(host)
+
+
 def _lam(sigma: float) -> float:
     return -math.log(sigma)
 
@@ -139,7 +169,8 @@ def sample_dpmpp_2s_ancestral(
     s_noise: float = 1.0,
 ) -> Tensor:
     """Ancestral single-step DPM-Solver++(2S), midpoint r = 1/2 (Lu et al. 2022, Algorithm 1)."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     for i in range(len(sig) - 1):
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
@@ -174,7 +205,8 @@ def sample_dpmpp_sde(
 ) -> Tensor:
     """DPM-Solver++ stochastic, two stages per step (Lu et al. 2022; the SDE variant of k-diffusion's
     dpmpp_sde). Its two noise draws per step overlap in time, so the default noise is a Brownian path."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler, brownian=True)
     for i in range(len(sig) - 1):
         sigma, sigma_next = sig[i], sig[i + 1]
@@ -211,7 +243,8 @@ def sample_dpmpp_2m(
     noise_sampler: NoiseSampler | None = None,
 ) -> Tensor:
     """Multistep DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2); first order on the first and last step."""
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     old_denoised: Tensor | None = None
     for i in range(len(sig) - 1):
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
@@ -249,7 +282,8 @@ def sample_dpmpp_2m_sde(
     """
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     noise = resolve_noise(x, generator, noise_sampler)
     old_denoised: Tensor | None = None
     h_last = 0.0
@@ -343,7 +377,8 @@ def sample_uni_pc(
     """
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-    extra_args, s_in, sig = extra_args or {}, x.new_ones([x.shape[0]]), sigma_list(sigmas)
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
     steps = len(sig) - 1
     history: list[Tensor] = []
     x_last, last_order = x, 1

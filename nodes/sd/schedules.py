@@ -45,20 +45,29 @@ def model_sigmas(alphas_cumprod: Tensor) -> Tensor:
     return ((1.0 - abar) / abar) ** 0.5
 
 
+def precise_dtype(device: torch.device) -> torch.dtype:
+    """float64 for schedule maths, or float32 on a device without float64 (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def sigma_to_timestep(sigma: Tensor, sigmas: Tensor) -> Tensor:
     """The continuous timestep of `sigma`, interpolating linearly in log-sigma (k-diffusion's DiscreteSchedule).
 
+    Pure tensor maths on `sigmas`' device (no value is read on the host), so a sampler can call it every step
+    on a GPU without a sync.
+
     Args:
-        sigma: any shape; values are clamped into the model's [sigma_min, sigma_max].
+        sigma: any shape, on `sigmas`' device; values are clamped into the model's [sigma_min, sigma_max].
         sigmas: the model's ascending training sigmas (`model_sigmas`).
     """
-    log_sigmas = sigmas.to(torch.float64).log()
-    log_sigma = sigma.to(torch.float64).clamp(min=1e-10).log().reshape(-1)
+    dtype = precise_dtype(sigmas.device)
+    log_sigmas = sigmas.to(dtype).log()
+    log_sigma = sigma.to(dtype).clamp(min=1e-10).log().reshape(-1)
     # index of the last training sigma at or below sigma, kept one short of the end so high = low + 1 exists
     low = (log_sigma[None, :] >= log_sigmas[:, None]).sum(dim=0).sub(1).clamp(0, len(sigmas) - 2)
     low_value, high_value = log_sigmas[low], log_sigmas[low + 1]
     weight = ((low_value - log_sigma) / (low_value - high_value)).clamp(0.0, 1.0)
-    return (low + weight).reshape(sigma.shape).to(sigma.dtype if sigma.is_floating_point() else torch.float64)
+    return (low + weight).reshape(sigma.shape).to(sigma.dtype if sigma.is_floating_point() else dtype)
 
 
 def timestep_to_sigma(timestep: Tensor, sigmas: Tensor) -> Tensor:
