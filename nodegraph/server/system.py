@@ -6,7 +6,6 @@ import asyncio
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web

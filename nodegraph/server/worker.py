@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import logging
 import queue
-import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass

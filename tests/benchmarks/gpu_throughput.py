@@ -38,16 +38,13 @@ import torch
 # this checkout's packages first (an installed nodegraph may be another checkout), then tests/ for tiny_models
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from nodegraph import Hooks, RunInfo  # noqa: E402
 from nodegraph.app import AppConfig, build_engine  # noqa: E402
 from nodegraph.formats.api import from_api  # noqa: E402
-from nodes.sd.loading.configs import template  # noqa: E402
-from nodes.sd.loading.export import save_checkpoint  # noqa: E402
-from tiny_models import TinyModules, randomize, sd1_modules, sdxl_modules  # noqa: E402
+from random_checkpoints import architecture, write_fp16_checkpoint  # noqa: E402
+from tiny_models import TinyModules, sd1_modules, sdxl_modules  # noqa: E402
 
 POSITIVE = "a red circle on a blue background, highly detailed"
 NEGATIVE = "blurry"
@@ -70,42 +67,6 @@ class Case:
 
 
 # -- random-weight models at their real architectures ---------------------------------------------------
-
-
-def _text_encoder(name: str, layers: int | None) -> torch.nn.Module:
-    config = {k: v for k, v in template(name).items() if not k.startswith("_")}
-    if layers is not None:
-        config["num_hidden_layers"] = layers
-    projected = template(name)["_class_name"] == "CLIPTextModelWithProjection"
-    cls = CLIPTextModelWithProjection if projected else CLIPTextModel
-    return cls(CLIPTextConfig(**config))
-
-
-def architecture(family: str, *, text_layers: int | None = None) -> TinyModules:
-    """SD1.5 ("sd1") or SDXL ("sdxl") UNet, VAE and text encoder(s) as shipped in nodes/sd/configs, random fp16
-    weights. `text_layers` shortens the text encoders (widths stay, so conditioning shapes are real).
-
-    Built on the meta device and then given storage, so no time goes into default initialisation that
-    `randomize` overwrites anyway. Non-persistent buffers stay uninitialised: these modules are only exported.
-    """
-    names = template("families.json")[family]
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**{k: v for k, v in template(names["unet"]).items() if not k.startswith("_")})
-        vae = AutoencoderKL(**{k: v for k, v in template(names["vae"]).items() if not k.startswith("_")})
-        encoders = [_text_encoder(name, text_layers) for name in names["text_encoders"]]
-    modules = [unet, vae, *encoders]
-    for seed, module in enumerate(modules):
-        randomize(module.to(torch.float16).to_empty(device="cpu"), seed)
-    return TinyModules(family, unet, vae, encoders)  # type: ignore[arg-type]
-
-
-def write_fp16_checkpoint(modules: TinyModules, path: Path) -> float:
-    """Export as an fp16 single file (our exporter, original layout + nodegraph_config); returns its size in GB."""
-    for module in (modules.unet, modules.vae, *modules.encoders):
-        module.to(torch.float16)
-    save_checkpoint(path, family=modules.family, unet=modules.unet, vae=modules.vae,  # type: ignore[arg-type]
-                    encoders=modules.encoders, prediction=modules.prediction)
-    return path.stat().st_size / 1e9
 
 
 # -- running the workflow --------------------------------------------------------------------------------
@@ -220,19 +181,10 @@ def run_case(engine: Any, ckpt: str, case: Case, backend: str | None) -> tuple[d
 
 
 def free_models(engine: Any) -> None:
-    """Drop loaded models between cases so two big ones never coexist: the engine's outputs hold handles, and
-    the loader keeps models too (a model manager in the environment, or the loader's module-level caches)."""
-    from nodes.sd import loading
+    """Drop loaded models between cases so two big ones never coexist (what POST /free does)."""
+    from nodegraph.server.worker import _free
 
-    engine.cache.clear()
-    owners = [getattr(engine.env, "manager", None), getattr(loading, "checkpoint_cache", None),
-              getattr(loading, "vae_cache", None)]
-    for owner in owners:
-        if owner is not None and hasattr(owner, "clear"):
-            owner.clear()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    _free(engine, unload_models=True, free_memory=True)
 
 
 def available_ram_gb() -> float:

@@ -1,72 +1,82 @@
 """Real-architecture SD checkpoints with random weights, for benchmarks (no download ever).
 
-The modules are built on the meta device, given fp16 storage and filled with small normal noise (no
-full-precision init of billions of weights), then written by the project's own exporter in the original
+The modules are built on the meta device, given fp16 storage and filled with random values scaled by fan-in
+(no full-precision init of billions of weights), then written by the project's own exporter in the original
 single-file layout, so our loader reads them exactly as it reads a real SD1.5 or SDXL file. Files are kept
 in a cache folder keyed by architecture, so a second benchmark run does not rebuild them.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "nodes" / "sd" / "configs"
+sys.path.insert(0, str(ROOT / "tests"))  # tiny_models' randomize
 CACHE = Path(os.environ.get("NODEGRAPH_BENCH_CACHE", Path(tempfile.gettempdir()) / "nodegraph-bench-models"))
 
-ARCHITECTURES = {
-    "sd15": ("sd1", "sd15_unet.json", "sd15_vae.json", ("clip_l_text.json",)),
-    "sdxl": ("sdxl", "sdxl_unet.json", "sdxl_vae.json", ("clip_l_text.json", "open_clip_bigg_text.json")),
-}
+FAMILIES = {"sd15": "sd1", "sdxl": "sdxl"}
 
 
-def _config(name: str) -> dict:
-    return {k: v for k, v in json.loads((CONFIGS / name).read_text()).items() if not k.startswith("_")}
-
-
-def _random(factory, seed: int) -> torch.nn.Module:
-    with torch.device("meta"):
-        module = factory()
-    module = module.to(dtype=torch.float16).to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            if tensor.dim() == 1 and name.endswith("weight"):  # norm scales
-                tensor.fill_(1.0)
-            elif name.endswith("bias"):
-                tensor.zero_()
-            else:
-                fan_in = tensor[0].numel() if tensor.dim() > 1 else tensor.numel()
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) / max(fan_in, 1) ** 0.5)
-    return module.eval()
-
-
-def random_checkpoint(architecture: str, *, name: str | None = None) -> Path:
-    """The path of a random-weight fp16 single-file checkpoint of `architecture` ("sd15" or "sdxl")."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def _text_encoder(name: str, layers: int | None) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from nodes.sd.loading.configs import template
+
+    config = {k: v for k, v in template(name).items() if not k.startswith("_")}
+    if layers is not None:
+        config["num_hidden_layers"] = layers
+    projected = template(name)["_class_name"] == "CLIPTextModelWithProjection"
+    cls = CLIPTextModelWithProjection if projected else CLIPTextModel
+    return cls(CLIPTextConfig(**config))
+
+
+def architecture(family: str, *, text_layers: int | None = None) -> Any:
+    """SD1.5 ("sd1") or SDXL ("sdxl") UNet, VAE and text encoder(s) as shipped in nodes/sd/configs, random fp16
+    weights. `text_layers` shortens the text encoders (widths stay, so conditioning shapes are real).
+
+    Built on the meta device and then given storage, so no time goes into default initialisation that
+    `randomize` overwrites anyway. Non-persistent buffers stay uninitialised: these modules are only exported.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from nodes.sd.loading.configs import template
+    from tiny_models import TinyModules, randomize
+
+    names = template("families.json")[family]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**{k: v for k, v in template(names["unet"]).items() if not k.startswith("_")})
+        vae = AutoencoderKL(**{k: v for k, v in template(names["vae"]).items() if not k.startswith("_")})
+        encoders = [_text_encoder(name, text_layers) for name in names["text_encoders"]]
+    for seed, module in enumerate([unet, vae, *encoders]):
+        randomize(module.to(torch.float16).to_empty(device="cpu"), seed)
+    return TinyModules(family, unet, vae, encoders)  # type: ignore[arg-type]
+
+
+def write_fp16_checkpoint(modules: Any, path: Path) -> float:
+    """Export as an fp16 single file (our exporter, original layout + nodegraph_config); returns its size in GB."""
     from nodes.sd.loading.export import save_checkpoint
 
-    family, unet_json, vae_json, text_jsons = ARCHITECTURES[architecture]
-    path = CACHE / (name or f"random-{architecture}-fp16.safetensors")
+    for module in (modules.unet, modules.vae, *modules.encoders):
+        module.to(torch.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, family=modules.family, unet=modules.unet, vae=modules.vae,
+                    encoders=modules.encoders, prediction=modules.prediction)
+    return path.stat().st_size / 1e9
+
+
+def random_checkpoint(architecture_name: str, *, name: str | None = None) -> Path:
+    """The path of a random-weight fp16 single-file checkpoint of "sd15" or "sdxl", built once and cached."""
+    path = CACHE / (name or f"random-{architecture_name}-fp16.safetensors")
     if path.is_file():
         return path
-    unet = _random(lambda: UNet2DConditionModel(**_config(unet_json)), 0)
-    vae = _random(lambda: AutoencoderKL(**_config(vae_json)), 1)
-    encoders = []
-    for index, text_json in enumerate(text_jsons):
-        cls = CLIPTextModelWithProjection if family == "sdxl" and index == 1 else CLIPTextModel
-        encoders.append(_random(lambda: cls(CLIPTextConfig(**_config(text_json))), 2 + index))
     tmp = path.with_suffix(".tmp.safetensors")
-    save_checkpoint(tmp, family=family, unet=unet, vae=vae, encoders=encoders)
+    write_fp16_checkpoint(architecture(FAMILIES[architecture_name]), tmp)
     os.replace(tmp, path)
     return path
 
