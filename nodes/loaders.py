@@ -59,10 +59,10 @@ class CheckpointLoaderSimple(Node):
     def execute(cls, ctx: NodeContext, ckpt_name: str) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
         from .sd.loading import load_checkpoint
 
-        from .sd.loading import open_checkpoint
+        from .sd.loading import inspected
 
         path = ctx.env.models.resolve("checkpoints", ckpt_name)
-        opened = open_checkpoint(path)
+        opened = inspected(path, ctx.env.manager)
         dtypes = part_dtypes(ctx.env, force_upcast=opened.vae_config.get("force_upcast", True))
         loaded = load_checkpoint(path, manager=ctx.env.manager, dtype=dtypes.unet, text_dtype=dtypes.text,
                                  vae_dtype=dtypes.vae, opened=opened)

@@ -82,8 +82,8 @@ def test_lora_switching_reloads_nothing_merges_once_and_leaves_the_base_bit_iden
     plain = image(engine, prompt())
     base = load_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors", manager=manager)
     unet_digest, encoder_digest = digest(base.model.unet), digest(base.clip.encoders[0])
-    loads_after_plain = manager.loads  # UNet, text encoder, VAE
-    assert loads_after_plain == 3
+    loads_after_plain = manager.loads  # the header's inspection, UNet, text encoder, VAE
+    assert loads_after_plain == 4
 
     first_a = image(engine, prompt(lora="A.safetensors"))
     merges_a = manager.loads - loads_after_plain  # the LoRA file, merged UNet, merged text encoder

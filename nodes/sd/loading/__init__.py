@@ -59,6 +59,13 @@ def open_checkpoint(path: str | Path) -> SingleFileCheckpoint | DiffusersFolderC
     return SingleFileCheckpoint(path)
 
 
+def inspected(path: Path, manager: ModelManager, key: tuple | None = None) -> SingleFileCheckpoint | DiffusersFolderCheckpoint:
+    """`open_checkpoint(path)`, kept by the manager by file identity: a loader node that runs again (its
+    outputs evicted from the cache, or another node naming the same file) reads no header twice."""
+    key = key if key is not None else signature(path)
+    return manager.ref((key, "inspected"), lambda device: open_checkpoint(path), name=f"{path.name} header").get()
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -87,8 +94,8 @@ def load_checkpoint(
     """
     path = Path(path)
     manager = _manager(manager, device)
-    source = opened or open_checkpoint(path)
     key = signature(path)
+    source = opened or inspected(path, manager, key)
     text_dtype, vae_dtype = text_dtype or dtype, vae_dtype or dtype
     name = path.name
 
