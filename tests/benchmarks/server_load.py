@@ -2,7 +2,9 @@
 
 Starts the server as a subprocess on a free loopback port (a temporary data dir, the model-free test node
 pack), has CLIENTS clients submit PROMPTS prompts in total (each waits for its own prompts' `executing`
-node=None on its WebSocket), then checks the history for every one. Bounded in count and time; stops by
+node=None on its WebSocket), then checks the history for every one; first with distinct prompts (every one
+executes), then with one prompt repeated (served from the cache: the server path's own cost), reporting the
+server's RSS before and after. Bounded in count and time; stops by
 itself. The last line printed is one JSON object of figures.
 
     python tests/benchmarks/server_load.py [--prompts 200] [--clients 20]
@@ -34,11 +36,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def small_prompt(index: int, client: int) -> dict:
-    """Number -> Add -> Collect, distinct per prompt so every one really executes."""
+def small_prompt(index: int, client: int, cached: bool = False) -> dict:
+    """Number -> Add -> Collect: distinct per prompt so every one really executes, or (cached) one prompt that
+    every submission repeats, so after the first all are served from the output cache."""
+    if cached:
+        index, client = -1, -1
     return {"1": {"class_type": "Number", "inputs": {"value": index % 1000}},
             "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": client}},
             "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident set now (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -66,7 +79,7 @@ async def wait_ready(base: str, process: subprocess.Popen, timeout: float = 30.0
 
 
 async def run_client(base: str, client: int, count: int, offset: int, latencies: list[float],
-                     submit_times: list[float], submitted: list[str]) -> None:
+                     submit_times: list[float], submitted: list[str], cached: bool) -> None:
     """One client: its own WebSocket, `count` prompts submitted back to back, waits for all of them."""
     client_id = f"bench-{client}"
     pending: dict[str, float] = {}
@@ -75,7 +88,7 @@ async def run_client(base: str, client: int, count: int, offset: int, latencies:
             await ws.receive(timeout=10)  # the greeting status
             for i in range(count):
                 started = time.perf_counter()
-                async with session.post(base + "/prompt", json={"prompt": small_prompt(offset + i, client),
+                async with session.post(base + "/prompt", json={"prompt": small_prompt(offset + i, client, cached),
                                                                 "client_id": client_id}) as response:
                     body = await response.json()
                 if response.status != 200:
@@ -100,6 +113,38 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else float("nan")
 
 
+async def phase(base: str, prompts: int, clients: int, cached: bool) -> dict:
+    """`clients` clients submit `prompts` prompts between them and wait for each; then history is checked."""
+    latencies: list[float] = []
+    submit_times: list[float] = []
+    submitted: list[str] = []
+    per_client = [prompts // clients + (1 if c < prompts % clients else 0) for c in range(clients)]
+    offsets = [sum(per_client[:c]) for c in range(clients)]
+    started = time.perf_counter()
+    results = await asyncio.wait_for(asyncio.gather(
+        *(run_client(base, c, per_client[c], offsets[c], latencies, submit_times, submitted, cached)
+          for c in range(clients)), return_exceptions=True), OVERALL_TIMEOUT_S)
+    elapsed = time.perf_counter() - started
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in errors[:3]:
+        print(f"client error: {error!r}", flush=True)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/history") as response:
+            history = await response.json()
+    completed = sum(1 for pid in submitted if history.get(pid, {}).get("status", {}).get("status_str") == "success")
+    return {
+        "submitted": len(submitted),
+        "completed": completed,
+        "lost": len(submitted) - completed,
+        "client_errors": len(errors),
+        "prompts_per_s": round(completed / elapsed, 1) if elapsed > 0 else None,
+        "p50_latency_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p95_latency_ms": round(percentile(latencies, 0.95) * 1000, 1),
+        "p95_submit_ms": round(percentile(submit_times, 0.95) * 1000, 1),
+        "seconds": round(elapsed, 2),
+    }
+
+
 async def benchmark(prompts: int, clients: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="nodegraph-load-"))
     port = free_port()
@@ -111,27 +156,15 @@ async def benchmark(prompts: int, clients: int) -> dict:
          "--output-dir", str(root / "output"), "--device", "cpu", "--nodes-module", "node_pack:register"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    latencies: list[float] = []
-    submit_times: list[float] = []
-    submitted: list[str] = []
     try:
         await wait_ready(base, process)
         print(f"server up on {base}; {clients} clients, {prompts} prompts", flush=True)
-        per_client = [prompts // clients + (1 if c < prompts % clients else 0) for c in range(clients)]
-        offsets = [sum(per_client[:c]) for c in range(clients)]
-        started = time.perf_counter()
-        results = await asyncio.wait_for(asyncio.gather(
-            *(run_client(base, c, per_client[c], offsets[c], latencies, submit_times, submitted)
-              for c in range(clients)), return_exceptions=True), OVERALL_TIMEOUT_S)
-        elapsed = time.perf_counter() - started
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for error in errors[:3]:
-            print(f"client error: {error!r}", flush=True)
-        async with aiohttp.ClientSession() as session:
-            async with session.get(base + "/history") as response:
-                history = await response.json()
-        completed = sum(1 for pid in submitted if history.get(pid, {}).get("status", {}).get("status_str") == "success")
-        rss = peak_rss_mb(process.pid)
+        rss_before = rss_mb(process.pid)
+        uncached = await phase(base, prompts, clients, cached=False)
+        cached = await phase(base, prompts, clients, cached=True)
+        figures = {**uncached, "cached": cached, "server_rss_before_mb": round(rss_before, 1),
+                   "server_rss_after_mb": round(rss_mb(process.pid), 1),
+                   "server_peak_rss_mb": round(peak_rss_mb(process.pid), 1)}
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -139,18 +172,7 @@ async def benchmark(prompts: int, clients: int) -> dict:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-    return {
-        "submitted": len(submitted),
-        "completed": completed,
-        "lost": len(submitted) - completed,
-        "client_errors": len(errors),
-        "prompts_per_s": round(completed / elapsed, 1) if elapsed > 0 else None,
-        "p50_latency_ms": round(percentile(latencies, 0.50) * 1000, 1),
-        "p95_latency_ms": round(percentile(latencies, 0.95) * 1000, 1),
-        "p95_submit_ms": round(percentile(submit_times, 0.95) * 1000, 1),
-        "server_peak_rss_mb": round(rss, 1),
-        "seconds": round(elapsed, 2),
-    }
+    return figures
 
 
 def main() -> None:
