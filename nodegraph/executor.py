@@ -17,6 +17,7 @@ from typing import Any
 from .cache import OutputCache, UnhashableInput, node_key
 from .context import CancelToken, NodeContext
 from .errors import UNHASHABLE_INPUT, Interrupted, NodeExecutionError, ValidationFailed, ValidationIssue
+from .fingerprint import FileFingerprints
 from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
 from .plan import CompiledGraph
 from .registry import NodeRegistry
@@ -59,6 +60,8 @@ class Engine:
         env: the application's environment, handed to nodes as `ctx.env` (paths, devices, model cache).
         cache: the output cache; a default bounded LRU cache when omitted.
         hooks: hooks that watch every run of this engine.
+
+    The engine owns its long-lived state: `cache` (outputs), the plan memo and `fingerprints` (file digests).
     """
 
     def __init__(self, registry: NodeRegistry, *, env: Any = None, cache: OutputCache | None = None,
@@ -67,6 +70,7 @@ class Engine:
         self.env = env
         self.cache = cache if cache is not None else OutputCache()
         self.hooks = list(hooks)
+        self.fingerprints = FileFingerprints()
         self._lock = threading.Lock()
         self._plans: OrderedDict[str, CompiledGraph] = OrderedDict()
 
@@ -174,7 +178,8 @@ class Engine:
             upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
             try:
                 has_fingerprint = node.node_cls.fingerprint.__func__ is not Node.fingerprint.__func__
-                fingerprint = (node.node_cls.fingerprint(NodeContext(nid, schema.type_id, self.env), **node.widgets)
+                fingerprint = (node.node_cls.fingerprint(NodeContext(nid, schema.type_id, self.env,
+                                                                   fingerprints=self.fingerprints), **node.widgets)
                                if has_fingerprint else None)
                 nonce = None if schema.deterministic else run_id
                 keys[nid] = node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint, nonce)
@@ -211,7 +216,7 @@ class Engine:
                  run: RunInfo, hook: HookSet, cancel: CancelToken) -> tuple[tuple[Any, ...], dict[str, Any]]:
         node = graph.nodes[nid]
         schema = node.schema
-        ctx = NodeContext(nid, schema.type_id, self.env, run, hook, cancel)
+        ctx = NodeContext(nid, schema.type_id, self.env, run, hook, cancel, self.fingerprints)
         hook.node_start(run, nid, schema.type_id)
         started = time.perf_counter()
         try:

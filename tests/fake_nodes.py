@@ -72,7 +72,7 @@ class Fail(Node):
 
 
 class FileValue(Node):
-    """Reads a number from a file; its fingerprint is the file content, so edits invalidate the cache."""
+    """Reads a number from a file; its fingerprint is the file's content digest, so edits invalidate the cache."""
 
     schema = NodeSchema(type_id="FileValue", category="test", inputs=(String("path"),), outputs=(Out("INT"),))
 
@@ -84,8 +84,7 @@ class FileValue(Node):
 
     @classmethod
     def fingerprint(cls, ctx: NodeContext, path: str) -> Any:
-        with open(path) as handle:
-            return handle.read()
+        return ctx.fingerprint_file(path)
 
 
 class Random(Node):
