@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import inspect
 import threading
 import time
 import traceback
@@ -19,7 +20,7 @@ from .context import CancelToken, NodeContext
 from .errors import UNHASHABLE_INPUT, Interrupted, NodeExecutionError, ValidationFailed, ValidationIssue
 from .fingerprint import FileFingerprints
 from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
-from .plan import CompiledGraph
+from .plan import CompiledGraph, CompiledNode
 from .registry import NodeRegistry
 from .schema import Node, NodeResult
 from .validation import check_dynamic_options, check_value, compile_workflow
@@ -118,11 +119,12 @@ class Engine:
         started = time.perf_counter()
         with gc_paused():
             order = graph.order()
-            keys = self._keys(graph, order, run.run_id)
-            store, to_execute = self._plan(graph, order, keys)
+            keys, pending = self._keys(graph, order, run.run_id)
+            store, to_execute = self._plan(graph, order, keys, pending)
         run.order = [nid for nid in order if nid in store or nid in to_execute]
         run.cached = [nid for nid in run.order if nid in store]
         run.execute = [nid for nid in run.order if nid in to_execute]
+        run.pending = [nid for nid in run.execute if nid in pending]
         result = RunResult(run_id=run.run_id, cached=list(run.cached))
         hook.run_start(run)
         targets = set(graph.outputs)
@@ -141,12 +143,20 @@ class Engine:
                     continue
                 if cancel.cancelled:
                     raise Interrupted(nid)
-                outputs, ui = self._execute(graph, nid, store, run, hook, cancel)
-                store[nid] = (outputs, ui)
-                result.executed.append(nid)
-                self.cache.put(keys[nid], outputs, ui)
-                if ui:
-                    result.ui[nid] = ui
+                if nid in pending:  # its key needed values known only now
+                    keys[nid] = self._run_time_key(graph, nid, keys, store, run, hook)
+                    entry = self.cache.get(keys[nid])
+                    if entry is not None:
+                        store[nid] = (entry.outputs, entry.ui)
+                        result.cached.append(nid)
+                        hook.node_end(run, nid, node.type_id, cached=True, ui=entry.ui, seconds=0.0)
+                if nid not in store:
+                    outputs, ui = self._execute(graph, nid, store, run, hook, cancel)
+                    store[nid] = (outputs, ui)
+                    result.executed.append(nid)
+                    self.cache.put(keys[nid], outputs, ui)
+                if store[nid][1]:
+                    result.ui[nid] = store[nid][1]
                 for source, _ in node.links.values():  # free what no remaining node needs
                     consumers[source] -= 1
                     if consumers[source] == 0 and source not in targets:
@@ -162,10 +172,15 @@ class Engine:
         hook.run_end(run, "success")
         return result
 
-    def _keys(self, graph: CompiledGraph, order: list[str], run_id: str) -> dict[str, str]:
-        """Merkle keys in dependency order. Keys of "static" nodes (deterministic, no fingerprint, all
-        upstream static) depend on the graph alone and are kept with the plan for the next run."""
+    def _keys(self, graph: CompiledGraph, order: list[str], run_id: str) -> tuple[dict[str, str], set[str]]:
+        """Merkle keys in dependency order, and the "pending" nodes whose keys wait for the run.
+
+        Keys of "static" nodes (deterministic, no fingerprint, all upstream static) depend on the graph alone
+        and are kept with the plan for the next run. A node whose fingerprint needs a linked value (a file name
+        fed by a link) is keyed at run time once that value is known, and so is everything downstream of it.
+        """
         keys: dict[str, str] = {}
+        pending: set[str] = set()
         static = graph.static_keys
         issues: list[ValidationIssue] = []
         for nid in order:
@@ -175,15 +190,13 @@ class Engine:
                 continue
             node = graph.nodes[nid]
             schema = node.schema
-            upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
+            if fingerprint_links(node) or any(src in pending for src, _ in node.links.values()):
+                pending.add(nid)
+                continue
             try:
-                has_fingerprint = node.node_cls.fingerprint.__func__ is not Node.fingerprint.__func__
-                fingerprint = (node.node_cls.fingerprint(NodeContext(nid, schema.type_id, self.env,
-                                                                   fingerprints=self.fingerprints), **node.widgets)
-                               if has_fingerprint else None)
-                nonce = None if schema.deterministic else run_id
-                keys[nid] = node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint, nonce)
-                if not has_fingerprint and schema.deterministic and all(src in static for src, _ in node.links.values()):
+                keys[nid] = self._key(node, keys, run_id)
+                if (not has_fingerprint(node.node_cls) and schema.deterministic
+                        and all(src in static for src, _ in node.links.values())):
                     static[nid] = keys[nid]
             except UnhashableInput as exc:
                 issues.append(ValidationIssue(type=UNHASHABLE_INPUT, message="Input cannot be hashed for the cache",
@@ -193,24 +206,62 @@ class Engine:
                                               details=type(exc).__name__, node_id=nid, class_type=schema.type_id))
         if issues:
             raise ValidationFailed(issues)
-        return keys
+        return keys, pending
 
-    def _plan(self, graph: CompiledGraph, order: list[str],
-              keys: dict[str, str]) -> tuple[dict[str, tuple[tuple[Any, ...], dict[str, Any]]], set[str]]:
-        """Walk back from the outputs: a cached node needs nothing upstream, a missing one needs its inputs."""
+    def _key(self, node: CompiledNode, keys: dict[str, str], run_id: str, linked: dict[str, Any] | None = None) -> str:
+        """One node's key from its upstream keys; `linked` are the linked values its fingerprint names."""
+        schema = node.schema
+        upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
+        fingerprint = None
+        if has_fingerprint(node.node_cls):
+            ctx = NodeContext(node.id, schema.type_id, self.env, fingerprints=self.fingerprints)
+            fingerprint = node.node_cls.fingerprint(ctx, **node.widgets, **(linked or {}))
+        nonce = None if schema.deterministic else run_id
+        return node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint, nonce)
+
+    def _run_time_key(self, graph: CompiledGraph, nid: str, keys: dict[str, str],
+                      store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]], run: RunInfo, hook: HookSet) -> str:
+        """The key of a pending node, its inputs now known; a fingerprint that fails is this node's error."""
+        node = graph.nodes[nid]
+        try:
+            wanted = fingerprint_links(node)
+            linked = {name: value for name, value in self._inputs(node, store).items() if name in wanted}
+            return self._key(node, keys, run.run_id, linked)
+        except Exception as exc:
+            text = traceback.format_exc()
+            hook.node_error(run, NodeErrorInfo(nid, node.type_id, type(exc).__name__, str(exc), text))
+            raise NodeExecutionError(nid, node.type_id, exc, text) from exc
+
+    def _plan(self, graph: CompiledGraph, order: list[str], keys: dict[str, str],
+              pending: set[str]) -> tuple[dict[str, tuple[tuple[Any, ...], dict[str, Any]]], set[str]]:
+        """Walk back from the outputs: a cached node needs nothing upstream, a missing one needs its inputs.
+        A pending node (keyed at run time) may execute, so it needs its inputs too."""
         store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         to_execute: set[str] = set()
         needed = set(graph.outputs)
         for nid in reversed(order):
             if nid not in needed:
                 continue
-            entry = self.cache.get(keys[nid])
+            entry = None if nid in pending else self.cache.get(keys[nid])
             if entry is not None:
                 store[nid] = (entry.outputs, entry.ui)  # held for this run even if evicted meanwhile
                 continue
             to_execute.add(nid)
             needed.update(src for src, _ in graph.nodes[nid].links.values())
         return store, to_execute
+
+    def _inputs(self, node: CompiledNode, store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]]) -> dict[str, Any]:
+        """The node's keyword arguments: its widgets and its linked values (value types checked now)."""
+        kwargs = dict(node.widgets)
+        for name, (src, slot) in node.links.items():
+            value = store[src][0][slot]
+            spec = node.schema.input_map[name]
+            if spec.is_value_type:  # a linked INT/FLOAT/...: check it against its constraints now
+                value, issue = check_value(spec, value, self.env)
+                if issue is not None:
+                    raise ValueError(f"linked value for {name!r}: {issue.message} ({issue.details})")
+            kwargs[name] = value
+        return kwargs
 
     def _execute(self, graph: CompiledGraph, nid: str, store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]],
                  run: RunInfo, hook: HookSet, cancel: CancelToken) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -220,15 +271,7 @@ class Engine:
         hook.node_start(run, nid, schema.type_id)
         started = time.perf_counter()
         try:
-            kwargs = dict(node.widgets)
-            for name, (src, slot) in node.links.items():
-                value = store[src][0][slot]
-                spec = schema.input_map[name]
-                if spec.is_value_type:  # a linked INT/FLOAT/...: check it against its constraints now
-                    value, issue = check_value(spec, value, self.env)
-                    if issue is not None:
-                        raise ValueError(f"linked value for {name!r}: {issue.message} ({issue.details})")
-                kwargs[name] = value
+            kwargs = self._inputs(node, store)
             returned = node.node_cls.execute(ctx, **kwargs)
             outputs, ui = _normalise(returned, len(schema.outputs), schema.type_id)
         except Interrupted:
@@ -239,6 +282,19 @@ class Engine:
             raise NodeExecutionError(nid, schema.type_id, exc, text) from exc
         hook.node_end(run, nid, schema.type_id, cached=False, ui=ui, seconds=time.perf_counter() - started)
         return outputs, ui
+
+
+def has_fingerprint(node_cls: type[Node]) -> bool:
+    return node_cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
+
+
+def fingerprint_links(node: CompiledNode) -> frozenset[str]:
+    """The linked inputs a node's fingerprint names as parameters: their values are needed to key it."""
+    if not has_fingerprint(node.node_cls) or not node.links:
+        return frozenset()
+    parameters = list(inspect.signature(node.node_cls.fingerprint).parameters.values())[1:]  # after ctx
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(named & node.links.keys())
 
 
 def _normalise(returned: Any, n_outputs: int, type_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -87,6 +87,17 @@ class FileValue(Node):
         return ctx.fingerprint_file(path)
 
 
+class Text(Node):
+    """A string to link into a converted widget (ComfyUI's PrimitiveString)."""
+
+    schema = NodeSchema(type_id="Text", category="test", inputs=(String("value"),), outputs=(Out("STRING"),))
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, value: str) -> tuple[str]:
+        CALLS.append(ctx.node_id)
+        return (value,)
+
+
 class Random(Node):
     schema = NodeSchema(type_id="Random", category="test", inputs=(), outputs=(Out("INT"),), deterministic=False)
     counter = 0
@@ -136,7 +147,7 @@ class Sink(Node):
         return NodeResult(ui={"value": [a]})
 
 
-ALL = (Number, Add, Scale, Steps, Fail, FileValue, Random, Collect, MakeList, Passthrough, Sink)
+ALL = (Number, Add, Scale, Steps, Fail, FileValue, Text, Random, Collect, MakeList, Passthrough, Sink)
 
 
 def registry() -> NodeRegistry:

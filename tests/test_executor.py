@@ -255,3 +255,25 @@ def test_run_metadata_reaches_nodes_and_not_the_cache_key():
     engine = Engine(NodeRegistry([ShowMeta]))
     wf = workflow({"1": ("ShowMeta", {})}, [])
     assert engine.run(wf, metadata={"prompt": {"x": 1}}).ui["1"] == {"meta": [{"x": 1}]}
+
+
+def test_linked_value_into_a_file_input_is_fingerprinted_at_run_time(tmp_path):
+    """ComfyUI accepts a path fed by a link; the file is fingerprinted once the value is known."""
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("4")
+    second.write_text("5")
+    def wf(path):
+        return workflow({"1": ("Text", {"value": str(path)}), "2": ("FileValue", {}), "3": ("Collect", {})},
+                        [("1", 0, "2", "path"), ("2", 0, "3", "value")])
+    engine = Engine(registry())
+    assert engine.run(wf(first)).ui["3"] == {"value": [4]} and CALLS == ["1", "2", "3"]
+    CALLS.clear()
+    rerun = engine.run(wf(first))
+    assert CALLS == [] and rerun.executed == [] and rerun.cached == ["1", "2", "3"] and rerun.ui["3"] == {"value": [4]}
+    first.write_text("7")
+    assert engine.run(wf(first)).ui["3"] == {"value": [7]} and CALLS == ["2", "3"]
+    CALLS.clear()
+    assert engine.run(wf(second)).ui["3"] == {"value": [5]} and CALLS == ["1", "2", "3"]
+    first.unlink()
+    with pytest.raises(NodeExecutionError, match=r"node 2 \(FileValue\) failed: FileNotFoundError"):
+        engine.run(wf(first))

@@ -83,6 +83,9 @@ class PromptEvents(Hooks):
         if not cached:
             self.executed.append(node_id)
             self._overall(node_id)
+        elif node_id in run.pending:  # counted as to execute, found in the cache once keyed
+            self._total -= 1
+            self._overall(None)
 
     def run_end(self, run: RunInfo, status: str, error: BaseException | None = None) -> None:
         if status == "success":

@@ -169,3 +169,15 @@ async def test_partial_execution_targets(tmp_path):
         reply = await submit(client, prompt, partial_execution_targets=["6"])
         entry = await wait_history(client, reply["prompt_id"])
         assert entry["prompt"][4] == ["6"] and list(entry["outputs"]) == ["6"]
+
+
+async def test_file_name_fed_by_a_link_is_accepted_and_runs(tmp_path):
+    """ComfyUI accepts a value linked into a file input; it used to fail as "fingerprint failed"."""
+    (tmp_path / "value.txt").write_text("12")
+    prompt = {"1": {"class_type": "Text", "inputs": {"value": str(tmp_path / "value.txt")}},
+              "2": {"class_type": "FileValue", "inputs": {"path": ["1", 0]}},
+              "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}
+    async with serve(tmp_path) as client:
+        entry = await wait_history(client, (await submit(client, prompt))["prompt_id"])
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        assert entry["outputs"] == {"3": {"value": [12]}}
