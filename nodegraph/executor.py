@@ -119,7 +119,8 @@ class Engine:
         started = time.perf_counter()
         with gc_paused():
             order = graph.order()
-            keys, pending = self._keys(graph, order, run.run_id)
+            nonce = uuid.uuid4().hex  # per run, never the caller's run id: a reused id must not hit the cache
+            keys, pending = self._keys(graph, order, nonce)
             store, to_execute = self._plan(graph, order, keys, pending)
         run.order = [nid for nid in order if nid in store or nid in to_execute]
         run.cached = [nid for nid in run.order if nid in store]
@@ -144,7 +145,7 @@ class Engine:
                 if cancel.cancelled:
                     raise Interrupted(nid)
                 if nid in pending:  # its key needed values known only now
-                    keys[nid] = self._run_time_key(graph, nid, keys, store, run, hook)
+                    keys[nid] = self._run_time_key(graph, nid, keys, store, run, hook, nonce)
                     entry = self.cache.get(keys[nid])
                     if entry is not None:
                         store[nid] = (entry.outputs, entry.ui)
@@ -172,7 +173,7 @@ class Engine:
         hook.run_end(run, "success")
         return result
 
-    def _keys(self, graph: CompiledGraph, order: list[str], run_id: str) -> tuple[dict[str, str], set[str]]:
+    def _keys(self, graph: CompiledGraph, order: list[str], nonce: str) -> tuple[dict[str, str], set[str]]:
         """Merkle keys in dependency order, and the "pending" nodes whose keys wait for the run.
 
         Keys of "static" nodes (deterministic, no fingerprint, all upstream static) depend on the graph alone
@@ -194,7 +195,7 @@ class Engine:
                 pending.add(nid)
                 continue
             try:
-                keys[nid] = self._key(node, keys, run_id)
+                keys[nid] = self._key(node, keys, nonce)
                 if (not has_fingerprint(node.node_cls) and schema.deterministic
                         and all(src in static for src, _ in node.links.values())):
                     static[nid] = keys[nid]
@@ -208,25 +209,27 @@ class Engine:
             raise ValidationFailed(issues)
         return keys, pending
 
-    def _key(self, node: CompiledNode, keys: dict[str, str], run_id: str, linked: dict[str, Any] | None = None) -> str:
-        """One node's key from its upstream keys; `linked` are the linked values its fingerprint names."""
+    def _key(self, node: CompiledNode, keys: dict[str, str], nonce: str, linked: dict[str, Any] | None = None) -> str:
+        """One node's key from its upstream keys; `nonce` (new each run) keys non-deterministic nodes and
+        `linked` holds the linked values its fingerprint names."""
         schema = node.schema
         upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
         fingerprint = None
         if has_fingerprint(node.node_cls):
             ctx = NodeContext(node.id, schema.type_id, self.env, fingerprints=self.fingerprints)
             fingerprint = node.node_cls.fingerprint(ctx, **node.widgets, **(linked or {}))
-        nonce = None if schema.deterministic else run_id
-        return node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint, nonce)
+        return node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint,
+                        None if schema.deterministic else nonce)
 
     def _run_time_key(self, graph: CompiledGraph, nid: str, keys: dict[str, str],
-                      store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]], run: RunInfo, hook: HookSet) -> str:
+                      store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]], run: RunInfo, hook: HookSet,
+                      nonce: str) -> str:
         """The key of a pending node, its inputs now known; a fingerprint that fails is this node's error."""
         node = graph.nodes[nid]
         try:
             wanted = fingerprint_links(node)
             linked = {name: value for name, value in self._inputs(node, store).items() if name in wanted}
-            return self._key(node, keys, run.run_id, linked)
+            return self._key(node, keys, nonce, linked)
         except Exception as exc:
             text = traceback.format_exc()
             hook.node_error(run, NodeErrorInfo(nid, node.type_id, type(exc).__name__, str(exc), text))

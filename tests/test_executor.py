@@ -277,3 +277,10 @@ def test_linked_value_into_a_file_input_is_fingerprinted_at_run_time(tmp_path):
     first.unlink()
     with pytest.raises(NodeExecutionError, match=r"node 2 \(FileValue\) failed: FileNotFoundError"):
         engine.run(wf(first))
+
+
+def test_a_reused_run_id_does_not_bring_back_a_non_deterministic_result():
+    engine = Engine(registry())
+    wf = workflow({"1": ("Random", {}), "2": ("Collect", {})}, [("1", 0, "2", "value")])
+    first = engine.run(wf, run_id="same").ui["2"]["value"][0]
+    assert engine.run(wf, run_id="same").ui["2"]["value"][0] == first + 1

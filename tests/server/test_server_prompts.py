@@ -181,3 +181,16 @@ async def test_file_name_fed_by_a_link_is_accepted_and_runs(tmp_path):
         entry = await wait_history(client, (await submit(client, prompt))["prompt_id"])
         assert entry["status"]["status_str"] == "success", entry["status"]
         assert entry["outputs"] == {"3": {"value": [12]}}
+
+
+async def test_reused_prompt_id_is_refused(tmp_path):
+    """A new submission under a finished prompt's id is a 400; it used to replace it and get its results back."""
+    prompt = {"1": {"class_type": "Random", "inputs": {}}, "2": {"class_type": "Collect", "inputs": {"value": ["1", 0]}}}
+    async with serve(tmp_path) as client:
+        await submit(client, prompt, prompt_id="same")
+        first = await wait_history(client, "same")
+        response = await client.post("/prompt", json={"prompt": prompt, "prompt_id": "same"})
+        body = await response.json()
+        assert response.status == 400 and body["error"]["type"] == "invalid_prompt", body
+        assert "same" in body["error"]["details"] and body["node_errors"] == {}
+        assert (await wait_history(client, "same")) == first  # the earlier result is untouched
