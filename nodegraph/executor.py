@@ -26,7 +26,8 @@ from .schema import Node, NodeResult
 from .validation import check_dynamic_options, check_value, compile_workflow
 from .workflow import Workflow
 
-PLAN_MEMO_SIZE = 16
+PLAN_MEMO_SIZE = 32
+"""Plans remembered; one made for the default outputs is remembered under two keys."""
 
 
 @contextmanager
@@ -77,13 +78,16 @@ class Engine:
 
     def compile(self, workflow: Workflow | CompiledGraph, outputs: Sequence[str] | None = None) -> CompiledGraph:
         """Validate and plan; an identical workflow reuses its plan, re-checking only what the environment
-        can change (COMBO options read from disk). Raises `ValidationFailed`."""
+        can change (COMBO options read from disk). Raises `ValidationFailed`.
+
+        A plan made for the default outputs (None: every output node) is also found by the list of those
+        outputs, which is what the server stores with a queued prompt: submission and worker share one plan.
+        """
         if isinstance(workflow, CompiledGraph):
             return workflow
         with gc_paused():
-            digest = hashlib.blake2b(workflow.model_dump_json().encode(), digest_size=20)
-            digest.update(repr(None if outputs is None else list(outputs)).encode())
-            memo_key = digest.hexdigest()
+            text = workflow.model_dump_json().encode()
+            memo_key = _memo_key(text, outputs)
             graph = self._plans.get(memo_key)
             if graph is not None and graph.registry_size == len(self.registry):
                 self._plans.move_to_end(memo_key)
@@ -92,6 +96,7 @@ class Engine:
             graph = compile_workflow(workflow, self.registry, self.env, outputs)
             graph.registry_size = len(self.registry)
             self._plans[memo_key] = graph
+            self._plans[_memo_key(text, graph.outputs)] = graph
             while len(self._plans) > PLAN_MEMO_SIZE:
                 self._plans.popitem(last=False)
             return graph
@@ -285,6 +290,12 @@ class Engine:
             raise NodeExecutionError(nid, schema.type_id, exc, text) from exc
         hook.node_end(run, nid, schema.type_id, cached=False, ui=ui, seconds=time.perf_counter() - started)
         return outputs, ui
+
+
+def _memo_key(workflow_json: bytes, outputs: Sequence[str] | None) -> str:
+    digest = hashlib.blake2b(workflow_json, digest_size=20)
+    digest.update(repr(None if outputs is None else list(dict.fromkeys(outputs))).encode())
+    return digest.hexdigest()
 
 
 def has_fingerprint(node_cls: type[Node]) -> bool:

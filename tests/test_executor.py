@@ -284,3 +284,10 @@ def test_a_reused_run_id_does_not_bring_back_a_non_deterministic_result():
     wf = workflow({"1": ("Random", {}), "2": ("Collect", {})}, [("1", 0, "2", "value")])
     first = engine.run(wf, run_id="same").ui["2"]["value"][0]
     assert engine.run(wf, run_id="same").ui["2"]["value"][0] == first + 1
+
+
+def test_plan_for_default_outputs_is_found_by_their_list():
+    engine = Engine(registry())
+    graph = engine.compile(diamond())
+    assert engine.compile(diamond(), outputs=["5"]) is graph and engine.compile(diamond(), ["5", "5"]) is graph
+    assert engine.compile(diamond(), outputs=["4"]) is not graph

@@ -194,3 +194,19 @@ async def test_reused_prompt_id_is_refused(tmp_path):
         assert response.status == 400 and body["error"]["type"] == "invalid_prompt", body
         assert "same" in body["error"]["details"] and body["node_errors"] == {}
         assert (await wait_history(client, "same")) == first  # the earlier result is untouched
+
+
+async def test_a_prompt_is_compiled_once_between_submission_and_run(tmp_path, monkeypatch):
+    """The worker reuses the plan made when the prompt was validated (the plan memo hits across the two)."""
+    import nodegraph.executor
+
+    compiles = []
+    real = nodegraph.executor.compile_workflow
+    monkeypatch.setattr(nodegraph.executor, "compile_workflow", lambda *a, **k: compiles.append(1) or real(*a, **k))
+    async with serve(tmp_path) as client:
+        extra = {"extra_pnginfo": {"workflow": {"nodes": []}}, "model_map": {}}
+        for body in ({}, {"extra_data": extra}, {"partial_execution_targets": ["3"]}):
+            compiles.clear()
+            prompt = api_prompt(len(str(body)), steps=1)
+            entry = await wait_history(client, (await submit(client, prompt, **body))["prompt_id"])
+            assert entry["status"]["status_str"] == "success" and len(compiles) == 1, body
