@@ -82,3 +82,11 @@ class Interrupted(Exception):
     def __init__(self, node_id: str | None = None) -> None:
         self.node_id = node_id
         super().__init__("interrupted" + (f" at node {node_id}" if node_id else ""))
+
+    def at_node(self, node_id: str) -> Interrupted:
+        """Name the node that was running, when the code that raised it knew none (e.g. the sampler's
+        StoppableDenoiser); returns self, to be re-raised."""
+        if self.node_id is None:
+            self.node_id = node_id
+            self.args = (f"interrupted at node {node_id}",)
+        return self

@@ -282,8 +282,8 @@ class Engine:
             kwargs = self._inputs(node, store)
             returned = node.node_cls.execute(ctx, **kwargs)
             outputs, ui = _normalise(returned, len(schema.outputs), schema.type_id)
-        except Interrupted:
-            raise
+        except Interrupted as exc:
+            raise exc.at_node(nid)
         except Exception as exc:
             text = traceback.format_exc()
             hook.node_error(run, NodeErrorInfo(nid, schema.type_id, type(exc).__name__, str(exc), text))

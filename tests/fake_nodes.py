@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeRegistry, NodeResult, NodeSchema, Out, Socket, String
+from nodegraph.errors import Interrupted
 from nodegraph.workflow import Link, NodeInstance, Workflow
 
 CALLS: list[str] = []
@@ -59,6 +60,24 @@ class Steps(Node):
             time.sleep(delay)
             ctx.progress(step, steps)
         return (a,)
+
+
+class Stoppable(Node):
+    """Waits up to `steps` x `delay` seconds for an interruption and then raises a bare `Interrupted()`, as the
+    sampler's StoppableDenoiser does (it knows no node id)."""
+
+    schema = NodeSchema(type_id="Stoppable", category="test",
+                        inputs=(Socket("a", "INT"), Int("steps", 1, min=1, max=10000), Float("delay", 0.0, min=0, max=1)),
+                        outputs=(Out("INT"),))
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, a: int, steps: int, delay: float) -> tuple[int]:
+        CALLS.append(ctx.node_id)
+        for _ in range(steps):
+            time.sleep(delay)
+            if ctx.interrupted:
+                raise Interrupted()
+        raise Interrupted()
 
 
 class Fail(Node):
@@ -147,7 +166,7 @@ class Sink(Node):
         return NodeResult(ui={"value": [a]})
 
 
-ALL = (Number, Add, Scale, Steps, Fail, FileValue, Text, Random, Collect, MakeList, Passthrough, Sink)
+ALL = (Number, Add, Scale, Steps, Stoppable, Fail, FileValue, Text, Random, Collect, MakeList, Passthrough, Sink)
 
 
 def registry() -> NodeRegistry:

@@ -291,3 +291,17 @@ def test_plan_for_default_outputs_is_found_by_their_list():
     graph = engine.compile(diamond())
     assert engine.compile(diamond(), outputs=["5"]) is graph and engine.compile(diamond(), ["5", "5"]) is graph
     assert engine.compile(diamond(), outputs=["4"]) is not graph
+
+
+def test_an_interruption_raised_inside_a_node_names_that_node():
+    """The sampler raises a bare Interrupted(); the run's error and hooks must still say which node stopped."""
+    recorder = Recorder()
+    engine = Engine(registry())
+    wf = workflow({"1": ("Number", {}), "2": ("Stoppable", {}), "3": ("Collect", {})},
+                  [("1", 0, "2", "a"), ("2", 0, "3", "value")])
+    ended = []
+    recorder.run_end = lambda run, status, error=None: ended.append((status, error))
+    with pytest.raises(Interrupted) as caught:
+        engine.run(wf, hooks=[recorder])
+    assert caught.value.node_id == "2" and str(caught.value) == "interrupted at node 2"
+    assert ended == [("interrupted", caught.value)]

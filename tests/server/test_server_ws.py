@@ -4,7 +4,7 @@ import io
 import struct
 
 from PIL import Image
-from server_helpers import api_prompt, messages_until, next_message, prompt_done, serve, submit, wait_running
+from server_helpers import api_prompt, messages_until, next_message, prompt_done, serve, submit, wait_history, wait_running
 
 
 def _strip(messages):
@@ -83,6 +83,24 @@ async def test_interrupted_message(tmp_path):
         (data,) = [data for event, data in received if event == "execution_interrupted"]
         assert data["prompt_id"] == pid and data["node_id"] == "2" and data["node_type"] == "Steps"
         assert data["executed"] == ["1"]
+
+
+async def test_interruption_inside_a_sampler_names_the_node(tmp_path):
+    """StoppableDenoiser raises Interrupted() without a node id: the message must still name the node."""
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+              "2": {"class_type": "Stoppable", "inputs": {"a": ["1", 0], "steps": 500, "delay": 0.01}},
+              "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}
+    async with serve(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=dan")
+        await next_message(ws)
+        pid = (await submit(client, prompt, client_id="dan"))["prompt_id"]
+        await messages_until(ws, lambda m: m[0] == "executing" and m[1]["node"] == "2")
+        await client.post("/interrupt")
+        received = await messages_until(ws, prompt_done(pid))
+        (data,) = [data for event, data in received if event == "execution_interrupted"]
+        assert data["node_id"] == "2" and data["node_type"] == "Stoppable" and data["executed"] == ["1"]
+        history = await wait_history(client, pid)
+        assert history["status"]["messages"][-1][1]["node_id"] == "2"
 
 
 async def test_events_go_to_the_submitting_client_and_status_to_all(tmp_path):
