@@ -173,6 +173,9 @@ class Engine:
         except NodeExecutionError as exc:
             hook.run_end(run, "error", exc)
             raise
+        except BaseException as exc:  # Ctrl-C, SystemExit, a bug outside any node: watchers still learn the end
+            hook.run_end(run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "error", exc)
+            raise
         result.values = {nid: store[nid][0] for nid in graph.outputs if nid in store}
         result.seconds = time.perf_counter() - started
         hook.run_end(run, "success")

@@ -90,6 +90,29 @@ class Fail(Node):
         raise RuntimeError(message)
 
 
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (a RuntimeError of that name) without importing torch."""
+
+
+RAISABLE: dict[str, type[BaseException]] = {
+    "MemoryError": MemoryError, "OutOfMemoryError": OutOfMemoryError, "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit, "RuntimeError": RuntimeError,
+}
+
+
+class Raise(Node):
+    """Raises the exception type it names (out of memory, Ctrl-C, ...) when it runs."""
+
+    schema = NodeSchema(type_id="Raise", category="test",
+                        inputs=(Socket("a", "INT"), Combo("error", list(RAISABLE)), String("message", "")),
+                        outputs=(Out("INT"),))
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, a: int, error: str, message: str) -> tuple[int]:
+        CALLS.append(ctx.node_id)
+        raise RAISABLE[error](*([message] if message else []))
+
+
 class FileValue(Node):
     """Reads a number from a file; its fingerprint is the file's content digest, so edits invalidate the cache."""
 
@@ -166,7 +189,7 @@ class Sink(Node):
         return NodeResult(ui={"value": [a]})
 
 
-ALL = (Number, Add, Scale, Steps, Stoppable, Fail, FileValue, Text, Random, Collect, MakeList, Passthrough, Sink)
+ALL = (Number, Add, Scale, Steps, Stoppable, Fail, Raise, FileValue, Text, Random, Collect, MakeList, Passthrough, Sink)
 
 
 def registry() -> NodeRegistry:

@@ -305,3 +305,17 @@ def test_an_interruption_raised_inside_a_node_names_that_node():
         engine.run(wf, hooks=[recorder])
     assert caught.value.node_id == "2" and str(caught.value) == "interrupted at node 2"
     assert ended == [("interrupted", caught.value)]
+
+
+def _raising(error, message=""):
+    return workflow({"1": ("Number", {"value": 2}), "2": ("Raise", {"error": error, "message": message}),
+                     "3": ("Collect", {})}, [("1", 0, "2", "a"), ("2", 0, "3", "value")])
+
+
+@pytest.mark.parametrize("error, status", [("KeyboardInterrupt", "interrupted"), ("SystemExit", "error")])
+def test_run_end_is_called_on_any_base_exception(error, status):
+    recorder = Recorder()
+    with pytest.raises(BaseException) as caught:
+        Engine(registry()).run(_raising(error), hooks=[recorder])
+    assert type(caught.value).__name__ == error and recorder.events[-1] == ("run_end", status)
+

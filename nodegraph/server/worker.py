@@ -163,9 +163,12 @@ class Worker:
                 events.failed(exc)
         except ValidationFailed as exc:  # e.g. a model file deleted since the prompt was queued
             events.failed(exc, exc.issues[0].node_id if exc.issues else None)
-        except Exception as exc:
-            log.exception("prompt %s failed outside any node", item.prompt_id)
-            events.failed(exc)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a node's KeyboardInterrupt or SystemExit must not end the worker
+            if events.status is None:
+                log.exception("prompt %s failed outside any node", item.prompt_id)
+                events.failed(exc)
         finally:
             self.current = None
         success = events.status == "success"

@@ -1,0 +1,35 @@
+"""Faults a server must survive: nodes that raise or run out of memory, a queue store that fails to record a
+result, and (in real processes) kill -9 while a prompt runs or writes its outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from server_helpers import messages_until, next_message, prompt_done, serve, submit, wait_history
+
+from nodegraph.server.state import STATE
+
+
+def raising(error: str, value: int = 1, message: str = "") -> dict:
+    return {"1": {"class_type": "Number", "inputs": {"value": value}},
+            "2": {"class_type": "Raise", "inputs": {"a": ["1", 0], "error": error, "message": message}},
+            "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}
+
+
+def collect(value: int) -> dict:
+    return {"1": {"class_type": "Number", "inputs": {"value": value}},
+            "3": {"class_type": "Collect", "inputs": {"value": ["1", 0]}}}
+
+
+async def test_a_node_raising_base_exceptions_fails_its_prompt_and_the_queue_goes_on(tmp_path):
+    """KeyboardInterrupt or SystemExit raised by a node (not a signal: those reach the main thread) must not
+    take the worker down or leave the prompt running."""
+    async with serve(tmp_path) as client:
+        ids = [(await submit(client, raising(error, value)))["prompt_id"]
+               for value, error in enumerate(("KeyboardInterrupt", "SystemExit", "RuntimeError"))]
+        last = (await submit(client, collect(9)))["prompt_id"]
+        statuses = [(await wait_history(client, pid))["status"] for pid in ids]
+        assert [s["status_str"] for s in statuses] == ["error"] * 3
+        assert [s["messages"][-1][0] for s in statuses] == ["execution_interrupted", "execution_error", "execution_error"]
+        assert (await wait_history(client, last))["outputs"] == {"3": {"value": [9]}}
