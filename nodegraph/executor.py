@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import inspect
+import logging
 import threading
 import time
 import traceback
@@ -17,9 +18,11 @@ from typing import Any
 
 from .cache import OutputCache, UnhashableInput, node_key
 from .context import CancelToken, NodeContext
-from .errors import UNHASHABLE_INPUT, Interrupted, NodeExecutionError, ValidationFailed, ValidationIssue
+from .errors import (UNHASHABLE_INPUT, Interrupted, NodeExecutionError, OutOfMemory, ValidationFailed, ValidationIssue,
+                     is_out_of_memory)
 from .fingerprint import FileFingerprints
 from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
+from .models import release_memory
 from .plan import CompiledGraph, CompiledNode
 from .registry import NodeRegistry
 from .schema import Node, NodeResult
@@ -171,6 +174,9 @@ class Engine:
             hook.run_end(run, "interrupted", exc)
             raise
         except NodeExecutionError as exc:
+            if isinstance(exc, OutOfMemory):
+                store.clear()
+                self._free_after_out_of_memory()
             hook.run_end(run, "error", exc)
             raise
         except BaseException as exc:  # Ctrl-C, SystemExit, a bug outside any node: watchers still learn the end
@@ -289,10 +295,29 @@ class Engine:
             raise exc.at_node(nid)
         except Exception as exc:
             text = traceback.format_exc()
-            hook.node_error(run, NodeErrorInfo(nid, schema.type_id, type(exc).__name__, str(exc), text))
-            raise NodeExecutionError(nid, schema.type_id, exc, text) from exc
+            if is_out_of_memory(exc):  # keep no frame (and its tensors) alive through the traceback
+                failure: NodeExecutionError = OutOfMemory(nid, schema.type_id, exc.with_traceback(None), text)
+            else:
+                failure = NodeExecutionError(nid, schema.type_id, exc, text)
+            hook.node_error(run, NodeErrorInfo(nid, schema.type_id, type(exc).__name__, failure.exception_message, text))
+            if isinstance(failure, OutOfMemory):
+                raise failure from None
+            raise failure from exc
         hook.node_end(run, nid, schema.type_id, cached=False, ui=ui, seconds=time.perf_counter() - started)
         return outputs, ui
+
+
+    def _free_after_out_of_memory(self) -> None:
+        """After a node ran out of memory: drop every cached output and every model not in use, so the next
+        run starts from clean memory instead of failing the same way."""
+        self.cache.clear()
+        manager = getattr(self.env, "model_manager", None)
+        if manager is not None:
+            try:
+                manager.free()
+            except Exception:  # freeing is best effort; the run's own error is what the user must see
+                logging.getLogger(__name__).exception("freeing models after running out of memory failed")
+        release_memory()
 
 
 def _memo_key(workflow_json: bytes, outputs: Sequence[str] | None) -> str:

@@ -319,3 +319,34 @@ def test_run_end_is_called_on_any_base_exception(error, status):
         Engine(registry()).run(_raising(error), hooks=[recorder])
     assert type(caught.value).__name__ == error and recorder.events[-1] == ("run_end", status)
 
+
+class CountingManager:
+    def __init__(self):
+        self.frees = 0
+
+    def free(self):
+        self.frees += 1
+        return 0
+
+
+@pytest.mark.parametrize("error", ["MemoryError", "OutOfMemoryError"])
+def test_out_of_memory_fails_the_node_clearly_frees_memory_and_the_next_run_runs(error):
+    from types import SimpleNamespace
+
+    from nodegraph.errors import OutOfMemory
+
+    manager = CountingManager()
+    engine = Engine(registry(), env=SimpleNamespace(model_manager=manager))
+    engine.run(diamond())
+    assert len(engine.cache) > 0
+    recorder = Recorder()
+    with pytest.raises(OutOfMemory) as caught:
+        engine.run(_raising(error, "CUDA out of memory. Tried to allocate 2.00 GiB" if error != "MemoryError" else ""),
+                   hooks=[recorder])
+    failure = caught.value
+    assert failure.node_id == "2" and failure.class_type == "Raise" and failure.exception_type.endswith(error)
+    assert "out of memory" in failure.exception_message and "out of memory" in str(failure)
+    assert ("node_error", "2", failure.exception_message) in recorder.events and recorder.events[-1] == ("run_end", "error")
+    assert manager.frees == 1 and len(engine.cache) == 0
+    CALLS.clear()
+    assert engine.run(diamond()).ui["5"] == {"value": [8]} and CALLS == ["1", "2", "3", "4", "5"]

@@ -22,6 +22,37 @@ def collect(value: int) -> dict:
             "3": {"class_type": "Collect", "inputs": {"value": ["1", 0]}}}
 
 
+class CountingManager:
+    def __init__(self) -> None:
+        self.frees = 0
+
+    def free(self) -> int:
+        self.frees += 1
+        return 0
+
+
+async def test_out_of_memory_fails_the_prompt_clearly_frees_and_the_next_prompt_runs(tmp_path):
+    async with serve(tmp_path) as client:
+        engine = client.app[STATE].engine
+        manager = engine.env.model_manager = CountingManager()
+        ws = await client.ws_connect("/ws?clientId=oom")
+        await next_message(ws)
+        first = (await submit(client, collect(5), client_id="oom"))["prompt_id"]
+        await messages_until(ws, prompt_done(first))
+        assert len(engine.cache) > 0
+        for error in ("MemoryError", "OutOfMemoryError"):
+            pid = (await submit(client, raising(error, message="CUDA out of memory" * (error != "MemoryError")),
+                                client_id="oom"))["prompt_id"]
+            received = await messages_until(ws, prompt_done(pid))
+            (data,) = [data for event, data in received if event == "execution_error"]
+            assert data["node_id"] == "2" and data["node_type"] == "Raise" and data["exception_type"].endswith(error)
+            assert data["exception_message"].startswith("out of memory in node 2 (Raise)")
+            assert len(engine.cache) == 0
+        assert manager.frees == 2
+        after = (await submit(client, collect(6), client_id="oom"))["prompt_id"]
+        assert (await wait_history(client, after))["outputs"] == {"3": {"value": [6]}}
+
+
 async def test_a_node_raising_base_exceptions_fails_its_prompt_and_the_queue_goes_on(tmp_path):
     """KeyboardInterrupt or SystemExit raised by a node (not a signal: those reach the main thread) must not
     take the worker down or leave the prompt running."""
