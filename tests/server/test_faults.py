@@ -64,3 +64,52 @@ async def test_a_node_raising_base_exceptions_fails_its_prompt_and_the_queue_goe
         assert [s["status_str"] for s in statuses] == ["error"] * 3
         assert [s["messages"][-1][0] for s in statuses] == ["execution_interrupted", "execution_error", "execution_error"]
         assert (await wait_history(client, last))["outputs"] == {"3": {"value": [9]}}
+
+
+def marker(tag: str) -> dict:
+    return {"1": {"class_type": "Marker", "inputs": {"tag": tag, "steps": 1, "delay": 0.0}}}
+
+
+async def test_a_result_the_store_fails_to_record_is_retried_and_never_run_again(tmp_path, monkeypatch):
+    """If writing the finished state failed, the prompt stayed "running" and ran again after a restart."""
+    async with serve(tmp_path) as client:
+        store = client.app[STATE].store
+        real, failures = store.finish, []
+
+        def flaky_finish(*args, **kwargs):
+            if len(failures) < 3:
+                failures.append(1)
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "finish", flaky_finish)
+        await submit(client, marker("once"), prompt_id="once")
+        entry = await wait_history(client, "once")
+        assert entry["status"]["status_str"] == "success" and len(failures) == 3
+    async with serve(tmp_path) as client:  # a restart on the same data dir
+        await submit(client, marker("later"), prompt_id="later")
+        await wait_history(client, "later")
+        assert (tmp_path / "output" / "runs.log").read_text().split() == ["once", "later"]
+
+
+async def test_a_result_that_cannot_be_stored_is_recorded_as_an_error_instead(tmp_path, monkeypatch):
+    """A result the store keeps refusing (its outputs, say) is recorded without them: the prompt is done."""
+    async with serve(tmp_path) as client:
+        store = client.app[STATE].store
+        real = store.finish
+
+        def refuses_outputs(prompt_id, outputs, status, meta):
+            if outputs:
+                raise sqlite3.DataError("string or blob too big")
+            return real(prompt_id, outputs, status, meta)
+
+        monkeypatch.setattr(store, "finish", refuses_outputs)
+        monkeypatch.setattr("nodegraph.server.worker.FINISH_RETRY_DELAY", 0.001)
+        await submit(client, marker("big"), prompt_id="big")
+        entry = await wait_history(client, "big")
+        assert entry["status"]["status_str"] == "error" and entry["outputs"] == {}
+        (event, data), = entry["status"]["messages"][-1:]
+        assert event == "execution_error" and "could not be recorded" in data["exception_message"]
+        await submit(client, marker("next"), prompt_id="next")
+        assert (await wait_history(client, "next"))["status"]["status_str"] == "error"  # still refused
+    assert (tmp_path / "output" / "runs.log").read_text().split() == ["big", "next"]
