@@ -54,6 +54,8 @@ class RunResult:
     """The output values of the run's target nodes, by node id."""
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+    """The cache key of every node the outputs need (what made each one reuse or re-run)."""
     seconds: float = 0.0
 
 
@@ -183,6 +185,7 @@ class Engine:
             hook.run_end(run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "error", exc)
             raise
         result.values = {nid: store[nid][0] for nid in graph.outputs if nid in store}
+        result.keys = {nid: keys[nid] for nid in order if nid in keys}
         result.seconds = time.perf_counter() - started
         hook.run_end(run, "success")
         return result
