@@ -4,9 +4,17 @@ result, and (in real processes) kill -9 while a prompt runs or writes its output
 from __future__ import annotations
 
 import asyncio
+import random
+import signal
 import sqlite3
+import sys
+import time
+from pathlib import Path
 
+import pytest
+from PIL import Image
 from server_helpers import messages_until, next_message, prompt_done, serve, submit, wait_history
+from test_server_process import Server, free_port, marker, wait_for
 
 from nodegraph.server.state import STATE
 
@@ -66,8 +74,8 @@ async def test_a_node_raising_base_exceptions_fails_its_prompt_and_the_queue_goe
         assert (await wait_history(client, last))["outputs"] == {"3": {"value": [9]}}
 
 
-def marker(tag: str) -> dict:
-    return {"1": {"class_type": "Marker", "inputs": {"tag": tag, "steps": 1, "delay": 0.0}}}
+def quick_marker(tag: str) -> dict:
+    return marker(tag, 1, 0.0)
 
 
 async def test_a_result_the_store_fails_to_record_is_retried_and_never_run_again(tmp_path, monkeypatch):
@@ -83,11 +91,11 @@ async def test_a_result_the_store_fails_to_record_is_retried_and_never_run_again
             return real(*args, **kwargs)
 
         monkeypatch.setattr(store, "finish", flaky_finish)
-        await submit(client, marker("once"), prompt_id="once")
+        await submit(client, quick_marker("once"), prompt_id="once")
         entry = await wait_history(client, "once")
         assert entry["status"]["status_str"] == "success" and len(failures) == 3
     async with serve(tmp_path) as client:  # a restart on the same data dir
-        await submit(client, marker("later"), prompt_id="later")
+        await submit(client, quick_marker("later"), prompt_id="later")
         await wait_history(client, "later")
         assert (tmp_path / "output" / "runs.log").read_text().split() == ["once", "later"]
 
@@ -105,11 +113,69 @@ async def test_a_result_that_cannot_be_stored_is_recorded_as_an_error_instead(tm
 
         monkeypatch.setattr(store, "finish", refuses_outputs)
         monkeypatch.setattr("nodegraph.server.worker.FINISH_RETRY_DELAY", 0.001)
-        await submit(client, marker("big"), prompt_id="big")
+        await submit(client, quick_marker("big"), prompt_id="big")
         entry = await wait_history(client, "big")
         assert entry["status"]["status_str"] == "error" and entry["outputs"] == {}
         (event, data), = entry["status"]["messages"][-1:]
         assert event == "execution_error" and "could not be recorded" in data["exception_message"]
-        await submit(client, marker("next"), prompt_id="next")
+        await submit(client, quick_marker("next"), prompt_id="next")
         assert (await wait_history(client, "next"))["status"]["status_str"] == "error"  # still refused
     assert (tmp_path / "output" / "runs.log").read_text().split() == ["big", "next"]
+
+
+def _visible_pngs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.png") if not p.name.startswith("."))
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError):
+        return False
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="kill -9 semantics")
+def test_kill_9_while_writing_outputs_leaves_no_half_written_png_and_runs_nothing_twice(tmp_path):
+    """Cycles of: queue a prompt that writes big PNGs (and two behind it), kill -9 the server mid-write,
+    check every visible PNG is whole, restart: the killed prompt runs once more to the end, the queued ones
+    run, the stale partial file is gone, and no finished prompt ever runs again."""
+    output = tmp_path / "output"
+    caught_mid_write, finished = 0, []
+    for cycle in range(8):
+        server = Server(tmp_path, free_port())
+        try:
+            tag = f"big{cycle}"
+            server.request("POST", "/prompt", {"prompt": {"1": {"class_type": "SaveNoise", "inputs": {
+                "tag": tag, "count": 30, "megabytes": 8}}}, "prompt_id": tag})
+            for after in ("a", "b"):
+                server.request("POST", "/prompt", {"prompt": marker(f"{tag}-{after}", 1, 0.0),
+                                                   "prompt_id": f"{tag}-{after}"})
+            wait_for(lambda: list(output.glob(f"{tag}_*_.png")), what=f"{tag} to write")
+            time.sleep(random.uniform(0.0, 0.15))
+        finally:
+            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        partials = list(output.glob(".partial.*"))
+        caught_mid_write += bool(partials)
+        assert all(_decodes(path) for path in _visible_pngs(output)), "a half-written PNG is visible"
+
+        server = Server(tmp_path, free_port())
+        try:
+            ids = [tag, f"{tag}-a", f"{tag}-b"]
+            history = wait_for(lambda: (h := server.request("GET", "/history")) and set(ids) <= set(h) and h,
+                               what=f"{ids} after the restart")
+            assert [history[i]["status"]["status_str"] for i in ids] == ["success"] * 3, server.output()
+            finished += ids
+        finally:
+            assert server.stop(signal.SIGTERM) == 0
+        assert not list(output.glob(".partial.*"))  # the restart removed what the killed writer left
+        runs = (output / "runs.log").read_text().split()
+        assert sorted(runs) == sorted(finished)  # each prompt completed exactly once, none again
+        assert all(_decodes(path) for path in _visible_pngs(output))
+        for path in _visible_pngs(output):  # checked: make room for the next cycle
+            path.unlink()
+        if caught_mid_write >= 2:
+            break
+    assert caught_mid_write >= 1, "no kill landed mid-write: the test did not test what it says"
+
