@@ -179,3 +179,49 @@ def test_kill_9_while_writing_outputs_leaves_no_half_written_png_and_runs_nothin
             break
     assert caught_mid_write >= 1, "no kill landed mid-write: the test did not test what it says"
 
+
+async def test_200_prompts_from_20_clients_with_one_that_never_reads(tmp_path):
+    """Every prompt completes once with its own result; each client hears only of its own prompts; a client
+    that never reads its socket (and asked for previews) holds nobody up."""
+    from test_server_ws import _never_reading_client
+
+    clients, per_client = 20, 10
+    async with serve(tmp_path) as client:
+        lazy = await _never_reading_client(client.server.port, "lazy")
+        lazy_ids = [(await submit(client, {
+            "1": {"class_type": "Number", "inputs": {"value": 900 + i}},
+            "2": {"class_type": "PreviewSteps", "inputs": {"a": ["1", 0], "steps": 20}},
+            "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}, client_id="lazy"))["prompt_id"]
+            for i in range(3)]
+
+        async def one_client(index: int) -> dict[str, int]:
+            sid = f"c{index}"
+            ws = await client.ws_connect(f"/ws?clientId={sid}")
+            await next_message(ws)
+            values = {}
+            for k in range(per_client):
+                value = index * per_client + k
+                values[(await submit(client, collect(value), client_id=sid))["prompt_id"]] = value
+            pending, seen = set(values), set()
+            async with asyncio.timeout(25):
+                while pending:
+                    message = await next_message(ws, timeout=25)
+                    if isinstance(message, tuple) and "prompt_id" in message[1]:
+                        seen.add(message[1]["prompt_id"])
+                        if prompt_done(message[1]["prompt_id"])(message):
+                            pending.discard(message[1]["prompt_id"])
+            assert seen <= set(values), f"{sid} heard of prompts that are not its own"
+            await ws.close()
+            return values
+
+        results = await asyncio.gather(*(one_client(i) for i in range(clients)))
+        history = await (await client.get("/history")).json()
+        expected = {pid: value for values in results for pid, value in values.items()}
+        assert len(expected) == clients * per_client
+        for pid, value in expected.items():
+            assert history[pid]["status"]["status_str"] == "success"
+            assert history[pid]["outputs"] == {"3": {"value": [value]}}
+        for pid in lazy_ids:
+            assert (await wait_history(client, pid))["status"]["status_str"] == "success"
+        assert (await (await client.get("/queue")).json()) == {"queue_running": [], "queue_pending": []}
+        lazy.close()
