@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from .errors import Interrupted
+from .fingerprint import FileFingerprints
 from .hooks import Hooks, RunInfo
 
 
@@ -26,16 +28,26 @@ class CancelToken:
 class NodeContext:
     """Handed to `execute` and `fingerprint`; `env` is the application's environment (paths, devices, ...)."""
 
-    __slots__ = ("node_id", "node_type", "env", "_run", "_hooks", "_cancel")
+    __slots__ = ("node_id", "node_type", "env", "_run", "_hooks", "_cancel", "_fingerprints")
 
     def __init__(self, node_id: str, node_type: str, env: Any, run: RunInfo | None = None,
-                 hooks: Hooks | None = None, cancel: CancelToken | None = None) -> None:
+                 hooks: Hooks | None = None, cancel: CancelToken | None = None,
+                 fingerprints: FileFingerprints | None = None) -> None:
         self.node_id = node_id
         self.node_type = node_type
         self.env = env
         self._run = run
         self._hooks = hooks
         self._cancel = cancel
+        self._fingerprints = fingerprints
+
+    def fingerprint_file(self, path: str | os.PathLike[str]) -> str:
+        """The content digest of a file (or of every file in a folder) for a node's `fingerprint`: the one
+        contract for nodes that read files (see nodegraph/fingerprint.py). Memoised by the engine; without one
+        (a node called directly) it is computed afresh. Raises OSError when the file cannot be read."""
+        if self._fingerprints is None:
+            self._fingerprints = FileFingerprints()
+        return self._fingerprints.path(path)
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -76,9 +76,37 @@ class NodeExecutionError(RuntimeError):
         super().__init__(f"node {node_id} ({class_type}) failed: {type(exception).__name__}: {exception}")
 
 
+class OutOfMemory(NodeExecutionError):
+    """A node ran out of memory (RAM, or the GPU's); the engine freed cached outputs and unused models, so the
+    next run starts clean. `exception_message` says so in words; `exception_type` is the original's."""
+
+    def __init__(self, node_id: str, class_type: str, exception: BaseException, traceback_text: str) -> None:
+        super().__init__(node_id, class_type, exception, traceback_text)
+        detail = str(exception).strip().splitlines()[0] if str(exception).strip() else type(exception).__name__
+        self.exception_message = (f"out of memory in node {node_id} ({class_type}): {detail}. Cached outputs and "
+                                  "unused models were freed; try again, or use a smaller size or batch")
+        self.args = (f"node {node_id} ({class_type}) failed: {self.exception_message}",)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's (CUDA) OutOfMemoryError, or an older torch's RuntimeError saying "out of memory";
+    told apart without importing torch."""
+    if isinstance(exc, MemoryError) or any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 class Interrupted(Exception):
     """The run was interrupted on request; raised from inside a node at its next check."""
 
     def __init__(self, node_id: str | None = None) -> None:
         self.node_id = node_id
         super().__init__("interrupted" + (f" at node {node_id}" if node_id else ""))
+
+    def at_node(self, node_id: str) -> Interrupted:
+        """Name the node that was running, when the code that raised it knew none (e.g. the sampler's
+        StoppableDenoiser); returns self, to be re-raised."""
+        if self.node_id is None:
+            self.node_id = node_id
+            self.args = (f"interrupted at node {node_id}",)
+        return self

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import inspect
+import logging
 import threading
 import time
 import traceback
@@ -16,15 +18,19 @@ from typing import Any
 
 from .cache import OutputCache, UnhashableInput, node_key
 from .context import CancelToken, NodeContext
-from .errors import UNHASHABLE_INPUT, Interrupted, NodeExecutionError, ValidationFailed, ValidationIssue
+from .errors import (UNHASHABLE_INPUT, Interrupted, NodeExecutionError, OutOfMemory, ValidationFailed, ValidationIssue,
+                     is_out_of_memory)
+from .fingerprint import FileFingerprints
 from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
-from .plan import CompiledGraph
+from .models import release_memory
+from .plan import CompiledGraph, CompiledNode
 from .registry import NodeRegistry
 from .schema import Node, NodeResult
 from .validation import check_dynamic_options, check_value, compile_workflow
 from .workflow import Workflow
 
-PLAN_MEMO_SIZE = 16
+PLAN_MEMO_SIZE = 32
+"""Plans remembered; one made for the default outputs is remembered under two keys."""
 
 
 @contextmanager
@@ -48,6 +54,8 @@ class RunResult:
     """The output values of the run's target nodes, by node id."""
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+    """The cache key of every node the outputs need (what made each one reuse or re-run)."""
     seconds: float = 0.0
 
 
@@ -59,6 +67,8 @@ class Engine:
         env: the application's environment, handed to nodes as `ctx.env` (paths, devices, model cache).
         cache: the output cache; a default bounded LRU cache when omitted.
         hooks: hooks that watch every run of this engine.
+
+    The engine owns its long-lived state: `cache` (outputs), the plan memo and `fingerprints` (file digests).
     """
 
     def __init__(self, registry: NodeRegistry, *, env: Any = None, cache: OutputCache | None = None,
@@ -67,18 +77,22 @@ class Engine:
         self.env = env
         self.cache = cache if cache is not None else OutputCache()
         self.hooks = list(hooks)
+        self.fingerprints = FileFingerprints()
         self._lock = threading.Lock()
         self._plans: OrderedDict[str, CompiledGraph] = OrderedDict()
 
     def compile(self, workflow: Workflow | CompiledGraph, outputs: Sequence[str] | None = None) -> CompiledGraph:
         """Validate and plan; an identical workflow reuses its plan, re-checking only what the environment
-        can change (COMBO options read from disk). Raises `ValidationFailed`."""
+        can change (COMBO options read from disk). Raises `ValidationFailed`.
+
+        A plan made for the default outputs (None: every output node) is also found by the list of those
+        outputs, which is what the server stores with a queued prompt: submission and worker share one plan.
+        """
         if isinstance(workflow, CompiledGraph):
             return workflow
         with gc_paused():
-            digest = hashlib.blake2b(workflow.model_dump_json().encode(), digest_size=20)
-            digest.update(repr(None if outputs is None else list(outputs)).encode())
-            memo_key = digest.hexdigest()
+            text = workflow.model_dump_json().encode()
+            memo_key = _memo_key(text, outputs)
             graph = self._plans.get(memo_key)
             if graph is not None and graph.registry_size == len(self.registry):
                 self._plans.move_to_end(memo_key)
@@ -87,6 +101,7 @@ class Engine:
             graph = compile_workflow(workflow, self.registry, self.env, outputs)
             graph.registry_size = len(self.registry)
             self._plans[memo_key] = graph
+            self._plans[_memo_key(text, graph.outputs)] = graph
             while len(self._plans) > PLAN_MEMO_SIZE:
                 self._plans.popitem(last=False)
             return graph
@@ -114,11 +129,13 @@ class Engine:
         started = time.perf_counter()
         with gc_paused():
             order = graph.order()
-            keys = self._keys(graph, order, run.run_id)
-            store, to_execute = self._plan(graph, order, keys)
+            nonce = uuid.uuid4().hex  # per run, never the caller's run id: a reused id must not hit the cache
+            keys, pending = self._keys(graph, order, nonce)
+            store, to_execute = self._plan(graph, order, keys, pending)
         run.order = [nid for nid in order if nid in store or nid in to_execute]
         run.cached = [nid for nid in run.order if nid in store]
         run.execute = [nid for nid in run.order if nid in to_execute]
+        run.pending = [nid for nid in run.execute if nid in pending]
         result = RunResult(run_id=run.run_id, cached=list(run.cached))
         hook.run_start(run)
         targets = set(graph.outputs)
@@ -137,12 +154,20 @@ class Engine:
                     continue
                 if cancel.cancelled:
                     raise Interrupted(nid)
-                outputs, ui = self._execute(graph, nid, store, run, hook, cancel)
-                store[nid] = (outputs, ui)
-                result.executed.append(nid)
-                self.cache.put(keys[nid], outputs, ui)
-                if ui:
-                    result.ui[nid] = ui
+                if nid in pending:  # its key needed values known only now
+                    keys[nid] = self._run_time_key(graph, nid, keys, store, run, hook, nonce)
+                    entry = self.cache.get(keys[nid])
+                    if entry is not None:
+                        store[nid] = (entry.outputs, entry.ui)
+                        result.cached.append(nid)
+                        hook.node_end(run, nid, node.type_id, cached=True, ui=entry.ui, seconds=0.0)
+                if nid not in store:
+                    outputs, ui = self._execute(graph, nid, store, run, hook, cancel)
+                    store[nid] = (outputs, ui)
+                    result.executed.append(nid)
+                    self.cache.put(keys[nid], outputs, ui)
+                if store[nid][1]:
+                    result.ui[nid] = store[nid][1]
                 for source, _ in node.links.values():  # free what no remaining node needs
                     consumers[source] -= 1
                     if consumers[source] == 0 and source not in targets:
@@ -151,17 +176,29 @@ class Engine:
             hook.run_end(run, "interrupted", exc)
             raise
         except NodeExecutionError as exc:
+            if isinstance(exc, OutOfMemory):
+                store.clear()
+                self._free_after_out_of_memory()
             hook.run_end(run, "error", exc)
             raise
+        except BaseException as exc:  # Ctrl-C, SystemExit, a bug outside any node: watchers still learn the end
+            hook.run_end(run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "error", exc)
+            raise
         result.values = {nid: store[nid][0] for nid in graph.outputs if nid in store}
+        result.keys = {nid: keys[nid] for nid in order if nid in keys}
         result.seconds = time.perf_counter() - started
         hook.run_end(run, "success")
         return result
 
-    def _keys(self, graph: CompiledGraph, order: list[str], run_id: str) -> dict[str, str]:
-        """Merkle keys in dependency order. Keys of "static" nodes (deterministic, no fingerprint, all
-        upstream static) depend on the graph alone and are kept with the plan for the next run."""
+    def _keys(self, graph: CompiledGraph, order: list[str], nonce: str) -> tuple[dict[str, str], set[str]]:
+        """Merkle keys in dependency order, and the "pending" nodes whose keys wait for the run.
+
+        Keys of "static" nodes (deterministic, no fingerprint, all upstream static) depend on the graph alone
+        and are kept with the plan for the next run. A node whose fingerprint needs a linked value (a file name
+        fed by a link) is keyed at run time once that value is known, and so is everything downstream of it.
+        """
         keys: dict[str, str] = {}
+        pending: set[str] = set()
         static = graph.static_keys
         issues: list[ValidationIssue] = []
         for nid in order:
@@ -171,14 +208,13 @@ class Engine:
                 continue
             node = graph.nodes[nid]
             schema = node.schema
-            upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
+            if fingerprint_links(node) or any(src in pending for src, _ in node.links.values()):
+                pending.add(nid)
+                continue
             try:
-                has_fingerprint = node.node_cls.fingerprint.__func__ is not Node.fingerprint.__func__
-                fingerprint = (node.node_cls.fingerprint(NodeContext(nid, schema.type_id, self.env), **node.widgets)
-                               if has_fingerprint else None)
-                nonce = None if schema.deterministic else run_id
-                keys[nid] = node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint, nonce)
-                if not has_fingerprint and schema.deterministic and all(src in static for src, _ in node.links.values()):
+                keys[nid] = self._key(node, keys, nonce)
+                if (not has_fingerprint(node.node_cls) and schema.deterministic
+                        and all(src in static for src, _ in node.links.values())):
                     static[nid] = keys[nid]
             except UnhashableInput as exc:
                 issues.append(ValidationIssue(type=UNHASHABLE_INPUT, message="Input cannot be hashed for the cache",
@@ -188,18 +224,45 @@ class Engine:
                                               details=type(exc).__name__, node_id=nid, class_type=schema.type_id))
         if issues:
             raise ValidationFailed(issues)
-        return keys
+        return keys, pending
 
-    def _plan(self, graph: CompiledGraph, order: list[str],
-              keys: dict[str, str]) -> tuple[dict[str, tuple[tuple[Any, ...], dict[str, Any]]], set[str]]:
-        """Walk back from the outputs: a cached node needs nothing upstream, a missing one needs its inputs."""
+    def _key(self, node: CompiledNode, keys: dict[str, str], nonce: str, linked: dict[str, Any] | None = None) -> str:
+        """One node's key from its upstream keys; `nonce` (new each run) keys non-deterministic nodes and
+        `linked` holds the linked values its fingerprint names."""
+        schema = node.schema
+        upstream = {name: (keys.get(src, src), slot) for name, (src, slot) in node.links.items()}
+        fingerprint = None
+        if has_fingerprint(node.node_cls):
+            ctx = NodeContext(node.id, schema.type_id, self.env, fingerprints=self.fingerprints)
+            fingerprint = node.node_cls.fingerprint(ctx, **node.widgets, **(linked or {}))
+        return node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint,
+                        None if schema.deterministic else nonce)
+
+    def _run_time_key(self, graph: CompiledGraph, nid: str, keys: dict[str, str],
+                      store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]], run: RunInfo, hook: HookSet,
+                      nonce: str) -> str:
+        """The key of a pending node, its inputs now known; a fingerprint that fails is this node's error."""
+        node = graph.nodes[nid]
+        try:
+            wanted = fingerprint_links(node)
+            linked = {name: value for name, value in self._inputs(node, store).items() if name in wanted}
+            return self._key(node, keys, nonce, linked)
+        except Exception as exc:
+            text = traceback.format_exc()
+            hook.node_error(run, NodeErrorInfo(nid, node.type_id, type(exc).__name__, str(exc), text))
+            raise NodeExecutionError(nid, node.type_id, exc, text) from exc
+
+    def _plan(self, graph: CompiledGraph, order: list[str], keys: dict[str, str],
+              pending: set[str]) -> tuple[dict[str, tuple[tuple[Any, ...], dict[str, Any]]], set[str]]:
+        """Walk back from the outputs: a cached node needs nothing upstream, a missing one needs its inputs.
+        A pending node (keyed at run time) may execute, so it needs its inputs too."""
         store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         to_execute: set[str] = set()
         needed = set(graph.outputs)
         for nid in reversed(order):
             if nid not in needed:
                 continue
-            entry = self.cache.get(keys[nid])
+            entry = None if nid in pending else self.cache.get(keys[nid])
             if entry is not None:
                 store[nid] = (entry.outputs, entry.ui)  # held for this run even if evicted meanwhile
                 continue
@@ -207,33 +270,76 @@ class Engine:
             needed.update(src for src, _ in graph.nodes[nid].links.values())
         return store, to_execute
 
+    def _inputs(self, node: CompiledNode, store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]]) -> dict[str, Any]:
+        """The node's keyword arguments: its widgets and its linked values (value types checked now)."""
+        kwargs = dict(node.widgets)
+        for name, (src, slot) in node.links.items():
+            value = store[src][0][slot]
+            spec = node.schema.input_map[name]
+            if spec.is_value_type:  # a linked INT/FLOAT/...: check it against its constraints now
+                value, issue = check_value(spec, value, self.env)
+                if issue is not None:
+                    raise ValueError(f"linked value for {name!r}: {issue.message} ({issue.details})")
+            kwargs[name] = value
+        return kwargs
+
     def _execute(self, graph: CompiledGraph, nid: str, store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]],
                  run: RunInfo, hook: HookSet, cancel: CancelToken) -> tuple[tuple[Any, ...], dict[str, Any]]:
         node = graph.nodes[nid]
         schema = node.schema
-        ctx = NodeContext(nid, schema.type_id, self.env, run, hook, cancel)
+        ctx = NodeContext(nid, schema.type_id, self.env, run, hook, cancel, self.fingerprints)
         hook.node_start(run, nid, schema.type_id)
         started = time.perf_counter()
         try:
-            kwargs = dict(node.widgets)
-            for name, (src, slot) in node.links.items():
-                value = store[src][0][slot]
-                spec = schema.input_map[name]
-                if spec.is_value_type:  # a linked INT/FLOAT/...: check it against its constraints now
-                    value, issue = check_value(spec, value, self.env)
-                    if issue is not None:
-                        raise ValueError(f"linked value for {name!r}: {issue.message} ({issue.details})")
-                kwargs[name] = value
+            kwargs = self._inputs(node, store)
             returned = node.node_cls.execute(ctx, **kwargs)
             outputs, ui = _normalise(returned, len(schema.outputs), schema.type_id)
-        except Interrupted:
-            raise
+        except Interrupted as exc:
+            raise exc.at_node(nid)
         except Exception as exc:
             text = traceback.format_exc()
-            hook.node_error(run, NodeErrorInfo(nid, schema.type_id, type(exc).__name__, str(exc), text))
-            raise NodeExecutionError(nid, schema.type_id, exc, text) from exc
+            if is_out_of_memory(exc):  # keep no frame (and its tensors) alive through the traceback
+                failure: NodeExecutionError = OutOfMemory(nid, schema.type_id, exc.with_traceback(None), text)
+            else:
+                failure = NodeExecutionError(nid, schema.type_id, exc, text)
+            hook.node_error(run, NodeErrorInfo(nid, schema.type_id, type(exc).__name__, failure.exception_message, text))
+            if isinstance(failure, OutOfMemory):
+                raise failure from None
+            raise failure from exc
         hook.node_end(run, nid, schema.type_id, cached=False, ui=ui, seconds=time.perf_counter() - started)
         return outputs, ui
+
+
+    def _free_after_out_of_memory(self) -> None:
+        """After a node ran out of memory: drop every cached output and every model not in use, so the next
+        run starts from clean memory instead of failing the same way."""
+        self.cache.clear()
+        manager = getattr(self.env, "model_manager", None)
+        if manager is not None:
+            try:
+                manager.free()
+            except Exception:  # freeing is best effort; the run's own error is what the user must see
+                logging.getLogger(__name__).exception("freeing models after running out of memory failed")
+        release_memory()
+
+
+def _memo_key(workflow_json: bytes, outputs: Sequence[str] | None) -> str:
+    digest = hashlib.blake2b(workflow_json, digest_size=20)
+    digest.update(repr(None if outputs is None else list(dict.fromkeys(outputs))).encode())
+    return digest.hexdigest()
+
+
+def has_fingerprint(node_cls: type[Node]) -> bool:
+    return node_cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
+
+
+def fingerprint_links(node: CompiledNode) -> frozenset[str]:
+    """The linked inputs a node's fingerprint names as parameters: their values are needed to key it."""
+    if not has_fingerprint(node.node_cls) or not node.links:
+        return frozenset()
+    parameters = list(inspect.signature(node.node_cls.fingerprint).parameters.values())[1:]  # after ctx
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(named & node.links.keys())
 
 
 def _normalise(returned: Any, n_outputs: int, type_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:

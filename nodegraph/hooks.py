@@ -22,6 +22,9 @@ class RunInfo:
     """Every node of the run that is executed or taken from the cache, in order."""
     cached: list[str] = field(default_factory=list)
     execute: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    """Nodes of `execute` keyed only at run time (a linked value feeds their fingerprint): one found in the
+    cache then ends with `node_end(cached=True)` instead of running."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """What the caller attached to the run, e.g. the prompt and workflow that SaveImage embeds in PNGs."""
 

@@ -9,6 +9,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _COUNTER = re.compile(r"_(\d{5,})_\.[A-Za-z0-9]+$")
+PARTIAL_PREFIX = ".partial."
+"""`save_new_file`'s temporary files: `.partial.<writer pid>.<random>.<ext>`, hidden, never a result."""
+_PARTIAL = re.compile(r"^\.partial\.(\d+)\.")
 
 
 class UnsafePath(ValueError):
@@ -79,7 +82,7 @@ def save_new_file(directory: str | os.PathLike[str], prefix: str, extension: str
     target = safe_join(directory, f"{prefix}_00000_.{extension}")
     folder, stem = target.parent, target.name[: -len(f"_00000_.{extension}")]
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial.", suffix=f".{extension}")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{PARTIAL_PREFIX}{os.getpid()}.", suffix=f".{extension}")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -94,6 +97,36 @@ def save_new_file(directory: str | os.PathLike[str], prefix: str, extension: str
             return candidate
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def remove_stale_partials(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files `save_new_file` left under `root` when its process was killed mid-write
+    (their writer's pid is in the name and no longer runs); a running writer's files are left alone.
+    Returns what was removed."""
+    if os.name != "posix" or not Path(root).is_dir():
+        return []
+    removed = []
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            match = _PARTIAL.match(filename)
+            if match is None or _process_alive(int(match.group(1))):
+                continue
+            path = Path(dirpath) / filename
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or not a pid we can ask about: leave its files
+    return True
 
 
 def glob_escape(text: str) -> str:

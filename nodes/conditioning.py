@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -26,6 +27,21 @@ class CLIPTextEncode(Node):
         from .sd.text import encode
 
         return ((encode(clip, text),),)
+
+    @classmethod
+    def fingerprint(cls, ctx: NodeContext, text: str) -> Any:
+        """The content digest of each embedding file the text names (None for a name that resolves to none),
+        so replacing or editing an embedding re-encodes. Looked up where the CLIP handles of this library look
+        (`CheckpointLoaderSimple` gives them the environment's embeddings folders)."""
+        from .sd.prompt import parse_prompt
+        from .sd.text import find_embedding
+
+        names = sorted({part.embedding for part in parse_prompt(text) if part.embedding is not None})
+        if not names:
+            return None
+        dirs = ctx.env.models.folder_dirs("embeddings") if ctx.env is not None else []
+        found = {name: find_embedding(name, dirs) for name in names}
+        return [[name, None if path is None else ctx.fingerprint_file(path)] for name, path in found.items()]
 
 
 class ConditioningCombine(Node):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 from typing import Any
 
@@ -64,7 +63,7 @@ class LoadImage(Node):
 
     @classmethod
     def fingerprint(cls, ctx: NodeContext, image: str) -> Any:
-        return hashlib.sha256(ctx.env.input_path(image).read_bytes()).hexdigest()
+        return ctx.fingerprint_file(ctx.env.input_path(image))
 
 
 class SaveImage(Node):

@@ -18,13 +18,14 @@ def _folder(name: str):
 
 
 def _file_fingerprint(ctx: NodeContext, folder: str, name: str) -> Any:
-    """Size and modification time: cheap for multi-GB files, and changes when the file is replaced."""
+    """The content digest of a model file (every file of a diffusers folder), by the engine's one contract
+    for file inputs (nodegraph/fingerprint.py: multi-GB files are hashed from their header and a sample).
+    None when the name does not resolve: the node's execute then reports the missing file."""
     try:
         path = ctx.env.models.resolve(folder, name)
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())  # diffusers folder
-        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     except (OSError, AttributeError, ValueError):
         return None
+    return ctx.fingerprint_file(path)
 
 
 def part_dtypes(env: Any, *, force_upcast: bool | None = None) -> Any:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeRegistry, NodeResult, NodeSchema, Out, Socket, String
+from nodegraph.errors import Interrupted
 from nodegraph.workflow import Link, NodeInstance, Workflow
 
 CALLS: list[str] = []
@@ -61,6 +62,24 @@ class Steps(Node):
         return (a,)
 
 
+class Stoppable(Node):
+    """Waits up to `steps` x `delay` seconds for an interruption and then raises a bare `Interrupted()`, as the
+    sampler's StoppableDenoiser does (it knows no node id)."""
+
+    schema = NodeSchema(type_id="Stoppable", category="test",
+                        inputs=(Socket("a", "INT"), Int("steps", 1, min=1, max=10000), Float("delay", 0.0, min=0, max=1)),
+                        outputs=(Out("INT"),))
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, a: int, steps: int, delay: float) -> tuple[int]:
+        CALLS.append(ctx.node_id)
+        for _ in range(steps):
+            time.sleep(delay)
+            if ctx.interrupted:
+                raise Interrupted()
+        raise Interrupted()
+
+
 class Fail(Node):
     schema = NodeSchema(type_id="Fail", category="test", inputs=(Socket("a", "INT"), String("message", "boom")),
                         outputs=(Out("INT"),))
@@ -71,8 +90,31 @@ class Fail(Node):
         raise RuntimeError(message)
 
 
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (a RuntimeError of that name) without importing torch."""
+
+
+RAISABLE: dict[str, type[BaseException]] = {
+    "MemoryError": MemoryError, "OutOfMemoryError": OutOfMemoryError, "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit, "RuntimeError": RuntimeError,
+}
+
+
+class Raise(Node):
+    """Raises the exception type it names (out of memory, Ctrl-C, ...) when it runs."""
+
+    schema = NodeSchema(type_id="Raise", category="test",
+                        inputs=(Socket("a", "INT"), Combo("error", list(RAISABLE)), String("message", "")),
+                        outputs=(Out("INT"),))
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, a: int, error: str, message: str) -> tuple[int]:
+        CALLS.append(ctx.node_id)
+        raise RAISABLE[error](*([message] if message else []))
+
+
 class FileValue(Node):
-    """Reads a number from a file; its fingerprint is the file content, so edits invalidate the cache."""
+    """Reads a number from a file; its fingerprint is the file's content digest, so edits invalidate the cache."""
 
     schema = NodeSchema(type_id="FileValue", category="test", inputs=(String("path"),), outputs=(Out("INT"),))
 
@@ -84,8 +126,18 @@ class FileValue(Node):
 
     @classmethod
     def fingerprint(cls, ctx: NodeContext, path: str) -> Any:
-        with open(path) as handle:
-            return handle.read()
+        return ctx.fingerprint_file(path)
+
+
+class Text(Node):
+    """A string to link into a converted widget (ComfyUI's PrimitiveString)."""
+
+    schema = NodeSchema(type_id="Text", category="test", inputs=(String("value"),), outputs=(Out("STRING"),))
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, value: str) -> tuple[str]:
+        CALLS.append(ctx.node_id)
+        return (value,)
 
 
 class Random(Node):
@@ -137,7 +189,7 @@ class Sink(Node):
         return NodeResult(ui={"value": [a]})
 
 
-ALL = (Number, Add, Scale, Steps, Fail, FileValue, Random, Collect, MakeList, Passthrough, Sink)
+ALL = (Number, Add, Scale, Steps, Stoppable, Fail, Raise, FileValue, Text, Random, Collect, MakeList, Passthrough, Sink)
 
 
 def registry() -> NodeRegistry:

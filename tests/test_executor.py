@@ -255,3 +255,98 @@ def test_run_metadata_reaches_nodes_and_not_the_cache_key():
     engine = Engine(NodeRegistry([ShowMeta]))
     wf = workflow({"1": ("ShowMeta", {})}, [])
     assert engine.run(wf, metadata={"prompt": {"x": 1}}).ui["1"] == {"meta": [{"x": 1}]}
+
+
+def test_linked_value_into_a_file_input_is_fingerprinted_at_run_time(tmp_path):
+    """ComfyUI accepts a path fed by a link; the file is fingerprinted once the value is known."""
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("4")
+    second.write_text("5")
+    def wf(path):
+        return workflow({"1": ("Text", {"value": str(path)}), "2": ("FileValue", {}), "3": ("Collect", {})},
+                        [("1", 0, "2", "path"), ("2", 0, "3", "value")])
+    engine = Engine(registry())
+    assert engine.run(wf(first)).ui["3"] == {"value": [4]} and CALLS == ["1", "2", "3"]
+    CALLS.clear()
+    rerun = engine.run(wf(first))
+    assert CALLS == [] and rerun.executed == [] and rerun.cached == ["1", "2", "3"] and rerun.ui["3"] == {"value": [4]}
+    first.write_text("7")
+    assert engine.run(wf(first)).ui["3"] == {"value": [7]} and CALLS == ["2", "3"]
+    CALLS.clear()
+    assert engine.run(wf(second)).ui["3"] == {"value": [5]} and CALLS == ["1", "2", "3"]
+    first.unlink()
+    with pytest.raises(NodeExecutionError, match=r"node 2 \(FileValue\) failed: FileNotFoundError"):
+        engine.run(wf(first))
+
+
+def test_a_reused_run_id_does_not_bring_back_a_non_deterministic_result():
+    engine = Engine(registry())
+    wf = workflow({"1": ("Random", {}), "2": ("Collect", {})}, [("1", 0, "2", "value")])
+    first = engine.run(wf, run_id="same").ui["2"]["value"][0]
+    assert engine.run(wf, run_id="same").ui["2"]["value"][0] == first + 1
+
+
+def test_plan_for_default_outputs_is_found_by_their_list():
+    engine = Engine(registry())
+    graph = engine.compile(diamond())
+    assert engine.compile(diamond(), outputs=["5"]) is graph and engine.compile(diamond(), ["5", "5"]) is graph
+    assert engine.compile(diamond(), outputs=["4"]) is not graph
+
+
+def test_an_interruption_raised_inside_a_node_names_that_node():
+    """The sampler raises a bare Interrupted(); the run's error and hooks must still say which node stopped."""
+    recorder = Recorder()
+    engine = Engine(registry())
+    wf = workflow({"1": ("Number", {}), "2": ("Stoppable", {}), "3": ("Collect", {})},
+                  [("1", 0, "2", "a"), ("2", 0, "3", "value")])
+    ended = []
+    recorder.run_end = lambda run, status, error=None: ended.append((status, error))
+    with pytest.raises(Interrupted) as caught:
+        engine.run(wf, hooks=[recorder])
+    assert caught.value.node_id == "2" and str(caught.value) == "interrupted at node 2"
+    assert ended == [("interrupted", caught.value)]
+
+
+def _raising(error, message=""):
+    return workflow({"1": ("Number", {"value": 2}), "2": ("Raise", {"error": error, "message": message}),
+                     "3": ("Collect", {})}, [("1", 0, "2", "a"), ("2", 0, "3", "value")])
+
+
+@pytest.mark.parametrize("error, status", [("KeyboardInterrupt", "interrupted"), ("SystemExit", "error")])
+def test_run_end_is_called_on_any_base_exception(error, status):
+    recorder = Recorder()
+    with pytest.raises(BaseException) as caught:
+        Engine(registry()).run(_raising(error), hooks=[recorder])
+    assert type(caught.value).__name__ == error and recorder.events[-1] == ("run_end", status)
+
+
+class CountingManager:
+    def __init__(self):
+        self.frees = 0
+
+    def free(self):
+        self.frees += 1
+        return 0
+
+
+@pytest.mark.parametrize("error", ["MemoryError", "OutOfMemoryError"])
+def test_out_of_memory_fails_the_node_clearly_frees_memory_and_the_next_run_runs(error):
+    from types import SimpleNamespace
+
+    from nodegraph.errors import OutOfMemory
+
+    manager = CountingManager()
+    engine = Engine(registry(), env=SimpleNamespace(model_manager=manager))
+    engine.run(diamond())
+    assert len(engine.cache) > 0
+    recorder = Recorder()
+    with pytest.raises(OutOfMemory) as caught:
+        engine.run(_raising(error, "CUDA out of memory. Tried to allocate 2.00 GiB" if error != "MemoryError" else ""),
+                   hooks=[recorder])
+    failure = caught.value
+    assert failure.node_id == "2" and failure.class_type == "Raise" and failure.exception_type.endswith(error)
+    assert "out of memory" in failure.exception_message and "out of memory" in str(failure)
+    assert ("node_error", "2", failure.exception_message) in recorder.events and recorder.events[-1] == ("run_end", "error")
+    assert manager.frees == 1 and len(engine.cache) == 0
+    CALLS.clear()
+    assert engine.run(diamond()).ui["5"] == {"value": [8]} and CALLS == ["1", "2", "3", "4", "5"]

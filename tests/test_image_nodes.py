@@ -99,3 +99,21 @@ def test_bislerp_keeps_latent_norms_that_bilinear_shrinks():
     norm = latent.norm(dim=1).mean()
     assert abs(slerped.norm(dim=1).mean() - norm) < abs(linear.norm(dim=1).mean() - norm)
     assert torch.allclose(bislerp(latent, 8, 8), latent)
+
+
+def test_load_image_takes_its_file_name_from_a_link(env):
+    """A PrimitiveString feeding LoadImage.image is valid (as in ComfyUI) and the file is still fingerprinted."""
+    from nodegraph import Engine, NodeRegistry
+    from nodegraph.formats.api import from_api
+    from nodes.utility import PrimitiveString
+
+    Image.fromarray(np.full((4, 4, 3), 10, np.uint8)).save(env.input_dir / "a.png")
+    engine = Engine(NodeRegistry([PrimitiveString, LoadImage]), env=env)
+    api = {"1": {"class_type": "PrimitiveString", "inputs": {"value": "a.png"}},
+           "2": {"class_type": "LoadImage", "inputs": {"image": ["1", 0]}}}
+    first = engine.run(from_api(api), outputs=["2"])
+    assert first.executed == ["1", "2"] and float(first.values["2"][0][0, 0, 0, 0]) == pytest.approx(10 / 255)
+    assert engine.run(from_api(api), outputs=["2"]).cached == ["1", "2"]
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(env.input_dir / "a.png")
+    again = engine.run(from_api(api), outputs=["2"])
+    assert again.executed == ["2"] and float(again.values["2"][0][0, 0, 0, 0]) == pytest.approx(200 / 255)

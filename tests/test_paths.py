@@ -53,3 +53,22 @@ def test_model_paths_list_builtins_first_and_refuse_escapes(tmp_path):
         paths.resolve("checkpoints", "v1-5-pruned-emaonly.safetensors")
     with pytest.raises(UnsafePath):
         paths.resolve("checkpoints", "../checkpoints/b.safetensors")
+
+
+def test_partial_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from nodegraph.paths import remove_stale_partials
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / f".partial.{int(dead.stdout)}.abc.png"
+    stale.write_bytes(b"\x89PNG half")
+    live = tmp_path / f".partial.{os.getpid()}.def.png"
+    live.write_bytes(b"\x89PNG being written")
+    kept = [tmp_path / "ComfyUI_00001_.png", tmp_path / ".partial.notapid.png"]
+    for path in kept:
+        path.write_bytes(b"x")
+    assert remove_stale_partials(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and all(path.exists() for path in kept)

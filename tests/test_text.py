@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 
 import tiny_models as tm
+from nodegraph import NodeExecutionError
 from nodes.sd.loading import load_checkpoint
 from nodes.sd.loading.handles import LoadedCheckpoint
 from nodes.sd.text import ClipRun, encode, tokenize
@@ -181,3 +182,25 @@ def test_weights_patches_act_for_one_encode(checkpoints) -> None:
     assert not torch.equal(got, encode(sd1, "a cat").embeds)
     with pytest.raises(ValueError, match="kind 'guidance'"):
         encode(sd1.with_patch(ModelPatch(kind="guidance", name="x", apply=lambda run: None)), "a cat")
+
+
+def test_clip_text_encode_re_encodes_when_an_embedding_file_changes(tmp_path: Path) -> None:
+    """The node's cache key covers the embedding files its text names: editing one is not served stale."""
+    from nodegraph.formats.api import from_api
+
+    tm.write_checkpoint(tm.sd1_modules(seed=0), tmp_path / "models" / "checkpoints" / "tiny.safetensors")
+    style = tmp_path / "models" / "embeddings" / "style.safetensors"
+    style.parent.mkdir(parents=True)
+    save_file({"emb_params": torch.ones(2, 32)}, str(style))
+    engine = tm.engine_at(tmp_path)
+    api = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+           "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a embedding:style, cat", "clip": ["1", 1]}}}
+    first = engine.run(from_api(api), outputs=["2"])
+    assert engine.run(from_api(api), outputs=["2"]).cached == ["2"]  # unchanged: from the cache
+    save_file({"emb_params": torch.full((2, 32), -1.0)}, str(style))
+    second = engine.run(from_api(api), outputs=["2"])
+    assert second.executed == ["2"]
+    assert not torch.equal(first.values["2"][0][0].embeds, second.values["2"][0][0].embeds)
+    style.unlink()
+    with pytest.raises(NodeExecutionError, match="embedding 'style' not found"):
+        engine.run(from_api(api), outputs=["2"])

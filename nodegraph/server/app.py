@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..executor import Engine
+from ..paths import remove_stale_partials
 from .config import ServerConfig
 from .openapi import get_openapi
 from .queue_store import QueueStore
@@ -66,6 +67,11 @@ async def _start(app: web.Application) -> None:
     if failed:
         log.warning("marked %d prompt(s) failed after %d attempts: %s", len(failed), state.config.max_attempts,
                     ", ".join(failed))
+    env = state.engine.env
+    for folder in (env.output_dir, env.temp_dir):  # what outputs a killed process was writing
+        removed = await asyncio.to_thread(remove_stale_partials, folder)
+        if removed:
+            log.warning("removed %d half-written file(s) left in %s by a stopped process", len(removed), folder)
     state.worker.start()
 
 

@@ -83,6 +83,9 @@ class PromptEvents(Hooks):
         if not cached:
             self.executed.append(node_id)
             self._overall(node_id)
+        elif node_id in run.pending:  # counted as to execute, found in the cache once keyed
+            self._total -= 1
+            self._overall(None)
 
     def run_end(self, run: RunInfo, status: str, error: BaseException | None = None) -> None:
         if status == "success":
@@ -93,7 +96,7 @@ class PromptEvents(Hooks):
             self.failed(error)
 
     def interrupted(self, error: BaseException | None) -> None:
-        node_id = error.node_id if isinstance(error, Interrupted) else self.current_node
+        node_id = error.node_id if isinstance(error, Interrupted) and error.node_id else self.current_node
         self.status = "interrupted"
         self.emit("execution_interrupted", {"prompt_id": self.prompt_id, "node_id": node_id,
                                             "node_type": self._node_type(node_id), "executed": list(self.executed),

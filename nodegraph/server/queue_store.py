@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 
 class DuplicatePrompt(ValueError):
-    """A prompt with this id is already queued or running."""
+    """A prompt with this id is queued, running or in the history: a new submission needs a new id."""
 
 
 class StoreLocked(RuntimeError):
@@ -102,14 +102,15 @@ class QueueStore:
     def add(self, prompt_id: str, prompt: dict[str, Any], extra_data: dict[str, Any], outputs: list[str], *,
             client_id: str | None = None, front: bool = False, number: float | None = None) -> tuple[float, int]:
         """Queue a prompt; returns (its number, prompts remaining). `front` queues it before all others
-        (ComfyUI's negative number); an explicit `number` orders it among them. A finished prompt of the
-        same id is replaced (its history entry goes); a queued or running one is refused."""
+        (ComfyUI's negative number); an explicit `number` orders it among them. An id that is queued,
+        running or still in the history is refused (`DuplicatePrompt`): reusing it would mix two prompts'
+        results; once its history entry is deleted the id is free again."""
         with self._transaction() as db:
             row = db.execute("SELECT state FROM prompts WHERE prompt_id = ?", (prompt_id,)).fetchone()
             if row is not None:
-                if row["state"] != "done":
-                    raise DuplicatePrompt(f"prompt {prompt_id!r} is already {row['state']}")
-                db.execute("DELETE FROM prompts WHERE prompt_id = ?", (prompt_id,))
+                if row["state"] == "done":
+                    raise DuplicatePrompt(f"prompt {prompt_id!r} already ran; submit it under a new prompt_id")
+                raise DuplicatePrompt(f"prompt {prompt_id!r} is already {row['state']}")
             if number is None:
                 counter = _next(db, "number")
                 number = float(-counter if front else counter)

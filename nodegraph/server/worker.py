@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,11 @@ from .submit import build_workflow, run_metadata
 from .ws import WebSocketHub
 
 log = logging.getLogger(__name__)
+
+FINISH_RETRIES = 5
+"""Tries at recording a prompt's result as it is; then it is recorded as an error without its outputs."""
+FINISH_RETRY_DELAY = 0.05
+"""Seconds before the second try; doubled each time, up to 2 s."""
 
 
 class RunThread:
@@ -161,18 +167,44 @@ class Worker:
                 events.failed(exc)
         except ValidationFailed as exc:  # e.g. a model file deleted since the prompt was queued
             events.failed(exc, exc.issues[0].node_id if exc.issues else None)
-        except Exception as exc:
-            log.exception("prompt %s failed outside any node", item.prompt_id)
-            events.failed(exc)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a node's KeyboardInterrupt or SystemExit must not end the worker
+            if events.status is None:
+                log.exception("prompt %s failed outside any node", item.prompt_id)
+                events.failed(exc)
         finally:
             self.current = None
         success = events.status == "success"
         status = {"status_str": "success" if success else "error", "completed": success, "messages": events.messages}
         meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
                 for nid in events.outputs}
-        remaining = await self.db(self.store.finish, item.prompt_id, events.outputs, status, meta)
+        remaining = await self._record(item, events.outputs, status, meta)
         self.on_queue_change(remaining)
         self.hub.send("executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id)
+
+    async def _record(self, item: QueueItem, outputs: dict[str, Any], status: dict[str, Any],
+                      meta: dict[str, Any]) -> int:
+        """Move the prompt to the history, retrying: one left "running" would run again after a restart.
+
+        A result the store keeps refusing is recorded as an error without its outputs (the prompt is done
+        either way); if even that fails, the worker keeps trying and takes no other prompt meanwhile.
+        """
+        delay = FINISH_RETRY_DELAY
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.db(self.store.finish, item.prompt_id, outputs, status, meta)
+            except Exception as exc:
+                log.error("prompt %s: recording its result failed (try %d): %s: %s", item.prompt_id, attempt,
+                          type(exc).__name__, exc)
+                if attempt == FINISH_RETRIES:
+                    outputs, meta, status = {}, {}, _unrecorded_status(item.prompt_id, exc)
+                if self._stopping and attempt >= 2 * FINISH_RETRIES:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _run(self, item: QueueItem, events: PromptEvents, cancel: CancelToken) -> RunResult:
         """On the run thread: rebuild the stored prompt exactly as it was validated, and run it."""
@@ -185,6 +217,15 @@ class Worker:
         result = self.engine.run(graph, hooks=[events], cancel=cancel, run_id=item.prompt_id, metadata=metadata)
         events.status = "success"
         return result
+
+
+def _unrecorded_status(prompt_id: str, exc: BaseException) -> dict[str, Any]:
+    message = (f"the prompt ran, but its result could not be recorded ({type(exc).__name__}: {exc}); "
+               "its outputs may be in the output folder")
+    data = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [], "exception_message": message,
+            "exception_type": "ResultNotRecorded", "traceback": [], "current_inputs": {}, "current_outputs": [],
+            "timestamp": int(time.time() * 1000)}
+    return {"status_str": "error", "completed": False, "messages": [["execution_error", data]]}
 
 
 def _free(engine: Engine, unload_models: bool, free_memory: bool) -> None:

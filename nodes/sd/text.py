@@ -56,6 +56,18 @@ def _text_model(encoder: torch.nn.Module) -> torch.nn.Module:
     return getattr(encoder, "text_model", encoder)
 
 
+def find_embedding(name: str, dirs: Sequence[str | Path]) -> Path | None:
+    """The file `embedding:name` refers to: the first of `dirs` holding `name` (as given, or with one of
+    EMBEDDING_SUFFIXES); None when none does. A name that escapes its folder never matches."""
+    for folder in dirs:
+        root = Path(folder).resolve()
+        for suffix in EMBEDDING_SUFFIXES:
+            candidate = (root / f"{name}{suffix}").resolve()
+            if candidate.is_relative_to(root) and candidate.is_file() and (suffix or candidate.suffix):
+                return candidate
+    return None
+
+
 def load_embedding(name: str, dirs: Sequence[str | Path], *, key: str, width: int) -> torch.Tensor:
     """A textual-inversion embedding's vectors [n, width] for one encoder.
 
@@ -70,16 +82,7 @@ def load_embedding(name: str, dirs: Sequence[str | Path], *, key: str, width: in
     """
     if not dirs:
         raise FileNotFoundError(f"embedding {name!r}: no embedding folders are configured for this CLIP")
-    path = None
-    for folder in dirs:
-        root = Path(folder).resolve()
-        for suffix in EMBEDDING_SUFFIXES:
-            candidate = (root / f"{name}{suffix}").resolve()
-            if candidate.is_relative_to(root) and candidate.is_file() and (suffix or candidate.suffix):
-                path = candidate
-                break
-        if path is not None:
-            break
+    path = find_embedding(name, dirs)
     if path is None:
         raise FileNotFoundError(f"embedding {name!r} not found in {', '.join(str(d) for d in dirs)}")
     data, _ = read_raw(path)

@@ -5,6 +5,7 @@ and log each completed run (to prove a prompt never runs twice). Loaded in-proce
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -31,6 +32,30 @@ class SaveTestImage(Node):
         subfolder = path.parent.relative_to(Path(ctx.env.output_dir).resolve()).as_posix()
         return NodeResult(ui={"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
                                           "type": "output"}]})
+
+
+class SaveNoise(Node):
+    """Writes `count` PNGs of `megabytes` of noise each (encoded once), `delay` seconds apart, then appends `tag`
+    to output/runs.log: a prompt that spends most of its time writing outputs, to kill mid-write."""
+
+    schema = NodeSchema(type_id="SaveNoise", category="test", output_node=True, deterministic=False,
+                        inputs=(String("tag", "noise"), Int("count", 10, min=1, max=1000),
+                                Int("megabytes", 4, min=1, max=64), Float("delay", 0.0, min=0, max=1)))
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, tag: str, count: int, megabytes: int, delay: float) -> NodeResult:
+        side = int((megabytes * 1024**2 / 3) ** 0.5)
+        noise = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+        buffer = io.BytesIO()
+        noise.save(buffer, "PNG", compress_level=0)
+        saved = []
+        for index in range(count):
+            saved.append(save_new_file(ctx.env.output_dir, tag, "png", buffer.getvalue()).name)
+            ctx.progress(index + 1, count)
+            time.sleep(delay)
+        with open(Path(ctx.env.output_dir) / "runs.log", "a") as log:
+            log.write(tag + "\n")
+        return NodeResult(ui={"images": [{"filename": name, "subfolder": "", "type": "output"} for name in saved]})
 
 
 class Marker(Node):
@@ -63,7 +88,7 @@ class PreviewSteps(Node):
         return (a,)
 
 
-NODES = (SaveTestImage, Marker, PreviewSteps)
+NODES = (SaveTestImage, SaveNoise, Marker, PreviewSteps)
 
 
 def register(registry: NodeRegistry) -> None:

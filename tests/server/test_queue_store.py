@@ -24,15 +24,20 @@ def test_order_front_and_explicit_number(tmp_path):
     assert [i.prompt_id for i in running] == ["c"] and store.remaining() == 4
 
 
-def test_duplicate_id_refused_while_queued_but_replaces_history(tmp_path):
+def test_duplicate_id_refused_while_queued_and_once_finished(tmp_path):
+    """A reused prompt_id would get the earlier prompt's results back: refused as long as the id is known."""
     store = QueueStore(tmp_path / "q.db")
     _add(store, "a")
-    with pytest.raises(DuplicatePrompt):
+    with pytest.raises(DuplicatePrompt, match="already pending"):
         _add(store, "a")
     store.claim_next()
     store.finish("a", {}, {"status_str": "success", "completed": True, "messages": []}, {})
-    _add(store, "a")
-    assert store.state("a") == "pending" and store.history() == {}
+    with pytest.raises(DuplicatePrompt, match="already ran"):
+        _add(store, "a")
+    assert store.state("a") == "done" and list(store.history()) == ["a"]
+    store.delete_history(["a"])
+    _add(store, "a")  # forgotten: the id is free again
+    assert store.state("a") == "pending"
 
 
 def test_history_pages_like_comfyui(tmp_path):

@@ -169,3 +169,44 @@ async def test_partial_execution_targets(tmp_path):
         reply = await submit(client, prompt, partial_execution_targets=["6"])
         entry = await wait_history(client, reply["prompt_id"])
         assert entry["prompt"][4] == ["6"] and list(entry["outputs"]) == ["6"]
+
+
+async def test_file_name_fed_by_a_link_is_accepted_and_runs(tmp_path):
+    """ComfyUI accepts a value linked into a file input; it used to fail as "fingerprint failed"."""
+    (tmp_path / "value.txt").write_text("12")
+    prompt = {"1": {"class_type": "Text", "inputs": {"value": str(tmp_path / "value.txt")}},
+              "2": {"class_type": "FileValue", "inputs": {"path": ["1", 0]}},
+              "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}
+    async with serve(tmp_path) as client:
+        entry = await wait_history(client, (await submit(client, prompt))["prompt_id"])
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        assert entry["outputs"] == {"3": {"value": [12]}}
+
+
+async def test_reused_prompt_id_is_refused(tmp_path):
+    """A new submission under a finished prompt's id is a 400; it used to replace it and get its results back."""
+    prompt = {"1": {"class_type": "Random", "inputs": {}}, "2": {"class_type": "Collect", "inputs": {"value": ["1", 0]}}}
+    async with serve(tmp_path) as client:
+        await submit(client, prompt, prompt_id="same")
+        first = await wait_history(client, "same")
+        response = await client.post("/prompt", json={"prompt": prompt, "prompt_id": "same"})
+        body = await response.json()
+        assert response.status == 400 and body["error"]["type"] == "invalid_prompt", body
+        assert "same" in body["error"]["details"] and body["node_errors"] == {}
+        assert (await wait_history(client, "same")) == first  # the earlier result is untouched
+
+
+async def test_a_prompt_is_compiled_once_between_submission_and_run(tmp_path, monkeypatch):
+    """The worker reuses the plan made when the prompt was validated (the plan memo hits across the two)."""
+    import nodegraph.executor
+
+    compiles = []
+    real = nodegraph.executor.compile_workflow
+    monkeypatch.setattr(nodegraph.executor, "compile_workflow", lambda *a, **k: compiles.append(1) or real(*a, **k))
+    async with serve(tmp_path) as client:
+        extra = {"extra_pnginfo": {"workflow": {"nodes": []}}, "model_map": {}}
+        for body in ({}, {"extra_data": extra}, {"partial_execution_targets": ["3"]}):
+            compiles.clear()
+            prompt = api_prompt(len(str(body)), steps=1)
+            entry = await wait_history(client, (await submit(client, prompt, **body))["prompt_id"])
+            assert entry["status"]["status_str"] == "success" and len(compiles) == 1, body

@@ -1,10 +1,16 @@
 """The WebSocket protocol: the exact event sequence of a run, errors, interruption, previews, targeting."""
 
+import asyncio
+import base64
 import io
+import os
+import socket
 import struct
 
 from PIL import Image
-from server_helpers import api_prompt, messages_until, next_message, prompt_done, serve, submit, wait_running
+import nodegraph.server.ws as ws_module
+from nodegraph.server.state import STATE
+from server_helpers import api_prompt, messages_until, next_message, prompt_done, serve, submit, wait_history, wait_running
 
 
 def _strip(messages):
@@ -85,6 +91,24 @@ async def test_interrupted_message(tmp_path):
         assert data["executed"] == ["1"]
 
 
+async def test_interruption_inside_a_sampler_names_the_node(tmp_path):
+    """StoppableDenoiser raises Interrupted() without a node id: the message must still name the node."""
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+              "2": {"class_type": "Stoppable", "inputs": {"a": ["1", 0], "steps": 500, "delay": 0.01}},
+              "3": {"class_type": "Collect", "inputs": {"value": ["2", 0]}}}
+    async with serve(tmp_path) as client:
+        ws = await client.ws_connect("/ws?clientId=dan")
+        await next_message(ws)
+        pid = (await submit(client, prompt, client_id="dan"))["prompt_id"]
+        await messages_until(ws, lambda m: m[0] == "executing" and m[1]["node"] == "2")
+        await client.post("/interrupt")
+        received = await messages_until(ws, prompt_done(pid))
+        (data,) = [data for event, data in received if event == "execution_interrupted"]
+        assert data["node_id"] == "2" and data["node_type"] == "Stoppable" and data["executed"] == ["1"]
+        history = await wait_history(client, pid)
+        assert history["status"]["messages"][-1][1]["node_id"] == "2"
+
+
 async def test_events_go_to_the_submitting_client_and_status_to_all(tmp_path):
     async with serve(tmp_path) as client:
         mine = await client.ws_connect("/ws?clientId=mine")
@@ -156,3 +180,115 @@ async def test_previews_only_for_clients_that_ask(tmp_path):
         prompt["1"]["inputs"]["value"] = 3
         pid = (await submit(client, prompt, client_id="frank"))["prompt_id"]
         assert sum(isinstance(m, bytes) for m in await messages_until(query, prompt_done(pid))) == 2
+
+
+class BlockedSocket:
+    """A WebSocket whose peer never reads: the first send never completes."""
+
+    closed = False
+
+    def __init__(self):
+        self.sent = []
+
+    async def send_str(self, text):
+        self.sent.append(text)
+        await asyncio.Event().wait()
+
+    send_bytes = send_str
+
+    async def close(self):
+        self.closed = True
+
+
+async def test_outbox_drops_previews_then_progress_and_never_execution_messages(monkeypatch):
+    monkeypatch.setattr(ws_module, "MAX_OUTBOX", 300)
+    aborted = []
+    conn = ws_module.Connection(BlockedSocket(), "slow", True, abort=lambda: aborted.append(True))
+    pump = asyncio.create_task(conn.pump())
+    conn.put("first")
+    await asyncio.sleep(0)  # the pump is now stuck sending it
+    for i in range(1000):
+        conn.put(b"preview", ws_module.PREVIEW)
+        conn.put(f"progress {i}", ws_module.PROGRESS)
+    assert conn.backlog == ws_module.MAX_PROGRESS_BACKLOG > ws_module.MAX_PREVIEW_BACKLOG
+    waiting = lambda: [level for level, _ in conn._outbox]  # noqa: E731
+    assert waiting().count(ws_module.PREVIEW) == ws_module.MAX_PREVIEW_BACKLOG // 2
+    for i in range(ws_module.MAX_OUTBOX):
+        conn.put(f"executed {i}")
+        assert conn.backlog <= ws_module.MAX_OUTBOX and not aborted
+    assert waiting() == [ws_module.ESSENTIAL] * ws_module.MAX_OUTBOX  # previews went first, then progress
+    assert [item for _, item in conn._outbox][0] == "executed 0"
+    conn.put("executed one too many")
+    assert aborted and conn.gone and conn.backlog == 0 and conn.backlog_bytes == 0
+    conn.put("after")
+    assert conn.backlog == 0
+    pump.cancel()
+
+
+async def test_stalled_client_is_disconnected(monkeypatch):
+    monkeypatch.setattr(ws_module, "STALL_SECONDS", 0.05)
+    aborted = []
+    conn = ws_module.Connection(BlockedSocket(), "slow", False, abort=lambda: aborted.append(True))
+    pump = asyncio.create_task(conn.pump())
+    conn.put("first")
+    await asyncio.sleep(0.1)
+    conn.put("executed")
+    assert aborted and conn.gone
+    pump.cancel()
+
+
+async def _never_reading_client(port: int, sid: str) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never reads (a tiny receive buffer)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (f"GET /ws?clientId={sid}&previews=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)  # byte by byte: nothing past the handshake is read
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+async def test_a_client_that_never_reads_is_bounded_then_dropped_and_others_get_everything(tmp_path, monkeypatch):
+    monkeypatch.setattr(ws_module, "MAX_OUTBOX_BYTES", 2 * 1024**2)
+    async with serve(tmp_path) as client:
+        hub = client.app[STATE].hub
+        good = await client.ws_connect("/ws?clientId=good")
+        await next_message(good)
+        lazy = await _never_reading_client(client.server.port, "lazy")
+        while "lazy" not in hub._clients:
+            await asyncio.sleep(0.01)
+        (conn,) = hub._clients["lazy"]
+        received = []
+
+        async def read_good():
+            while True:
+                received.append(await next_message(good))
+
+        reader = asyncio.create_task(read_good())
+        peak, sent = 0, 0
+        big = "x" * 32 * 1024
+        while not conn.gone:
+            assert sent < 5000, "the client that never reads was never dropped"
+            hub.send("progress", {"value": sent, "max": 0})
+            hub.send_preview(b"\0" * 16 * 1024)
+            hub.send("executed", {"node": str(sent), "output": {"text": [big]}})
+            sent += 1
+            peak = max(peak, conn.backlog_bytes)
+            await asyncio.sleep(0)
+        assert peak <= ws_module.MAX_OUTBOX_BYTES and conn.dropped > 0
+        async with asyncio.timeout(5):
+            while "lazy" in hub._clients:
+                await asyncio.sleep(0.01)
+            while sum(1 for m in received if m[0] == "executed") < sent:
+                await asyncio.sleep(0.01)
+        assert "good" in hub._clients
+        assert [m[1]["node"] for m in received if m[0] == "executed"] == [str(i) for i in range(sent)]
+        reader.cancel()
+        lazy.close()
