@@ -71,8 +71,12 @@ class QueueStore:
 
     Args:
         path: the database file (created with its folder); ":memory:" for a throwaway store.
-        durable: fsync each commit (`synchronous=FULL`), so even a power cut loses no acknowledged prompt;
-            off, a process crash still loses nothing (WAL), only an OS crash may.
+        durable: fsync the commit that queues a prompt (`synchronous=FULL`), so even a power cut loses no
+            acknowledged prompt; off, a process crash still loses nothing (WAL), only an OS crash may.
+            Claiming and finishing a prompt are never fsynced: in WAL mode a killed process loses neither, and
+            the next durable commit makes them durable too. An OS crash in between can at worst run a prompt
+            that had just completed once more; it saves two fsyncs (about 5 ms here) on every prompt, which is
+            most of what a fully cached re-run costs.
     """
 
     def __init__(self, path: str | Path, *, durable: bool = True) -> None:
@@ -84,6 +88,7 @@ class QueueStore:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._durable = durable
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(SCHEMA)
 
@@ -94,8 +99,8 @@ class QueueStore:
             self._lock_file.close()  # releases the lock (so does the OS when the process dies)
             self._lock_file = None
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    def _transaction(self, *, fsync: bool = True) -> _Transaction:
+        return _Transaction(self._db, self._lock, relaxed=self._durable and not fsync)
 
     # -- the queue -----------------------------------------------------------------------------------
 
@@ -122,7 +127,7 @@ class QueueStore:
 
     def claim_next(self) -> QueueItem | None:
         """Mark the first pending prompt running (one attempt more) and return it; None when none waits."""
-        with self._transaction() as db:
+        with self._transaction(fsync=False) as db:
             row = db.execute("SELECT * FROM prompts WHERE state = 'pending' ORDER BY number, seq LIMIT 1").fetchone()
             if row is None:
                 return None
@@ -133,7 +138,7 @@ class QueueStore:
     def finish(self, prompt_id: str, outputs: dict[str, Any], status: dict[str, Any],
                meta: dict[str, Any]) -> int:
         """Move a running prompt to the history; returns prompts remaining."""
-        with self._transaction() as db:
+        with self._transaction(fsync=False) as db:
             db.execute(
                 "UPDATE prompts SET state = 'done', finished_at = ?, history_seq = ?, outputs = ?, status = ?, meta = ?"
                 " WHERE prompt_id = ? AND state = 'running'",
@@ -229,16 +234,20 @@ class QueueStore:
 
 
 class _Transaction:
-    """`BEGIN IMMEDIATE` ... `COMMIT` under the store's lock; rolled back on any error."""
+    """`BEGIN IMMEDIATE` ... `COMMIT` under the store's lock; rolled back on any error. `relaxed` commits
+    without an fsync (`synchronous=NORMAL` for this transaction only)."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db, self._lock = db, lock
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, *, relaxed: bool = False) -> None:
+        self._db, self._lock, self._relaxed = db, lock, relaxed
 
     def __enter__(self) -> sqlite3.Connection:
         self._lock.acquire()
         try:
+            if self._relaxed:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
         except BaseException:
+            self._restore()
             self._lock.release()
             raise
         return self._db
@@ -247,7 +256,12 @@ class _Transaction:
         try:
             self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
         finally:
+            self._restore()
             self._lock.release()
+
+    def _restore(self) -> None:
+        if self._relaxed:
+            self._db.execute("PRAGMA synchronous=FULL")
 
 
 def _exclusive_lock(path: Path) -> Any:

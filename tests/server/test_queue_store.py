@@ -1,5 +1,7 @@
 """The SQLite queue: order, history paging, and what a crash leaves behind."""
 
+from pathlib import Path
+
 import pytest
 
 from nodegraph.server.queue_store import DuplicatePrompt, QueueStore, StoreLocked
@@ -114,3 +116,31 @@ def test_one_server_per_data_dir(tmp_path):
         QueueStore(tmp_path / "q.db")
     store.close()
     QueueStore(tmp_path / "q.db").close()
+
+
+def test_only_queueing_is_fsynced_and_a_killed_writer_loses_nothing(tmp_path):
+    """Claiming and finishing commit without an fsync (WAL keeps them through a process crash); the
+    commit that acknowledges a prompt stays FULL, and the connection is left FULL after each relaxed one."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "queue.sqlite"
+    script = textwrap.dedent(f"""
+        import os
+        from nodegraph.server.queue_store import QueueStore
+        store = QueueStore({str(path)!r})
+        store.add("a", {{"1": {{}}}}, {{}}, [])
+        store.add("b", {{"1": {{}}}}, {{}}, [])
+        item = store.claim_next()
+        store.finish(item.prompt_id, {{"1": {{"x": 1}}}}, {{"status_str": "success"}}, {{}})
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+        store.claim_next()
+        os._exit(0)  # no close, no checkpoint: as a kill would leave it
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2])
+    store = QueueStore(path)
+    assert store.state("a") == "done" and store.history_item("a")["outputs"] == {"1": {"x": 1}}
+    assert store.state("b") == "running"
+    assert store.recover(max_attempts=3) == (["b"], [])
+    store.close()
