@@ -18,18 +18,24 @@ node pack already did.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import itertools
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
+
+from .memory import (  # noqa: F401  (re-exported: the manager's public helpers)
+    device_memory,
+    host_memory,
+    model_nbytes,
+    move,
+    release_memory,
+    return_large_frees_to_the_os,
+    stream_blocks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,72 +45,6 @@ GiB = 1024**3
 
 Loader = Callable[[str], Any]
 """Loads a model onto the device it is given ("cpu", "cuda", ...)."""
-
-
-def host_memory() -> tuple[int, int]:
-    """(total, available) RAM in bytes (Linux' MemAvailable; sysconf elsewhere)."""
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        fields = dict(line.split(":", 1) for line in lines if ":" in line)
-        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        page = os.sysconf("SC_PAGE_SIZE")
-        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
-
-
-def device_memory(device: str) -> tuple[int, int] | None:
-    """(total, free) bytes of a CUDA device, or None for the CPU (or when torch was never imported)."""
-    torch = sys.modules.get("torch")
-    if torch is None or not device.startswith("cuda") or not torch.cuda.is_available():
-        return None
-    free, total = torch.cuda.mem_get_info(torch.device(device))
-    return int(total), int(free)
-
-
-def model_nbytes(value: Any) -> int:
-    """Bytes a model holds: torch parameters and buffers counted once each, else its `nbytes` attribute."""
-    parameters = getattr(value, "parameters", None)
-    if callable(parameters):
-        seen: set[int] = set()
-        total = 0
-        buffers = value.buffers() if callable(getattr(value, "buffers", None)) else ()
-        for tensor in itertools.chain(parameters(), buffers):
-            if tensor.data_ptr() in seen or tensor.device.type == "meta":
-                continue
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-        return total
-    nbytes = getattr(value, "nbytes", None)
-    return int(nbytes) if isinstance(nbytes, int) else 0
-
-
-def release_memory() -> None:
-    """Give freed memory back: collect garbage, empty CUDA's caching allocator, and trim glibc's heap so the
-    process' RSS really falls (freed large tensors otherwise stay mapped in malloc's arenas)."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def return_large_frees_to_the_os(threshold: int = 1 << 20) -> None:
-    """Serve every allocation of `threshold` bytes or more with its own mmap (glibc's M_MMAP_THRESHOLD).
-
-    glibc otherwise raises that threshold up to 32 MiB as large blocks are freed, after which tensors of a
-    few MiB come from the heap, where one live block pins everything below it: memory freed by unloading a
-    model then never leaves the process. An application-wide policy, so applications call it (the CLI and
-    server do at start); a library import never does.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):
-            pass
 
 
 class ModelRef:
@@ -382,7 +322,7 @@ class ModelManager:
             return
         entry.pins += 1
         try:
-            entry.value = _move(entry.value, self.device)
+            entry.value = move(entry.value, self.device)
             entry.device = self.device
             self._fit(entry)
         finally:
@@ -429,7 +369,7 @@ class ModelManager:
             dependant = self._entries.get(key)
             if dependant is not None:
                 self._drop(dependant)
-        entry.value = _move(entry.value, "cpu")
+        entry.value = move(entry.value, "cpu")
         entry.device = "cpu"
         self.offloads += 1
         log.info("moved %s (%.0f MB) to CPU RAM to make room on %s", entry.ref.name, entry.nbytes / 1e6, self.device)
@@ -446,32 +386,6 @@ class ModelManager:
         entry.value = None
         self.evictions += 1
         log.info("unloaded %s (%.0f MB)", entry.ref.name, entry.nbytes / 1e6)
-
-
-def _move(value: Any, device: str) -> Any:
-    to = getattr(value, "to", None)
-    return to(device) if callable(to) else value
-
-
-def stream_blocks(module: Any, device: str) -> None:
-    """lowvram: weights stay in CPU RAM; each submodule that owns weights (or buffers) is moved to `device`
-    just before it runs and back right after (what accelerate's sequential CPU offload does), so only one
-    block's weights occupy the device at a time."""
-    modules = getattr(module, "modules", None)
-    if not callable(modules):
-        return
-    for sub in modules():
-        if not any(True for _ in itertools.chain(sub.parameters(recurse=False), sub.buffers(recurse=False))):
-            continue  # buffers too: CLIP's position_ids must sit beside the input it indexes
-
-        def before(mod: Any, args: Any) -> None:
-            mod.to(device)
-
-        def after(mod: Any, args: Any, output: Any) -> None:
-            mod.to("cpu")
-
-        sub.register_forward_pre_hook(before)
-        sub.register_forward_hook(after)
 
 
 def resolve(model: Any) -> Any:
