@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import re
 import tempfile
@@ -20,6 +19,7 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, web
 
 from ..paths import UnsafePath, atomic_write_bytes, safe_join
+from . import jsonsafe
 from .responses import ApiError, json_response
 from .state import STATE
 
@@ -250,8 +250,8 @@ async def upload_mask(request: web.Request) -> web.Response:
     if "image" not in files:
         raise ApiError(400, "invalid_request", "No 'image' file in the form")
     try:
-        ref = json.loads(fields.get("original_ref", ""))
-    except ValueError:
+        ref = jsonsafe.loads(fields.get("original_ref", ""))
+    except ValueError:  # JsonRefused too: malformed or nested too deeply
         ref = None
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
         raise ApiError(400, "invalid_request", "original_ref must be JSON naming the original's filename")

@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from . import jsonsafe
+
 
 class ApiError(Exception):
     """Raised by a handler; the error middleware turns it into a JSON response with `status`."""
@@ -47,15 +49,16 @@ def error_response(status: int, type: str, message: str, details: str = "") -> w
 
 
 async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """The body as JSON whatever its content type (ComfyUI's clients do not always set one)."""
+    """The body as JSON whatever its content type (ComfyUI's clients do not always set one), nested at most
+    `jsonsafe.MAX_DEPTH` levels."""
     raw = await request.read()
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_request", "Request body is empty", "send a JSON object")
         return {}
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return jsonsafe.loads(raw)
+    except jsonsafe.JsonRefused as exc:
         raise ApiError(400, "invalid_request", "Request body is not valid JSON", str(exc)) from None
 
 

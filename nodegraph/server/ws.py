@@ -7,7 +7,6 @@ or the others; its previews are dropped first when it falls behind.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import struct
 import uuid
@@ -16,6 +15,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from . import jsonsafe
 from .responses import dumps
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,8 @@ class WebSocketHub:
     def _on_text(self, conn: Connection, text: str) -> None:
         """Clients may announce `feature_flags`; `supports_preview_metadata` asks for preview frames."""
         try:
-            message = json.loads(text)
-        except (ValueError, TypeError):
+            message = jsonsafe.loads(text)
+        except (ValueError, TypeError):  # JsonRefused too: malformed or nested too deeply
             return
         if not isinstance(message, dict) or message.get("type") != "feature_flags":
             return

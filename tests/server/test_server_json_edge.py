@@ -1,0 +1,64 @@
+"""What the server does with hostile JSON bodies (reliability issue, items 10-14): every one is a 4xx in
+ComfyUI's error shape, never a 500, and nothing it stores or sends back stops being JSON."""
+
+import json
+
+import aiohttp
+from server_helpers import api_prompt, serve, submit, wait_history
+
+ERROR_KEYS = {"type", "message", "details", "extra_info"}
+
+
+async def prompt_error(response):
+    """The body of a refused /prompt: ComfyUI's `{error, node_errors}`."""
+    assert response.status == 400, await response.text()
+    body = await response.json()
+    assert set(body) == {"error", "node_errors"} and set(body["error"]) == ERROR_KEYS, body
+    return body
+
+
+async def test_item10_deeply_nested_json_is_a_400_on_every_json_route(tmp_path):
+    arrays = "[" * 1000 + "]" * 1000
+    objects = '{"a":' * 1000 + "1" + "}" * 1000
+    async with serve(tmp_path) as client:
+        for nested in (arrays, objects):
+            body = await prompt_error(await client.post("/prompt", data='{"prompt": ' + nested + "}"))
+            assert body["error"]["type"] == "invalid_prompt" and "deeper than 64" in body["error"]["details"]
+            for path in ("/queue", "/history", "/interrupt", "/free"):
+                response = await client.post(path, data=nested)
+                assert response.status == 400, path
+                assert set((await response.json())["error"]) == ERROR_KEYS
+        form = aiohttp.FormData()
+        form.add_field("image", b"\x89PNG", filename="m.png", content_type="image/png")
+        form.add_field("original_ref", arrays)
+        response = await client.post("/upload/mask", data=form)
+        assert response.status == 400 and (await response.json())["error"]["type"] == "invalid_request"
+
+        ws = await client.ws_connect("/ws?clientId=deep")
+        assert (await ws.receive_json())["type"] == "status"
+        await ws.send_str('{"type": "feature_flags", "data": ' + objects + "}")  # ignored, not fatal
+        await ws.send_str(json.dumps({"type": "feature_flags", "data": {}}))
+        assert (await ws.receive_json(timeout=5))["type"] == "feature_flags"
+        await ws.close()
+
+        deep_but_allowed = {"x": 1}
+        for _ in range(60):
+            deep_but_allowed = {"x": deep_but_allowed}
+        reply = await submit(client, api_prompt(4), extra_data={"note": deep_but_allowed})
+        assert (await wait_history(client, reply["prompt_id"]))["outputs"]["3"] == {"value": [4]}
+        brackets_in_strings = {"1": {"class_type": "Number", "inputs": {"value": 1}, "_meta": {"title": "[" * 500}},
+                               "3": {"class_type": "Collect", "inputs": {"value": ["1", 0]}}}
+        await submit(client, brackets_in_strings)
+
+
+def test_item10_depth_scan_counts_only_structure():
+    from nodegraph.server.jsonsafe import MAX_DEPTH, too_deep
+
+    def nested(depth, opener="[", closer="]"):
+        return (opener * depth + closer * depth).encode()
+
+    assert not too_deep(nested(MAX_DEPTH)) and too_deep(nested(MAX_DEPTH + 1))
+    assert too_deep(("{[" * 33 + "]}" * 33).encode())  # 66 levels, alternating
+    assert not too_deep(json.dumps(["[" * 500, "{" * 500]).encode())  # brackets inside strings
+    assert not too_deep(json.dumps(['\\"[' * 200, [[1]]]).encode())  # escaped quotes don't end a string
+    assert not too_deep(("[" + "[[1],{}]," * 100_000 + "1]").encode())  # wide, not deep
