@@ -53,9 +53,12 @@ def folder_root(env: Any, folder_type: str) -> Path:
 
 
 def check_text(value: str, what: str) -> str:
-    """Refuse control characters and (double-)encoded separators in a decoded name."""
+    """Refuse control characters, (double-)encoded separators and lone surrogates in a decoded name."""
     if any(ord(c) < 32 for c in value) or _ENCODED.search(value):
         raise ApiError(400, "invalid_path", f"Invalid {what}", "control characters or encoded separators")
+    problem = jsonsafe.value_problem(value)
+    if problem is not None:
+        raise ApiError(400, "invalid_path", f"Invalid {what}", problem)
     return value
 
 

@@ -48,18 +48,29 @@ def error_response(status: int, type: str, message: str, details: str = "") -> w
     return json_response({"error": error_object(type, message, details)}, status=status)
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> Any:
+async def read_json(request: web.Request, *, required: bool = True, check_values: bool = True) -> Any:
     """The body as JSON whatever its content type (ComfyUI's clients do not always set one), nested at most
-    `jsonsafe.MAX_DEPTH` levels."""
+    `jsonsafe.MAX_DEPTH` levels; with `check_values`, NaN, Infinity and lone surrogates are refused too."""
     raw = await request.read()
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_request", "Request body is empty", "send a JSON object")
         return {}
     try:
-        return jsonsafe.loads(raw)
+        data = jsonsafe.loads(raw)
     except jsonsafe.JsonRefused as exc:
         raise ApiError(400, "invalid_request", "Request body is not valid JSON", str(exc)) from None
+    if check_values:
+        refuse_unsafe_values(data)
+    return data
+
+
+def refuse_unsafe_values(data: Any) -> None:
+    """400 naming where a decoded body holds a value JSON cannot carry (NaN, ±Infinity, a lone surrogate)."""
+    problems = jsonsafe.find_problems(data)
+    if problems:
+        raise ApiError(400, "invalid_request", "Request body holds values JSON cannot carry",
+                       "; ".join(f"{jsonsafe.show_path(path)}: {problem}" for path, problem in problems))
 
 
 async def read_json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:

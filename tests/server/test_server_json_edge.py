@@ -62,3 +62,32 @@ def test_item10_depth_scan_counts_only_structure():
     assert not too_deep(json.dumps(["[" * 500, "{" * 500]).encode())  # brackets inside strings
     assert not too_deep(json.dumps(['\\"[' * 200, [[1]]]).encode())  # escaped quotes don't end a string
     assert not too_deep(("[" + "[[1],{}]," * 100_000 + "1]").encode())  # wide, not deep
+
+
+async def test_item11_lone_surrogates_are_a_400_naming_node_and_input(tmp_path):
+    def with_surrogate(node_id, *path):
+        prompt = api_prompt(1)
+        prompt["2"] = {"class_type": "SaveTestImage", "inputs": {"value": ["1", 0], "filename_prefix": "ok"}}
+        target = prompt[node_id]
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = "bad\ud800"
+        return json.dumps({"prompt": prompt})  # json escapes it as \\ud800, as a hostile client would send it
+
+    async with serve(tmp_path) as client:
+        for node_id, path, input_name in (("2", ("inputs", "filename_prefix"), "filename_prefix"),
+                                          ("1", ("class_type",), None), ("1", ("_meta", "title"), None)):
+            body = await prompt_error(await client.post("/prompt", data=with_surrogate(node_id, *path)))
+            assert list(body["node_errors"]) == [node_id], body
+            (error,) = body["node_errors"][node_id]["errors"]
+            assert error["type"] == "invalid_input_type" and "surrogate" in error["details"]
+            assert error["extra_info"].get("input_name") == input_name
+        for field in ("prompt_id", "client_id"):
+            body = await prompt_error(await client.post("/prompt", data=json.dumps({"prompt": api_prompt(1),
+                                                                                    field: "\ud800"})))
+            assert body["error"]["type"] == "invalid_prompt" and body["error"]["details"].startswith(field)
+        for path in ("/queue", "/history"):
+            response = await client.post(path, data=json.dumps({"delete": ["\udfff"]}))
+            assert response.status == 400, path
+            assert "delete.0: lone UTF-16 surrogate" in (await response.json())["error"]["details"]
+        assert (await client.get("/queue")).status == 200 and (await client.get("/history")).status == 200
