@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -36,8 +35,9 @@ def error_object(type: str, message: str, details: str = "",
 
 
 def dumps(value: Any) -> str:
-    """JSON for anything a node may put in its `ui` (numpy scalars, paths): unknown types become strings."""
-    return json.dumps(value, default=str)
+    """JSON for anything a node may put in its `ui` (numpy scalars, paths): unknown types become strings,
+    NaN and Infinity null, so a browser can always parse what we send."""
+    return jsonsafe.dumps(value)
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

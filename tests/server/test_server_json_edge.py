@@ -91,3 +91,63 @@ async def test_item11_lone_surrogates_are_a_400_naming_node_and_input(tmp_path):
             assert response.status == 400, path
             assert "delete.0: lone UTF-16 surrogate" in (await response.json())["error"]["details"]
         assert (await client.get("/queue")).status == 200 and (await client.get("/history")).status == 200
+
+
+def strict_json(text):
+    """Parse as a browser does: NaN and Infinity are syntax errors."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+async def test_item12_nan_and_infinity_are_refused_and_never_written(tmp_path):
+    from nodegraph import Node, NodeResult, NodeSchema, Socket
+    from server_helpers import make_engine
+
+    class ShowFloat(Node):  # a node whose ui holds a non-finite float (e.g. a metric that diverged)
+        schema = NodeSchema(type_id="ShowFloat", category="test", inputs=(Socket("value", "INT"),), output_node=True)
+
+        @classmethod
+        def execute(cls, ctx, value):
+            return NodeResult(ui={"scores": [float("nan"), float("inf"), value]})
+
+    engine = make_engine(tmp_path)
+    engine.registry.register(ShowFloat)
+    async with serve(tmp_path, engine) as client:
+        defaulted = api_prompt(1)
+        defaulted["1"]["inputs"]["value"] = None  # the native rule today: null is the default (item 13 aside)
+        for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
+            text = json.dumps({"prompt": defaulted}).replace("null", literal)
+            body = await prompt_error(await client.post("/prompt", data=text))
+            (error,) = body["node_errors"]["1"]["errors"]
+            assert error["extra_info"]["input_name"] == "value" and "not a JSON number" in error["details"], literal
+        body = await prompt_error(await client.post("/prompt", data='{"prompt": %s, "number": NaN}'
+                                                    % json.dumps(api_prompt(1))))
+        assert body["error"]["details"].startswith("number: NaN")
+
+        prompt = {"1": {"class_type": "Number", "inputs": {"value": 2}},
+                  "2": {"class_type": "ShowFloat", "inputs": {"value": ["1", 0]}}}
+        reply = await submit(client, prompt)
+        entry = await wait_history(client, reply["prompt_id"])
+        assert entry["outputs"]["2"] == {"scores": [None, None, 2]}
+        strict_json(await (await client.get("/history")).text())
+        strict_json(await (await client.get(f"/history/{reply['prompt_id']}")).text())
+        strict_json(await (await client.get("/queue")).text())
+
+
+def test_item12_plan_memo_tells_nan_from_null():
+    import math
+
+    import fake_nodes
+    import pytest
+    from nodegraph import Engine
+    from nodegraph.cache import node_key
+    from nodegraph.errors import ValidationFailed
+
+    engine = Engine(fake_nodes.registry())
+    null = fake_nodes.workflow({"1": ("Number", {"value": None}), "2": ("Collect", {})}, [("1", 0, "2", "value")])
+    assert engine.compile(null).nodes["1"].widgets["value"] == 1  # null: the default
+    with pytest.raises(ValidationFailed, match="value"):
+        engine.compile(null.with_widget("1", "value", math.nan))  # not the memo of the null one
+    keys = {node_key("Number", 1, {"value": v}, {}) for v in (None, math.nan, math.inf, -math.inf)}
+    assert len(keys) == 4
