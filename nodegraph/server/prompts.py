@@ -16,7 +16,8 @@ from .models import ClearOrDelete, InterruptRequest, PromptRequest
 from .queue_store import DuplicatePrompt
 from .responses import ApiError, json_response, read_json, read_json_object
 from .state import STATE, ServerState
-from .submit import build_workflow, clean_extra_data, invalid_prompt, unsafe_values, validation_error_body
+from .submit import (build_workflow, check_prompt, clean_extra_data, invalid_prompt, unsafe_values,
+                     validation_error_body)
 
 
 def _pydantic_details(exc: ValidationError) -> str:
@@ -59,7 +60,8 @@ async def post_prompt(request: web.Request) -> web.Response:
         workflow = build_workflow(submitted.prompt, extra_data, registry)
         refuse_unsafe_values(body, workflow, registry)
         loop = asyncio.get_running_loop()
-        graph = await loop.run_in_executor(None, state.compile, workflow, submitted.partial_execution_targets)
+        graph = await loop.run_in_executor(None, check_prompt, submitted.prompt, workflow, registry,
+                                           lambda w: state.compile(w, submitted.partial_execution_targets))
     except WorkflowFormatError as exc:
         raise ApiError(400, "invalid_prompt", str(exc), body=invalid_prompt("Invalid prompt", str(exc))) from None
     except ValidationFailed as exc:

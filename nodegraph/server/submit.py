@@ -7,13 +7,14 @@ same way, so what was accepted is what runs, even after a restart.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import INVALID_INPUT_TYPE, MISSING_NODE_TYPE, PROMPT_NO_OUTPUTS, ValidationIssue
+from ..errors import INVALID_INPUT_TYPE, MISSING_NODE_TYPE, PROMPT_NO_OUTPUTS, ValidationFailed, ValidationIssue
 from ..formats import map_models, to_workflow
 from ..formats import run_metadata as embedded_metadata
-from ..formats.api import is_api_format, to_api
-from ..plan import id_sort_key
+from ..formats.api import is_api_format, missing_values, to_api
+from ..plan import CompiledGraph, id_sort_key
 from ..registry import NodeRegistry
 from ..workflow import Workflow, WorkflowFormatError
 from . import jsonsafe
@@ -44,6 +45,23 @@ def build_workflow(prompt: dict[str, Any], extra_data: dict[str, Any], registry:
     `extra_data.model_map` applied. Raises `WorkflowFormatError`."""
     workflow = to_workflow(prompt, registry, source="prompt")
     return map_models(workflow, model_map(extra_data))
+
+
+def check_prompt(prompt: dict[str, Any], workflow: Workflow, registry: NodeRegistry,
+                 compile: Callable[[Workflow], CompiledGraph]) -> CompiledGraph:
+    """Validate a submitted prompt: the engine's checks and, for ComfyUI's API format, its rule that every
+    required value is given (`missing_values`). Raises `ValidationFailed` listing every issue of both."""
+    missing = missing_values(workflow, registry) if is_api_format(prompt) else []
+    try:
+        graph = compile(workflow)
+    except ValidationFailed as exc:
+        known = {(issue.node_id, issue.input_name, issue.type) for issue in exc.issues}
+        issues = [*exc.issues, *(i for i in missing if (i.node_id, i.input_name, i.type) not in known)]
+        issues.sort(key=lambda i: (id_sort_key(i.node_id) if i.node_id else (-1, 0, ""), i.input_name or ""))
+        raise ValidationFailed(issues) from None
+    if missing:
+        raise ValidationFailed(missing)
+    return graph
 
 
 def run_metadata(prompt: dict[str, Any], workflow: Workflow, extra_data: dict[str, Any],

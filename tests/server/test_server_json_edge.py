@@ -115,7 +115,7 @@ async def test_item12_nan_and_infinity_are_refused_and_never_written(tmp_path):
     engine.registry.register(ShowFloat)
     async with serve(tmp_path, engine) as client:
         defaulted = api_prompt(1)
-        defaulted["1"]["inputs"]["value"] = None  # the native rule today: null is the default (item 13 aside)
+        defaulted["1"]["inputs"]["value"] = None  # refused as missing (item 13); NaN must not pass for it
         for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
             text = json.dumps({"prompt": defaulted}).replace("null", literal)
             body = await prompt_error(await client.post("/prompt", data=text))
@@ -151,3 +151,37 @@ def test_item12_plan_memo_tells_nan_from_null():
         engine.compile(null.with_widget("1", "value", math.nan))  # not the memo of the null one
     keys = {node_key("Number", 1, {"value": v}, {}) for v in (None, math.nan, math.inf, -math.inf)}
     assert len(keys) == 4
+
+
+async def test_item13_api_prompts_need_every_required_value(tmp_path):
+    async with serve(tmp_path) as client:
+        async def missing(prompt):
+            body = await prompt_error(await client.post("/prompt", json={"prompt": prompt}))
+            return {(node_id, error["extra_info"].get("input_name"), error["type"])
+                    for node_id, entry in body["node_errors"].items() for error in entry["errors"]}
+
+        no_inputs = api_prompt(1)
+        del no_inputs["1"]["inputs"]
+        assert await missing(no_inputs) == {("1", "value", "required_input_missing")}
+        deleted = api_prompt(1, steps=3)
+        del deleted["2"]["inputs"]["delay"]
+        assert await missing(deleted) == {("2", "delay", "required_input_missing")}
+        null_combo = {**api_prompt(1), "5": {"class_type": "Scale", "inputs": {"a": ["1", 0], "factor": None,
+                                                                                "mode": None}},
+                      "6": {"class_type": "Sink", "inputs": {"a": ["5", 0]}}}
+        assert await missing(null_combo) == {("5", "factor", "required_input_missing"),
+                                             ("5", "mode", "required_input_missing")}
+        typo = api_prompt(1)
+        typo["1"]["inputs"] = {"valeu": 3}
+        assert await missing(typo) == {("1", "valeu", "unknown_input"), ("1", "value", "required_input_missing")}
+        queue = await (await client.get("/queue")).json()
+        assert queue == {"queue_running": [], "queue_pending": []}
+
+        linked = {**api_prompt(2), "5": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["1", 0]}},
+                  "6": {"class_type": "Sink", "inputs": {"a": ["5", 0]}}}  # a widget fed by a link is given
+        entry = await wait_history(client, (await submit(client, linked))["prompt_id"])
+        assert entry["outputs"]["6"] == {"value": [4]}
+        native = {"format": "nodegraph", "nodes": {"1": {"type": "Number"}, "2": {"type": "Collect"}},
+                  "links": [{"from_node": "1", "from_slot": 0, "to_node": "2", "to_input": "value"}]}
+        entry = await wait_history(client, (await submit(client, native))["prompt_id"])
+        assert entry["outputs"]["2"] == {"value": [1]}  # the native format documents its defaults
