@@ -42,6 +42,9 @@ async def post_prompt(request: web.Request) -> web.Response:
         body = await read_json(request, check_values=False)  # checked below, naming node and input
     except ApiError as exc:
         raise ApiError(400, "invalid_prompt", exc.message, body=invalid_prompt(exc.message, exc.details)) from None
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, "too_large", "Request body too large",
+                       body=invalid_prompt("Request body too large", exc.text or "", type="too_large")) from None
     if not isinstance(body, dict) or "prompt" not in body:
         raise ApiError(400, "no_prompt", "No prompt provided",
                        body=invalid_prompt("No prompt provided", "No prompt provided", type="no_prompt"))

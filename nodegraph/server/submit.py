@@ -34,7 +34,9 @@ def clean_extra_data(extra_data: dict[str, Any], client_id: str | None) -> dict[
 
 
 def model_map(extra_data: dict[str, Any]) -> dict[str, str]:
-    mapping = extra_data.get("model_map") or {}
+    mapping = extra_data.get("model_map")
+    if mapping is None:
+        return {}
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise WorkflowFormatError("extra_data.model_map must be an object of model names {OLD: NEW}")
     return mapping

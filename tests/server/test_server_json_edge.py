@@ -185,3 +185,22 @@ async def test_item13_api_prompts_need_every_required_value(tmp_path):
                   "links": [{"from_node": "1", "from_slot": 0, "to_node": "2", "to_input": "value"}]}
         entry = await wait_history(client, (await submit(client, native))["prompt_id"])
         assert entry["outputs"]["2"] == {"value": [1]}  # the native format documents its defaults
+
+
+async def test_item14_model_map_of_a_wrong_type_and_a_too_large_prompt(tmp_path):
+    async with serve(tmp_path, max_upload_bytes=1000) as client:
+        for wrong in ([], "", 0, False, ["a=b"], {"a": 1}):
+            response = await client.post("/prompt", json={"prompt": api_prompt(1), "extra_data": {"model_map": wrong}})
+            body = await prompt_error(response)
+            assert body["error"]["type"] == "invalid_prompt" and "model_map" in body["error"]["details"], wrong
+        await submit(client, api_prompt(1), extra_data={"model_map": {}})
+        await submit(client, api_prompt(1), extra_data={"model_map": None})
+
+        huge = {"prompt": api_prompt(1), "extra_data": {"padding": "x" * (1 << 21)}}
+        response = await client.post("/prompt", json=huge)
+        assert response.status == 413
+        body = await response.json()
+        assert body["node_errors"] == {} and set(body["error"]) == ERROR_KEYS
+        assert body["error"]["type"] == "too_large"
+        response = await client.post("/queue", json=huge)  # elsewhere: the plain error shape
+        assert response.status == 413 and set((await response.json())["error"]) == ERROR_KEYS
