@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..paths import UnsafePath, atomic_write_bytes, safe_join
 from . import jsonsafe
@@ -155,8 +156,10 @@ async def read_form(request: web.Request, limit: int) -> tuple[dict[str, str], d
                 fields[part.name or ""] = (await _read_part(part, MAX_FIELD_BYTES)).decode("utf-8", "replace")
     except ApiError:
         raise
-    except (ValueError, AssertionError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_request", "Malformed multipart body", str(exc)) from None
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as exc:
+        # HttpProcessingError: a part's headers aiohttp refuses, e.g. a NUL byte in the file name
+        reason = getattr(exc, "message", "") or str(exc)
+        raise ApiError(400, "invalid_request", "Malformed multipart body", reason.strip()) from None
     return fields, files
 
 
