@@ -190,7 +190,13 @@ def store_upload(folder: Path, filename: str, data: bytes, overwrite: bool) -> s
     a different content gets `name (1).ext`, `name (2).ext`, ... (ComfyUI's rule); never a partial file."""
     folder.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        atomic_write_bytes(safe_join(folder, filename), data)
+        try:
+            target = safe_join(folder, filename)
+        except UnsafePath as exc:  # a symlink pointing out holds this name: never write through it
+            raise ApiError(403, "forbidden_path", "Path not allowed", str(exc)) from None
+        if target.exists() and not target.is_file():
+            raise ApiError(409, "name_conflict", "Cannot overwrite: not a file", filename)
+        atomic_write_bytes(target, data)
         return filename
     stem, ext = os.path.splitext(filename)
     for index in range(0, 10000):

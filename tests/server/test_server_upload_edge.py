@@ -44,3 +44,22 @@ async def test_item15_nul_byte_in_an_upload_file_name_is_a_400(tmp_path):
             error = await refused(await client.post(path, data=body, headers=headers))
             assert error["message"] == "Malformed multipart body"
         assert list((tmp_path / "input").iterdir()) == []
+
+
+async def test_item16_overwrite_onto_a_symlink_pointing_out_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"keep me")
+    async with serve(tmp_path) as client:
+        input_dir = tmp_path / "input"
+        os.symlink(outside / "secret.png", input_dir / "link.png")
+        os.symlink(outside, input_dir / "dirlink.png")
+        (input_dir / "folder.png").mkdir()
+        for name, status in (("link.png", 403), ("dirlink.png", 403), ("folder.png", 409)):
+            error = await refused(await client.post("/upload/image", data=form(png(), name, overwrite="true")),
+                                  (status,))
+            assert error["type"] in ("forbidden_path", "name_conflict"), name
+        assert (outside / "secret.png").read_bytes() == b"keep me" and os.listdir(outside) == ["secret.png"]
+        assert sorted(os.listdir(input_dir)) == ["dirlink.png", "folder.png", "link.png"]
+        reply = await (await client.post("/upload/image", data=form(png(), "link.png"))).json()
+        assert reply["name"] == "link (1).png"  # without overwrite: the next free name, as before
