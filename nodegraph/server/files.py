@@ -23,6 +23,7 @@ from ..paths import UnsafePath, atomic_write_bytes, safe_join
 from . import jsonsafe
 from .responses import ApiError, json_response
 from .state import STATE
+from .upload_check import IMAGE_FORMATS, check_image
 
 FOLDER_TYPES = ("output", "input", "temp")
 INLINE_TYPES = {
@@ -244,11 +245,13 @@ async def upload_image(request: web.Request) -> web.Response:
     if "image" not in files:
         raise ApiError(400, "invalid_request", "No 'image' file in the form")
     filename, data = files["image"]
-    return await _save(state.engine.env, fields, filename, data)
+    return await _save(state.engine.env, fields, filename, data, state.config.max_upload_pixels)
 
 
-async def _save(env: Any, fields: dict[str, str], filename: str, data: bytes) -> web.Response:
+async def _save(env: Any, fields: dict[str, str], filename: str, data: bytes, max_pixels: int) -> web.Response:
+    """Check the name, then the image (nothing is written for a refused one), then store it."""
     folder_type, subfolder, folder = upload_target(env, fields, filename)
+    await asyncio.to_thread(check_image, data, max_pixels)
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
     name = await asyncio.to_thread(store_upload, folder, filename, data, overwrite)
     return json_response({"name": name, "subfolder": subfolder, "type": folder_type})
@@ -273,8 +276,10 @@ async def upload_mask(request: web.Request) -> web.Response:
     if not original.is_file():
         raise ApiError(404, "not_found", "Original image not found", original_name)
     filename, mask = files["image"]
+    upload_target(env, fields, filename)  # a bad name is refused before any decoding
+    await asyncio.to_thread(check_image, mask, state.config.max_upload_pixels, "mask")
     composed = await asyncio.to_thread(_apply_mask, original, mask)
-    return await _save(env, fields, filename, composed)
+    return await _save(env, fields, filename, composed, state.config.max_upload_pixels)
 
 
 def _apply_mask(original_path: Path, mask_bytes: bytes) -> bytes:
@@ -282,12 +287,12 @@ def _apply_mask(original_path: Path, mask_bytes: bytes) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     try:
-        with Image.open(original_path) as original:
+        with Image.open(original_path, formats=IMAGE_FORMATS) as original:
             info = PngInfo()
             for key, value in (getattr(original, "text", None) or {}).items():
                 info.add_text(key, value)
             rgba = original.convert("RGBA")
-        with Image.open(io.BytesIO(mask_bytes)) as mask:
+        with Image.open(io.BytesIO(mask_bytes), formats=IMAGE_FORMATS) as mask:
             alpha = mask.convert("RGBA").getchannel("A")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ApiError(400, "invalid_image", "Not a readable image", str(exc)) from None
