@@ -2,6 +2,7 @@
 ComfyUI's error shape, never a 500, and nothing it stores or sends back stops being JSON."""
 
 import json
+import os
 
 import aiohttp
 from server_helpers import api_prompt, serve, submit, wait_history
@@ -204,3 +205,24 @@ async def test_item14_model_map_of_a_wrong_type_and_a_too_large_prompt(tmp_path)
         assert body["error"]["type"] == "too_large"
         response = await client.post("/queue", json=huge)  # elsewhere: the plain error shape
         assert response.status == 413 and set((await response.json())["error"]) == ERROR_KEYS
+
+
+async def test_item18_filename_prefixes_that_leave_output_are_refused_before_queueing(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    async with serve(tmp_path) as client:
+        (tmp_path / "output").joinpath("out").symlink_to(outside)
+        for prefix in ("../x", "a/../../x", "/tmp/x", "out/x", "out/deeper/x"):
+            prompt = {"1": {"class_type": "Number", "inputs": {"value": 3}},
+                      "2": {"class_type": "SaveTestImage", "inputs": {"value": ["1", 0], "filename_prefix": prefix}}}
+            body = await prompt_error(await client.post("/prompt", json={"prompt": prompt}))
+            (error,) = body["node_errors"]["2"]["errors"]
+            assert error["type"] == "custom_validation_failed" and error["extra_info"]["input_name"] == "filename_prefix"
+            assert prefix in error["details"], error
+        queue = await (await client.get("/queue")).json()
+        assert queue == {"queue_running": [], "queue_pending": []}
+        prompt = {"1": {"class_type": "Number", "inputs": {"value": 3}},
+                  "2": {"class_type": "SaveTestImage", "inputs": {"value": ["1", 0], "filename_prefix": "sub/ok"}}}
+        entry = await wait_history(client, (await submit(client, prompt))["prompt_id"])
+        assert entry["outputs"]["2"]["images"][0]["subfolder"] == "sub"
+        assert os.listdir(outside) == []
