@@ -12,7 +12,7 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__
 from .models import ErrorResponse
 from .responses import json_response
-from .routes import ROUTES, Route
+from .routes import ROUTES, STATIC_ROUTES, Route
 
 REF = "#/components/schemas/{model}"
 WS_EVENTS = ("status", "execution_start", "execution_cached", "executing", "progress", "executed",
@@ -33,6 +33,8 @@ def _content(model: type[BaseModel] | str | None) -> dict[str, Any]:
         return {}
     if model == "binary":
         return {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    if model == "file":
+        return {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
     schema = {"type": model} if isinstance(model, str) else {"$ref": REF.format(model=model.__name__)}
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -40,7 +42,7 @@ def _content(model: type[BaseModel] | str | None) -> dict[str, Any]:
 def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": route.summary, "operationId": _operation_id(route)}
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in re.findall(r"{(\w+)}", route.path)]
+                  for name in re.findall(r"{(\w+)(?::[^}]*)?}", route.path)]
     parameters += [{"name": name, "in": "query", "required": name == "filename", "schema": {"type": "string"}}
                    for name in route.query]
     if parameters:
@@ -68,7 +70,12 @@ def _operation(route: Route) -> dict[str, Any]:
 
 
 def _operation_id(route: Route) -> str:
-    return route.method.lower() + re.sub(r"\W+", "_", route.path).rstrip("_")
+    return route.method.lower() + (re.sub(r"\W+", "_", openapi_path(route.path)).rstrip("_") or "_root")
+
+
+def openapi_path(path: str) -> str:
+    """aiohttp's `/{path:.+}` as OpenAPI writes it, `/{path}`."""
+    return re.sub(r"{(\w+):[^}]*}", r"{\1}", path)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -76,6 +83,8 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    for route in STATIC_ROUTES:  # not under /api
+        paths[openapi_path(route.path)] = {"servers": [{"url": "/"}], route.method.lower(): _operation(route)}
     paths["/openapi.json"] = {"get": {"summary": "This document", "operationId": "get_openapi",
                                       "responses": {"200": {"description": "OK", **_content("object")}}}}
     return {

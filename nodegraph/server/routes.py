@@ -62,6 +62,14 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/ws", prompts.websocket, "WebSocket of events (?clientId=, ?previews=1, ?token=)"),
 )
 
+STATIC_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", files.static_file, "The editor (index.html); a JSON note of what this is when none is installed",
+          response="file"),
+    Route("GET", "/{path:.+}", files.static_file, "The editor's files (a path, slashes allowed); API routes win",
+          response="file", errors={404: ErrorResponse}),
+)
+"""Mounted at / only, after the API: every API route wins over a file name."""
+
 
 def add_routes(app: web.Application, extra: tuple[Route, ...] = ()) -> None:
     for prefix in ("", "/api"):
@@ -70,5 +78,5 @@ def add_routes(app: web.Application, extra: tuple[Route, ...] = ()) -> None:
                 app.router.add_get(prefix + route.path, route.handler)  # HEAD too
             else:
                 app.router.add_route(route.method, prefix + route.path, route.handler)
-    app.router.add_get("/", files.static_file)
-    app.router.add_get("/{path:.+}", files.static_file)  # last: every API route wins over a file name
+    for route in STATIC_ROUTES:
+        app.router.add_get(route.path, route.handler)
