@@ -126,6 +126,10 @@ async def post_queue(request: web.Request) -> web.Response:
     return json_response({"deleted": deleted})
 
 
+QUERY_INT_LIMIT = 2**62
+"""Paging numbers are clamped to this: SQLite's integers are 64-bit."""
+
+
 def _int_query(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -136,7 +140,7 @@ def _int_query(request: web.Request, name: str) -> int | None:
         raise ApiError(400, "invalid_request", f"{name} must be an integer", raw) from None
     if name == "max_items" and value < 0:
         raise ApiError(400, "invalid_request", "max_items must not be negative", raw)
-    return value
+    return max(-QUERY_INT_LIMIT, min(value, QUERY_INT_LIMIT))  # as Python's slicing would: huge means all
 
 
 async def get_history(request: web.Request) -> web.Response:

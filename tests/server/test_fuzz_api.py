@@ -151,3 +151,19 @@ def test_fuzz_every_operation_no_5xx_and_comfyui_error_shapes(tmp_path):
     print(json.dumps(figures))
     assert not failures, "\n".join(f"{label}: {text}" for (label, _), text in sorted(failures.items()))
     assert figures["operations"] >= 23 and figures["requests"] >= 20 * figures["operations"]
+
+
+async def test_fuzz_found_history_paging_with_huge_numbers(tmp_path):
+    """5xx found by the fuzzer: ?max_items= or ?offset= beyond 64 bits overflowed SQLite (OverflowError)."""
+    from server_helpers import api_prompt, submit, wait_history
+
+    async with serve(tmp_path) as client:
+        first = (await submit(client, api_prompt(1)))["prompt_id"]
+        await wait_history(client, first)
+        huge = str(10**33)
+        for params in ({"max_items": huge}, {"offset": huge}, {"max_items": huge, "offset": "0"},
+                       {"offset": "-" + huge}):
+            response = await client.get("/history", params=params)
+            assert response.status == 200, (params, await response.text())
+            expected = set() if params.get("offset") == huge else {first}
+            assert set(await response.json()) == expected, params
