@@ -44,7 +44,11 @@ def from_api(prompt: dict[str, Any], source: str = "prompt") -> Workflow:
             else:
                 widgets[name] = value
         meta = node.get("_meta") or {}
-        nodes[node_id] = NodeInstance(type=class_type, widgets=widgets, title=meta.get("title"))
+        title = meta.get("title") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(title, (str, type(None))):
+            raise WorkflowFormatError(f"{source}: node {node_id} ({class_type}): _meta must be an object whose "
+                                      f"title is a string, got {meta!r:.80}")
+        nodes[node_id] = NodeInstance(type=class_type, widgets=widgets, title=title)
     return Workflow(nodes=nodes, links=links)
 
 

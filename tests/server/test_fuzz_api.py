@@ -167,3 +167,18 @@ async def test_fuzz_found_history_paging_with_huge_numbers(tmp_path):
             assert response.status == 200, (params, await response.text())
             expected = set() if params.get("offset") == huge else {first}
             assert set(await response.json()) == expected, params
+
+
+async def test_fuzz_found_api_node_meta_of_the_wrong_shape(tmp_path):
+    """5xx found by the fuzzer: `_meta.title` not a string (a pydantic ValidationError), and by probing beside it,
+    `_meta` not an object (an AttributeError); both are a 400 naming the node."""
+    from server_helpers import api_prompt
+
+    async with serve(tmp_path) as client:
+        for meta in ({"title": 3242523473124002}, {"title": ["x"]}, "a title", [1]):
+            prompt = api_prompt(1)
+            prompt["1"]["_meta"] = meta
+            response = await client.post("/prompt", json={"prompt": prompt})
+            assert response.status == 400, (meta, await response.text())
+            body = await response.json()
+            assert body["node_errors"] == {} and "node 1 (Number): _meta must be an object" in body["error"]["details"]
