@@ -43,6 +43,9 @@ STATIC_TYPES = {
 }
 """The editor's own files (ours, trusted); .py and anything unlisted in the package is never served."""
 MAX_FIELD_BYTES = 64 * 1024
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+"""Longer names would fail in the file system (ENAMETOOLONG) rather than be refused."""
 _ENCODED = re.compile(r"%(2f|5c|00|25|2e)", re.IGNORECASE)
 _ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]$")
 
@@ -61,6 +64,10 @@ def check_text(value: str, what: str) -> str:
     problem = jsonsafe.value_problem(value)
     if problem is not None:
         raise ApiError(400, "invalid_path", f"Invalid {what}", problem)
+    if (len(value.encode()) > MAX_PATH_BYTES
+            or any(len(part.encode()) > MAX_NAME_BYTES for part in re.split(r"[\\/]", value))):
+        raise ApiError(400, "invalid_path", f"Invalid {what}",
+                       f"too long: at most {MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} in all")
     return value
 
 

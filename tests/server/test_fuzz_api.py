@@ -182,3 +182,29 @@ async def test_fuzz_found_api_node_meta_of_the_wrong_shape(tmp_path):
             assert response.status == 400, (meta, await response.text())
             body = await response.json()
             assert body["node_errors"] == {} and "node 1 (Number): _meta must be an object" in body["error"]["details"]
+
+
+async def test_probe_found_file_names_too_long_for_the_file_system(tmp_path):
+    """5xx found probing what the fuzzer does not reach: a 300-byte file or folder name (ENAMETOOLONG) in /view
+    and in an upload's subfolder is a 400."""
+    import io
+
+    import aiohttp
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, "PNG")
+    async with serve(tmp_path) as client:
+        for params in ({"filename": "a" * 300}, {"filename": "a.png", "subfolder": "b" * 300},
+                       {"filename": "a.png", "subfolder": "/".join(["c" * 200] * 6)}, {"filename": "é" * 200}):
+            response = await client.get("/view", params=params)
+            assert response.status == 400, (params, await response.text())
+            assert "too long" in (await response.json())["error"]["details"]
+        for fields in ({"subfolder": "x" * 300}, {"subfolder": "/".join(["y" * 200] * 6)}):
+            form = aiohttp.FormData()
+            form.add_field("image", buffer.getvalue(), filename="a.png", content_type="image/png")
+            for key, value in fields.items():
+                form.add_field(key, value)
+            response = await client.post("/upload/image", data=form)
+            assert response.status == 400, await response.text()
+        assert list((tmp_path / "input").iterdir()) == []
