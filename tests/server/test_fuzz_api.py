@@ -208,3 +208,18 @@ async def test_probe_found_file_names_too_long_for_the_file_system(tmp_path):
             response = await client.post("/upload/image", data=form)
             assert response.status == 400, await response.text()
         assert list((tmp_path / "input").iterdir()) == []
+
+
+async def test_probe_found_ui_format_prompts_of_the_wrong_shapes(tmp_path):
+    """5xx found probing what the fuzzer does not reach (the document describes the API and native formats):
+    ComfyUI UI-format prompts with fields of the wrong type broke its reader (TypeError, ValueError,
+    pydantic's ValidationError); each is a 400 now."""
+    async with serve(tmp_path) as client:
+        for prompt in ({"nodes": [{"id": 1, "type": "Number", "inputs": "x", "outputs": 5}], "links": [None]},
+                       {"nodes": [{"id": 1, "type": "Number", "title": 5}], "links": []},
+                       {"nodes": [{"id": 1, "type": "Number"}], "links": [[1, 1, "x", 2, 0, "INT"]]}):
+            response = await client.post("/prompt", json={"prompt": prompt})
+            assert response.status == 400, (prompt, await response.text())
+            body = await response.json()
+            assert body["node_errors"] == {} and "not a ComfyUI workflow this reader understands" in body["error"][
+                "details"]
