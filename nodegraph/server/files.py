@@ -139,7 +139,7 @@ def _converted(path: Path, preview: str | None, channel: str) -> tuple[bytes, st
             if preview:
                 fmt, _, quality = preview.partition(";")
                 fmt = "JPEG" if fmt.lower() in ("jpeg", "jpg") else "WEBP"
-                image.save(buffer, format=fmt, quality=int(quality) if quality.isdigit() else 90)
+                image.save(buffer, format=fmt, quality=int(quality) if quality.isascii() and quality.isdigit() else 90)
                 return buffer.getvalue(), "image/jpeg" if fmt == "JPEG" else "image/webp"
             image.save(buffer, format="PNG")
             return buffer.getvalue(), "image/png"

@@ -223,3 +223,28 @@ async def test_probe_found_ui_format_prompts_of_the_wrong_shapes(tmp_path):
             body = await response.json()
             assert body["node_errors"] == {} and "not a ComfyUI workflow this reader understands" in body["error"][
                 "details"]
+
+
+async def test_fuzz_found_node_ids_of_unicode_digits(tmp_path):
+    """5xx found by the fuzzer: node id "³" passes str.isdigit() but not int(); ids sort, export and preview
+    qualities now read ASCII digits only."""
+    import io
+
+    from PIL import Image
+    from server_helpers import submit, wait_history
+
+    async with serve(tmp_path) as client:
+        prompt = {"³": {"class_type": "Number", "inputs": {"value": 5}},
+                  "²": {"class_type": "SaveTestImage", "inputs": {"value": ["³", 0], "filename_prefix": "digits"}}}
+        entry = await wait_history(client, (await submit(client, prompt))["prompt_id"])
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        bad = {"³": {"class_type": "Number", "inputs": {"value": 5000}},
+               "10": {"class_type": "Collect", "inputs": {"value": ["³", 0]}}}
+        response = await client.post("/prompt", json={"prompt": bad})
+        assert response.status == 400 and list((await response.json())["node_errors"]) == ["³"]
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(buffer, "PNG")
+        (tmp_path / "output" / "p.png").write_bytes(buffer.getvalue())
+        response = await client.get("/view", params={"filename": "p.png", "preview": "webp;³"})
+        assert response.status == 200 and response.headers["Content-Type"] == "image/webp"
