@@ -10,17 +10,23 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from .models import ErrorResponse
+from .models import ApiNode, ErrorResponse
 from .responses import json_response
 from .routes import ROUTES, STATIC_ROUTES, Route
 
 REF = "#/components/schemas/{model}"
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "max_items": {"type": "integer", "minimum": 0}, "offset": {"type": "integer"},
+    "type": {"enum": ["output", "input", "temp"]}, "channel": {"enum": ["rgba", "rgb", "a"]},
+    "preview": {"type": "string", "pattern": "^(webp|jpeg|jpg)(;[0-9]{1,3})?$"},
+}
+"""Query parameters other than plain strings."""
 WS_EVENTS = ("status", "execution_start", "execution_cached", "executing", "progress", "executed",
              "execution_success", "execution_error", "execution_interrupted", "nodegraph.progress")
 
 
 def _models() -> list[type[BaseModel]]:
-    found: dict[str, type[BaseModel]] = {"ErrorResponse": ErrorResponse}
+    found: dict[str, type[BaseModel]] = {"ErrorResponse": ErrorResponse, "ApiNode": ApiNode}
     for route in ROUTES:
         for model in (route.request, route.response, *route.errors.values()):
             if isinstance(model, type) and issubclass(model, BaseModel):
@@ -43,8 +49,8 @@ def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": route.summary, "operationId": _operation_id(route)}
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in re.findall(r"{(\w+)(?::[^}]*)?}", route.path)]
-    parameters += [{"name": name, "in": "query", "required": name == "filename", "schema": {"type": "string"}}
-                   for name in route.query]
+    parameters += [{"name": name, "in": "query", "required": name == "filename",
+                    "schema": QUERY_SCHEMAS.get(name, {"type": "string"})} for name in route.query]
     if parameters:
         operation["parameters"] = parameters
     if route.request is not None:
