@@ -17,7 +17,8 @@ import numpy as np
 MAX_DEPTH = 64
 """Arrays and objects nested deeper than this are refused (a ComfyUI prompt nests about 5 levels)."""
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
+"""A string, or an unterminated one to the end: the optional quote keeps the scan linear (no backtracking)."""
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _CHUNK = 1 << 20
 

@@ -52,6 +52,18 @@ async def test_item10_deeply_nested_json_is_a_400_on_every_json_route(tmp_path):
         await submit(client, brackets_in_strings)
 
 
+async def test_item10_depth_scan_is_linear_on_unterminated_strings(tmp_path):
+    """An unterminated string of escaped quotes made the string pattern backtrack quadratically (minutes for
+    a few hundred kilobytes, the event loop blocked); it is refused at once."""
+    import time
+
+    body = "[" * 100 + '"' + '\\"' * 60_000
+    async with serve(tmp_path) as client:
+        started = time.monotonic()
+        response = await client.post("/queue", data=body)
+        assert response.status == 400 and time.monotonic() - started < 5
+
+
 def test_item10_depth_scan_counts_only_structure():
     from nodegraph.server.jsonsafe import MAX_DEPTH, too_deep
 
