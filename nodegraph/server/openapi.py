@@ -65,7 +65,8 @@ def _operation(route: Route) -> dict[str, Any]:
                                     + ", ".join(WS_EVENTS) + ". With ?previews=1 (or a feature_flags message with "
                                     "supports_preview_metadata) binary frames carry previews: uint32 BE event type 1, "
                                     "uint32 BE format 1 (JPEG), then the JPEG bytes.")
-        operation["responses"] = {"101": {"description": "Switching protocols"}}
+        operation["responses"] = {"101": {"description": "Switching protocols"},
+                                  "400": {"description": "Not a WebSocket upgrade", **_content(ErrorResponse)}}
         return operation
     responses: dict[str, Any] = {"200": {"description": "OK", **_content(route.response)}}
     for status, model in route.errors.items():

@@ -1,5 +1,6 @@
 """The API against its own /openapi.json: the document describes exactly the routes the server has, and
-schema-driven fuzzing (schemathesis) of every operation never gets a 5xx, and every 4xx in ComfyUI's error shape.
+schema-driven fuzzing (schemathesis) of every operation never gets a 5xx or a status the document does not list,
+and every 4xx in ComfyUI's error shape.
 
 Every operation is fuzzed, none excluded: the server's node pack leaves out the test nodes that can run for
 minutes (Steps, Marker), so even a fuzzed prompt that validated could not start a long job; clearing the queue
@@ -92,10 +93,13 @@ def server_in_thread(root: Path) -> Iterator[str]:
         loop.close()
 
 
-def problem(operation: str, status: int, text: str) -> str | None:
-    """Why an answer breaks the contract: a 5xx, or a 4xx whose body is not ComfyUI's error shape."""
+def problem(operation: str, status: int, text: str, documented: set[str]) -> str | None:
+    """Why an answer breaks the contract: a 5xx, a status the document does not list for the operation, or a
+    4xx whose body is not ComfyUI's error shape."""
     if status >= 500:
         return f"{status}: {text[:300]}"
+    if str(status) not in documented:
+        return f"{status} is not among the documented {sorted(documented)}: {text[:200]}"
     if status < 400:
         return None
     try:
@@ -110,8 +114,8 @@ def problem(operation: str, status: int, text: str) -> str | None:
     return None
 
 
-def fuzz(strategy, label: str, base: str, session: requests.Session, statuses: Counter[tuple[str, int]],
-         failures: dict[tuple[str, str], str]) -> None:
+def fuzz(strategy, label: str, documented: set[str], base: str, session: requests.Session,
+         statuses: Counter[tuple[str, int]], failures: dict[tuple[str, str], str]) -> None:
     """Send MAX_EXAMPLES cases of one operation; record each status and the first case of each problem."""
 
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=SEED is None,
@@ -120,7 +124,7 @@ def fuzz(strategy, label: str, base: str, session: requests.Session, statuses: C
     def call(case):
         response = case.call(base_url=base, session=session, timeout=30)
         statuses[(label, response.status_code)] += 1
-        found = problem(label, response.status_code, response.text)
+        found = problem(label, response.status_code, response.text, documented)
         if found is not None:
             failures.setdefault((label, found[:80]), f"{found}\n    {case.as_curl_command()}")
 
@@ -133,15 +137,17 @@ def test_fuzz_every_operation_no_5xx_and_comfyui_error_shapes(tmp_path):
     failures: dict[tuple[str, str], str] = {}
     operations = []
     with server_in_thread(tmp_path) as base, requests.Session() as session:
-        schema = schemathesis.openapi.from_dict(session.get(base + "/openapi.json").json())  # the served one
+        doc = session.get(base + "/openapi.json").json()  # the served document
+        schema = schemathesis.openapi.from_dict(doc)
         for result in schema.get_all_operations():
             operation = result.ok()
             operations.append(operation.label)
+            documented = set(doc["paths"][operation.path][operation.method.lower()]["responses"])
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
                 try:
-                    fuzz(operation.as_strategy(generation_mode=mode), operation.label, base, session, statuses,
-                         failures)
+                    fuzz(operation.as_strategy(generation_mode=mode), operation.label, documented, base, session,
+                         statuses, failures)
                 except Unsatisfiable:  # nothing in this operation to break (no parameters, no body)
                     pass
     figures = {"operations": len(operations), "requests": sum(statuses.values()),
