@@ -218,7 +218,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port < 0 or args.port > 65535:
         raise CliError(f"--port {args.port}: not a TCP port")
     token = args.token or os.environ.get("NODEGRAPH_TOKEN") or None
-    server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir,
+                          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                          max_upload_pixels=int(args.max_upload_megapixels * 1_000_000))
     from .server.queue_store import StoreLocked
 
     try:
@@ -246,6 +248,8 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="nodegraph-data",
                    help="queue/history database, uploads (input/) and temp files (default ./nodegraph-data)")
     p.add_argument("--max-upload-mb", type=float, default=50, help="largest accepted upload (default 50 MB)")
+    p.add_argument("--max-upload-megapixels", type=float, default=64,
+                   help="most pixels an uploaded image may have (default 64 million)")
     p.add_argument("--nodes-module", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="load node packs from these register functions instead of the installed ones (repeatable)")
     p.set_defaults(func=cmd_serve)

@@ -17,6 +17,7 @@ VALUE_NOT_IN_LIST = "value_not_in_list"
 MISSING_NODE_TYPE = "missing_node_type"
 PROMPT_NO_OUTPUTS = "prompt_no_outputs"
 EXCEPTION_DURING_VALIDATION = "exception_during_validation"
+CUSTOM_VALIDATION_FAILED = "custom_validation_failed"
 # Ours, where ComfyUI has none.
 UNKNOWN_INPUT = "unknown_input"
 DEPENDENCY_CYCLE = "dependency_cycle"

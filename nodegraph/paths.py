@@ -41,6 +41,26 @@ def safe_join(root: str | os.PathLike[str], name: str) -> Path:
     return target
 
 
+def output_prefix_problem(prefix: str, env: object) -> str | None:
+    """What keeps a file name prefix ("portraits/face", SaveImage's `filename_prefix`) from naming files inside
+    `env.output_dir`, or None: `..`, an absolute path, a NUL byte, or a folder part that is a symlink
+    pointing out. An `InputSpec.check`, so a bad prefix is refused before its prompt is queued."""
+    parts = re.split(r"[\\/]", prefix)
+    if "\x00" in prefix:
+        return "contains a NUL byte"
+    if prefix.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", prefix) or os.path.isabs(prefix):
+        return "is an absolute path; use a name inside the output folder"
+    if ".." in parts:
+        return "contains '..'; use a name inside the output folder"
+    root = getattr(env, "output_dir", None)
+    if root is not None:
+        try:
+            safe_join(root, f"{prefix}_00000_.png")
+        except UnsafePath:
+            return "leads out of the output folder (a symlink pointing out)"
+    return None
+
+
 def list_files(root: str | os.PathLike[str], extensions: Iterable[str] | None = None) -> list[str]:
     """Relative names (with forward slashes) of files under `root` whose real path stays inside it."""
     base = Path(root)

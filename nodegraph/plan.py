@@ -13,7 +13,7 @@ from .schema import Node, NodeSchema
 
 def id_sort_key(node_id: str) -> tuple[int, int, str]:
     """Numeric ids in numeric order ("2" before "10"), then the rest by name: a deterministic order."""
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+    return (0, int(node_id), "") if node_id.isascii() and node_id.isdigit() else (1, 0, node_id)  # not "³"
 
 
 @dataclass(frozen=True)

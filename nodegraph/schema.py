@@ -57,6 +57,9 @@ class InputSpec(BaseModel):
     force_input: bool = False
     """A value type (e.g. STRING) that must come from a link: shown as a socket, never as a widget."""
     tooltip: str | None = None
+    check: Callable[[Any, Any], str | None] | None = Field(default=None, exclude=True)
+    """`check(value, env)`: what is wrong with a value the type and range allow (None when nothing is), e.g. a
+    file name prefix that leaves the output folder; run by validation, before anything is queued."""
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
@@ -199,9 +202,9 @@ def Float(name: str, default: float = 0.0, *, min: float | None = None, max: flo
 
 
 def String(name: str, default: str = "", *, multiline: bool = False, optional: bool = False,
-           tooltip: str | None = None) -> InputSpec:
+           tooltip: str | None = None, check: Callable[[Any, Any], str | None] | None = None) -> InputSpec:
     return InputSpec(name=name, type="STRING", default=default, multiline=multiline, optional=optional,
-                     tooltip=tooltip)
+                     tooltip=tooltip, check=check)
 
 
 def Boolean(name: str, default: bool = False, *, optional: bool = False, tooltip: str | None = None) -> InputSpec:

@@ -100,6 +100,11 @@ def check_value(spec: InputSpec, value: Any, env: Any) -> tuple[Any, ValidationI
                                           details=f"{spec.name}: {value!r} not in [{shown}]",
                                           input_name=spec.name, received_value=value,
                                           extra={"options": options[:200]})
+    problem = spec.check(value, env) if spec.check is not None else None
+    if problem:
+        return value, ValidationIssue(type=E.CUSTOM_VALIDATION_FAILED, message=f"Invalid {spec.name}",
+                                      details=f"{spec.name}: {value!r} {problem}", input_name=spec.name,
+                                      received_value=value)
     return value, None
 
 

@@ -55,7 +55,8 @@ class Group(BaseModel):
 class Workflow(BaseModel):
     """A whole graph as saved on disk and sent by the editor."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+    """NaN stays NaN in `model_dump_json` (the plan memo's key), never null: a value left to its default."""
 
     format: Literal["nodegraph"] = FORMAT_NAME
     version: int = FORMAT_VERSION

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
 from nodegraph.formats.png import png_info
-from nodegraph.paths import list_files, save_new_file
+from nodegraph.paths import list_files, output_prefix_problem, save_new_file
 
 from .sd.imageops import CROP_MODES, IMAGE_METHODS, resize_image
 
@@ -70,7 +70,7 @@ class SaveImage(Node):
     schema = NodeSchema(
         type_id="SaveImage", display_name="Save Image", category="image",
         description="Saves PNGs to the output folder, with the workflow that made them embedded.",
-        inputs=(Socket("images", "IMAGE"), String("filename_prefix", "ComfyUI")),
+        inputs=(Socket("images", "IMAGE"), String("filename_prefix", "ComfyUI", check=output_prefix_problem)),
         output_node=True,
     )
     folder_type = "output"

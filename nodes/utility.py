@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nodegraph import Boolean, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
-from nodegraph.paths import save_new_file
+from nodegraph.paths import output_prefix_problem, save_new_file
 
 _MAX_INT = 2**63 - 1
 
@@ -72,7 +72,8 @@ class StringConcatenate(Node):
 class SaveText(Node):
     schema = NodeSchema(type_id="SaveText", display_name="Save Text", category="utils/string",
                         description="Writes the text to a new file in the output folder.",
-                        inputs=(Socket("text", "STRING"), String("filename_prefix", "nodegraph")),
+                        inputs=(Socket("text", "STRING"),
+                                String("filename_prefix", "nodegraph", check=output_prefix_problem)),
                         output_node=True)
 
     @classmethod

@@ -72,3 +72,37 @@ def test_partial_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
         path.write_bytes(b"x")
     assert remove_stale_partials(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and all(path.exists() for path in kept)
+
+
+def test_output_prefixes_are_checked_before_a_run(tmp_path):
+    """Reliability item 18: SaveImage's and SaveText's filename_prefix are refused at validation."""
+    from types import SimpleNamespace
+
+    from nodegraph.errors import ValidationFailed
+    from nodegraph.paths import output_prefix_problem
+    from nodegraph.registry import NodeRegistry
+    from nodegraph.validation import compile_workflow
+    from nodegraph.workflow import Link, NodeInstance, Workflow
+    from nodes.images import SaveImage
+    from nodes.utility import PrimitiveString, SaveText
+
+    env = SimpleNamespace(output_dir=tmp_path / "output")
+    env.output_dir.mkdir()
+    (tmp_path / "outside").mkdir()
+    (env.output_dir / "out").symlink_to(tmp_path / "outside")
+    for prefix in ("../x", "/tmp/x", "C:\\x", "a/../../x", "a/../b", "out/x", "x\x00"):  # as save_new_file
+        assert output_prefix_problem(prefix, env), prefix
+    for prefix in ("ComfyUI", "sub/dir/x", ""):
+        assert output_prefix_problem(prefix, env) is None, prefix
+    assert output_prefix_problem("out/x", None) is None  # without a folder only the name itself is checked
+
+    registry = NodeRegistry([SaveImage, SaveText, PrimitiveString])
+    workflow = Workflow(nodes={"1": NodeInstance(type="PrimitiveString", widgets={"value": "hi"}),
+                               "2": NodeInstance(type="SaveText", widgets={"filename_prefix": "../notes"})},
+                        links=[Link(from_node="1", from_slot=0, to_node="2", to_input="text")])
+    with pytest.raises(ValidationFailed) as failed:
+        compile_workflow(workflow, registry, env)
+    (issue,) = failed.value.issues
+    assert (issue.node_id, issue.input_name, issue.type) == ("2", "filename_prefix", "custom_validation_failed")
+    assert "'../notes' contains '..'" in str(issue)
+    assert SaveImage.schema.input("filename_prefix").check is output_prefix_problem

@@ -35,7 +35,14 @@ def to_workflow(data: Any, registry: NodeRegistry, source: str = "workflow") -> 
     if is_api_format(data):
         return from_api(data, source)
     if is_ui_format(data):
-        return from_ui(data, registry, source)
+        try:
+            return from_ui(data, registry, source)
+        except WorkflowFormatError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            # The reader trusts the shapes ComfyUI's editor writes; a hand-made or hostile file may break them.
+            raise WorkflowFormatError(f"{source}: not a ComfyUI workflow this reader understands "
+                                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     return parse_workflow(data, source)
 
 

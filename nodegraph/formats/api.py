@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import REQUIRED_INPUT_MISSING, ValidationIssue
 from ..registry import NodeRegistry
 from ..validation import resolve_modes
 from ..workflow import Link, NodeInstance, Workflow, WorkflowFormatError
@@ -43,8 +44,34 @@ def from_api(prompt: dict[str, Any], source: str = "prompt") -> Workflow:
             else:
                 widgets[name] = value
         meta = node.get("_meta") or {}
-        nodes[node_id] = NodeInstance(type=class_type, widgets=widgets, title=meta.get("title"))
+        title = meta.get("title") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(title, (str, type(None))):
+            raise WorkflowFormatError(f"{source}: node {node_id} ({class_type}): _meta must be an object whose "
+                                      f"title is a string, got {meta!r:.80}")
+        nodes[node_id] = NodeInstance(type=class_type, widgets=widgets, title=title)
     return Workflow(nodes=nodes, links=links)
+
+
+def missing_values(workflow: Workflow, registry: NodeRegistry) -> list[ValidationIssue]:
+    """ComfyUI's rule for API prompts: every required widget has a value or a link, and null is no value.
+
+    A client's typo (`"widht"`) or a dropped input must not run silently with a default; our native format
+    fills declared defaults instead. Use on a workflow read by `from_api`.
+    """
+    linked = workflow.links_into()
+    issues = []
+    for node_id, node in workflow.nodes.items():
+        node_cls = registry.get(node.type)
+        if node_cls is None:
+            continue  # reported as a missing node type
+        for spec in node_cls.schema.inputs:
+            if (spec.is_widget and not spec.optional and (node_id, spec.name) not in linked
+                    and node.widgets.get(spec.name) is None):
+                given = "is null" if spec.name in node.widgets else "is not given"
+                issues.append(ValidationIssue(type=REQUIRED_INPUT_MISSING, message="Required input is missing",
+                                              details=f"{spec.name} ({spec.type}) {given}", node_id=node_id,
+                                              class_type=node.type, input_name=spec.name))
+    return issues
 
 
 def to_api(workflow: Workflow, registry: NodeRegistry) -> dict[str, Any]:

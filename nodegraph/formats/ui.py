@@ -184,7 +184,7 @@ def _link_out(link: RawLink) -> list[Any]:
 
 def _id_out(value: str) -> Any:
     """Ids back as the editor wrote them: integers where they are numeric."""
-    return int(value) if value.lstrip("-").isdigit() else value
+    return int(value) if value.isascii() and value.lstrip("-").isdigit() else value  # not "³"
 
 
 def _pair(value: Any) -> tuple[float, float] | None:

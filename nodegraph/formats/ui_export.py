@@ -125,15 +125,20 @@ def _editor_ids(workflow: Workflow) -> dict[str, Any]:
         original = _info(node).get("id")
         if isinstance(original, int) and str(original) == node_id:
             ids[node_id] = original
-        elif node_id.lstrip("-").isdigit():
+        elif _is_int(node_id):
             ids[node_id] = int(node_id)
         taken.add(str(ids.get(node_id, "")))
-    counter = max([0, *(int(t) for t in taken if t.lstrip("-").isdigit())])
+    counter = max([0, *(int(t) for t in taken if _is_int(t))])
     for node_id in sorted(workflow.nodes, key=id_sort_key):
         if node_id not in ids:  # e.g. "83:30" from a flattened subgraph: the 0.4 format wants integers
             counter += 1
             ids[node_id] = counter
     return ids
+
+
+def _is_int(text: str) -> bool:
+    """ASCII digits with an optional minus: what int() reads ("³" is a digit to str.isdigit, not to int)."""
+    return text.isascii() and text.lstrip("-").isdigit()
 
 
 def _reserved_link_ids(workflow: Workflow, kept: dict[str, Any]) -> set[Any]:

@@ -20,6 +20,7 @@ class ServerConfig:
         token: when set, every request needs `Authorization: Bearer <token>` (or `?token=` on GETs).
         data_dir: the SQLite queue/history lives here.
         max_upload_bytes: the largest accepted upload (and request body).
+        max_upload_pixels: the most pixels an uploaded image may have (read from its header, before decoding).
         max_attempts: how often a prompt may be started; one that was running when the process died is
             re-queued until it has been started this many times, then marked failed.
         static_dir: the editor's files; None means the `frontend` package's `STATIC_DIR`.
@@ -30,6 +31,7 @@ class ServerConfig:
     token: str | None = None
     data_dir: Path = Path("nodegraph-data")
     max_upload_bytes: int = 50 * 1024 * 1024
+    max_upload_pixels: int = 64_000_000
     max_attempts: int = 2
     static_dir: Path | None = None
     durable: bool = True

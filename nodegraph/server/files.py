@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import re
 import tempfile
@@ -18,10 +17,13 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..paths import UnsafePath, atomic_write_bytes, safe_join
+from . import jsonsafe
 from .responses import ApiError, json_response
 from .state import STATE
+from .upload_check import IMAGE_FORMATS, check_image
 
 FOLDER_TYPES = ("output", "input", "temp")
 INLINE_TYPES = {
@@ -41,6 +43,9 @@ STATIC_TYPES = {
 }
 """The editor's own files (ours, trusted); .py and anything unlisted in the package is never served."""
 MAX_FIELD_BYTES = 64 * 1024
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+"""Longer names would fail in the file system (ENAMETOOLONG) rather than be refused."""
 _ENCODED = re.compile(r"%(2f|5c|00|25|2e)", re.IGNORECASE)
 _ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]$")
 
@@ -53,9 +58,16 @@ def folder_root(env: Any, folder_type: str) -> Path:
 
 
 def check_text(value: str, what: str) -> str:
-    """Refuse control characters and (double-)encoded separators in a decoded name."""
+    """Refuse control characters, (double-)encoded separators and lone surrogates in a decoded name."""
     if any(ord(c) < 32 for c in value) or _ENCODED.search(value):
         raise ApiError(400, "invalid_path", f"Invalid {what}", "control characters or encoded separators")
+    problem = jsonsafe.value_problem(value)
+    if problem is not None:
+        raise ApiError(400, "invalid_path", f"Invalid {what}", problem)
+    if (len(value.encode()) > MAX_PATH_BYTES
+            or any(len(part.encode()) > MAX_NAME_BYTES for part in re.split(r"[\\/]", value))):
+        raise ApiError(400, "invalid_path", f"Invalid {what}",
+                       f"too long: at most {MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} in all")
     return value
 
 
@@ -127,7 +139,7 @@ def _converted(path: Path, preview: str | None, channel: str) -> tuple[bytes, st
             if preview:
                 fmt, _, quality = preview.partition(";")
                 fmt = "JPEG" if fmt.lower() in ("jpeg", "jpg") else "WEBP"
-                image.save(buffer, format=fmt, quality=int(quality) if quality.isdigit() else 90)
+                image.save(buffer, format=fmt, quality=int(quality) if quality.isascii() and quality.isdigit() else 90)
                 return buffer.getvalue(), "image/jpeg" if fmt == "JPEG" else "image/webp"
             image.save(buffer, format="PNG")
             return buffer.getvalue(), "image/png"
@@ -152,8 +164,10 @@ async def read_form(request: web.Request, limit: int) -> tuple[dict[str, str], d
                 fields[part.name or ""] = (await _read_part(part, MAX_FIELD_BYTES)).decode("utf-8", "replace")
     except ApiError:
         raise
-    except (ValueError, AssertionError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_request", "Malformed multipart body", str(exc)) from None
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as exc:
+        # HttpProcessingError: a part's headers aiohttp refuses, e.g. a NUL byte in the file name
+        reason = getattr(exc, "message", "") or str(exc)
+        raise ApiError(400, "invalid_request", "Malformed multipart body", reason.strip()) from None
     return fields, files
 
 
@@ -184,7 +198,13 @@ def store_upload(folder: Path, filename: str, data: bytes, overwrite: bool) -> s
     a different content gets `name (1).ext`, `name (2).ext`, ... (ComfyUI's rule); never a partial file."""
     folder.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        atomic_write_bytes(safe_join(folder, filename), data)
+        try:
+            target = safe_join(folder, filename)
+        except UnsafePath as exc:  # a symlink pointing out holds this name: never write through it
+            raise ApiError(403, "forbidden_path", "Path not allowed", str(exc)) from None
+        if target.exists() and not target.is_file():
+            raise ApiError(409, "name_conflict", "Cannot overwrite: not a file", filename)
+        atomic_write_bytes(target, data)
         return filename
     stem, ext = os.path.splitext(filename)
     for index in range(0, 10000):
@@ -232,11 +252,13 @@ async def upload_image(request: web.Request) -> web.Response:
     if "image" not in files:
         raise ApiError(400, "invalid_request", "No 'image' file in the form")
     filename, data = files["image"]
-    return await _save(state.engine.env, fields, filename, data)
+    return await _save(state.engine.env, fields, filename, data, state.config.max_upload_pixels)
 
 
-async def _save(env: Any, fields: dict[str, str], filename: str, data: bytes) -> web.Response:
+async def _save(env: Any, fields: dict[str, str], filename: str, data: bytes, max_pixels: int) -> web.Response:
+    """Check the name, then the image (nothing is written for a refused one), then store it."""
     folder_type, subfolder, folder = upload_target(env, fields, filename)
+    await asyncio.to_thread(check_image, data, max_pixels)
     overwrite = fields.get("overwrite", "").lower() in ("true", "1")
     name = await asyncio.to_thread(store_upload, folder, filename, data, overwrite)
     return json_response({"name": name, "subfolder": subfolder, "type": folder_type})
@@ -250,8 +272,8 @@ async def upload_mask(request: web.Request) -> web.Response:
     if "image" not in files:
         raise ApiError(400, "invalid_request", "No 'image' file in the form")
     try:
-        ref = json.loads(fields.get("original_ref", ""))
-    except ValueError:
+        ref = jsonsafe.loads(fields.get("original_ref", ""))
+    except ValueError:  # JsonRefused too: malformed or nested too deeply
         ref = None
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
         raise ApiError(400, "invalid_request", "original_ref must be JSON naming the original's filename")
@@ -261,8 +283,10 @@ async def upload_mask(request: web.Request) -> web.Response:
     if not original.is_file():
         raise ApiError(404, "not_found", "Original image not found", original_name)
     filename, mask = files["image"]
+    upload_target(env, fields, filename)  # a bad name is refused before any decoding
+    await asyncio.to_thread(check_image, mask, state.config.max_upload_pixels, "mask")
     composed = await asyncio.to_thread(_apply_mask, original, mask)
-    return await _save(env, fields, filename, composed)
+    return await _save(env, fields, filename, composed, state.config.max_upload_pixels)
 
 
 def _apply_mask(original_path: Path, mask_bytes: bytes) -> bytes:
@@ -270,12 +294,12 @@ def _apply_mask(original_path: Path, mask_bytes: bytes) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     try:
-        with Image.open(original_path) as original:
+        with Image.open(original_path, formats=IMAGE_FORMATS) as original:
             info = PngInfo()
             for key, value in (getattr(original, "text", None) or {}).items():
                 info.add_text(key, value)
             rgba = original.convert("RGBA")
-        with Image.open(io.BytesIO(mask_bytes)) as mask:
+        with Image.open(io.BytesIO(mask_bytes), formats=IMAGE_FORMATS) as mask:
             alpha = mask.convert("RGBA").getchannel("A")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ApiError(400, "invalid_image", "Not a readable image", str(exc)) from None

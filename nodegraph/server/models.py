@@ -10,12 +10,36 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+class ApiNodeMeta(BaseModel):
+    title: str | None = None
+
+
+class ApiNode(BaseModel):
+    """One node of an API-format prompt, `{class_type, inputs, _meta}` (documents /prompt, which reads plain JSON)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    class_type: str
+    inputs: dict[str, Any] = Field(default_factory=dict,
+                                   description="widget values by input name, or [node_id, output_slot] links")
+    meta: ApiNodeMeta | None = Field(None, alias="_meta")
+
+
+API_OR_NATIVE = {"anyOf": [
+    {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/components/schemas/ApiNode"}},
+    {"type": "object", "required": ["nodes"], "properties": {"format": {"const": "nodegraph"},
+                                                            "nodes": {"type": "object"}, "links": {"type": "array"}}},
+]}
+"""The two shapes /prompt documents (it also reads ComfyUI's UI format, as its editor saves it)."""
+
+
 class PromptRequest(BaseModel):
     """POST /prompt: an API-format prompt (or a nodegraph workflow) to queue."""
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: dict[str, Any] = Field(description="ComfyUI API format {id: {class_type, inputs}} or a nodegraph workflow")
+    prompt: dict[str, Any] = Field(description="ComfyUI API format {id: {class_type, inputs}} or a nodegraph workflow",
+                                   json_schema_extra=API_OR_NATIVE)
     client_id: str | None = Field(None, description="the WebSocket clientId that receives this prompt's events")
     prompt_id: str | None = Field(None, description="an id of your choosing; a random one otherwise")
     extra_data: dict[str, Any] = Field(

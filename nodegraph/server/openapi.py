@@ -10,17 +10,23 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from .models import ErrorResponse
+from .models import ApiNode, ErrorResponse
 from .responses import json_response
-from .routes import ROUTES, Route
+from .routes import ROUTES, STATIC_ROUTES, Route
 
 REF = "#/components/schemas/{model}"
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "max_items": {"type": "integer", "minimum": 0}, "offset": {"type": "integer"},
+    "type": {"enum": ["output", "input", "temp"]}, "channel": {"enum": ["rgba", "rgb", "a"]},
+    "preview": {"type": "string", "pattern": "^(webp|jpeg|jpg)(;[0-9]{1,3})?$"},
+}
+"""Query parameters other than plain strings."""
 WS_EVENTS = ("status", "execution_start", "execution_cached", "executing", "progress", "executed",
              "execution_success", "execution_error", "execution_interrupted", "nodegraph.progress")
 
 
 def _models() -> list[type[BaseModel]]:
-    found: dict[str, type[BaseModel]] = {"ErrorResponse": ErrorResponse}
+    found: dict[str, type[BaseModel]] = {"ErrorResponse": ErrorResponse, "ApiNode": ApiNode}
     for route in ROUTES:
         for model in (route.request, route.response, *route.errors.values()):
             if isinstance(model, type) and issubclass(model, BaseModel):
@@ -33,6 +39,8 @@ def _content(model: type[BaseModel] | str | None) -> dict[str, Any]:
         return {}
     if model == "binary":
         return {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    if model == "file":
+        return {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
     schema = {"type": model} if isinstance(model, str) else {"$ref": REF.format(model=model.__name__)}
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -40,9 +48,9 @@ def _content(model: type[BaseModel] | str | None) -> dict[str, Any]:
 def _operation(route: Route) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": route.summary, "operationId": _operation_id(route)}
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in re.findall(r"{(\w+)}", route.path)]
-    parameters += [{"name": name, "in": "query", "required": name == "filename", "schema": {"type": "string"}}
-                   for name in route.query]
+                  for name in re.findall(r"{(\w+)(?::[^}]*)?}", route.path)]
+    parameters += [{"name": name, "in": "query", "required": name == "filename",
+                    "schema": QUERY_SCHEMAS.get(name, {"type": "string"})} for name in route.query]
     if parameters:
         operation["parameters"] = parameters
     if route.request is not None:
@@ -57,7 +65,8 @@ def _operation(route: Route) -> dict[str, Any]:
                                     + ", ".join(WS_EVENTS) + ". With ?previews=1 (or a feature_flags message with "
                                     "supports_preview_metadata) binary frames carry previews: uint32 BE event type 1, "
                                     "uint32 BE format 1 (JPEG), then the JPEG bytes.")
-        operation["responses"] = {"101": {"description": "Switching protocols"}}
+        operation["responses"] = {"101": {"description": "Switching protocols"},
+                                  "400": {"description": "Not a WebSocket upgrade", **_content(ErrorResponse)}}
         return operation
     responses: dict[str, Any] = {"200": {"description": "OK", **_content(route.response)}}
     for status, model in route.errors.items():
@@ -68,7 +77,12 @@ def _operation(route: Route) -> dict[str, Any]:
 
 
 def _operation_id(route: Route) -> str:
-    return route.method.lower() + re.sub(r"\W+", "_", route.path).rstrip("_")
+    return route.method.lower() + (re.sub(r"\W+", "_", openapi_path(route.path)).rstrip("_") or "_root")
+
+
+def openapi_path(path: str) -> str:
+    """aiohttp's `/{path:.+}` as OpenAPI writes it, `/{path}`."""
+    return re.sub(r"{(\w+):[^}]*}", r"{\1}", path)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -76,6 +90,8 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    for route in STATIC_ROUTES:  # not under /api
+        paths[openapi_path(route.path)] = {"servers": [{"url": "/"}], route.method.lower(): _operation(route)}
     paths["/openapi.json"] = {"get": {"summary": "This document", "operationId": "get_openapi",
                                       "responses": {"200": {"description": "OK", **_content("object")}}}}
     return {

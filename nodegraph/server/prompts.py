@@ -10,12 +10,14 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ValidationFailed
-from ..workflow import WorkflowFormatError
+from ..registry import NodeRegistry
+from ..workflow import Workflow, WorkflowFormatError
 from .models import ClearOrDelete, InterruptRequest, PromptRequest
 from .queue_store import DuplicatePrompt
 from .responses import ApiError, json_response, read_json, read_json_object
 from .state import STATE, ServerState
-from .submit import build_workflow, clean_extra_data, invalid_prompt, validation_error_body
+from .submit import (build_workflow, check_prompt, clean_extra_data, invalid_prompt, unsafe_values,
+                     validation_error_body)
 
 
 def _pydantic_details(exc: ValidationError) -> str:
@@ -37,9 +39,12 @@ async def post_prompt(request: web.Request) -> web.Response:
     """Validate at once (errors come back in the 400), then queue; the worker runs it in order."""
     state: ServerState = request.app[STATE]
     try:
-        body = await read_json(request)
+        body = await read_json(request, check_values=False)  # checked below, naming node and input
     except ApiError as exc:
         raise ApiError(400, "invalid_prompt", exc.message, body=invalid_prompt(exc.message, exc.details)) from None
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, "too_large", "Request body too large",
+                       body=invalid_prompt("Request body too large", exc.text or "", type="too_large")) from None
     if not isinstance(body, dict) or "prompt" not in body:
         raise ApiError(400, "no_prompt", "No prompt provided",
                        body=invalid_prompt("No prompt provided", "No prompt provided", type="no_prompt"))
@@ -56,8 +61,10 @@ async def post_prompt(request: web.Request) -> web.Response:
     extra_data = clean_extra_data(submitted.extra_data, client_id)
     try:
         workflow = build_workflow(submitted.prompt, extra_data, registry)
+        refuse_unsafe_values(body, workflow, registry)
         loop = asyncio.get_running_loop()
-        graph = await loop.run_in_executor(None, state.compile, workflow, submitted.partial_execution_targets)
+        graph = await loop.run_in_executor(None, check_prompt, submitted.prompt, workflow, registry,
+                                           lambda w: state.compile(w, submitted.partial_execution_targets))
     except WorkflowFormatError as exc:
         raise ApiError(400, "invalid_prompt", str(exc), body=invalid_prompt("Invalid prompt", str(exc))) from None
     except ValidationFailed as exc:
@@ -73,6 +80,18 @@ async def post_prompt(request: web.Request) -> web.Response:
     state.worker.wake()
     state.broadcast_status(remaining)
     return json_response({"prompt_id": prompt_id, "number": _number(number), "node_errors": {}})
+
+
+def refuse_unsafe_values(body: dict[str, Any], workflow: Workflow, registry: NodeRegistry) -> None:
+    """NaN, ±Infinity and lone surrogates anywhere in the body: a 400 naming node and input where they sit in
+    a node, the path otherwise. Before compiling: they would collide with null in the plan memo, or break it."""
+    issues, general = unsafe_values(body, workflow)
+    if issues:
+        raise ApiError(400, "prompt_outputs_failed_validation", "invalid prompt",
+                       body=validation_error_body(issues, workflow, registry))
+    if general:
+        raise ApiError(400, "invalid_prompt", "Invalid prompt",
+                       body=invalid_prompt("Invalid prompt: a value JSON cannot carry", "; ".join(general)))
 
 
 async def get_prompt(request: web.Request) -> web.Response:
@@ -107,6 +126,10 @@ async def post_queue(request: web.Request) -> web.Response:
     return json_response({"deleted": deleted})
 
 
+QUERY_INT_LIMIT = 2**62
+"""Paging numbers are clamped to this: SQLite's integers are 64-bit."""
+
+
 def _int_query(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -117,7 +140,7 @@ def _int_query(request: web.Request, name: str) -> int | None:
         raise ApiError(400, "invalid_request", f"{name} must be an integer", raw) from None
     if name == "max_items" and value < 0:
         raise ApiError(400, "invalid_request", "max_items must not be negative", raw)
-    return value
+    return max(-QUERY_INT_LIMIT, min(value, QUERY_INT_LIMIT))  # as Python's slicing would: huge means all
 
 
 async def get_history(request: web.Request) -> web.Response:

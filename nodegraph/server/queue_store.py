@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import jsonsafe
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -290,7 +292,7 @@ def _remaining(db: sqlite3.Connection) -> int:
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return jsonsafe.dumps(value, separators=(",", ":"))  # standard JSON: /queue and /history serve it back
 
 
 def _item(row: sqlite3.Row, attempts: int | None = None) -> QueueItem:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
+
+from . import jsonsafe
 
 
 class ApiError(Exception):
@@ -34,8 +35,9 @@ def error_object(type: str, message: str, details: str = "",
 
 
 def dumps(value: Any) -> str:
-    """JSON for anything a node may put in its `ui` (numpy scalars, paths): unknown types become strings."""
-    return json.dumps(value, default=str)
+    """JSON for anything a node may put in its `ui` (numpy scalars, paths): unknown types become strings,
+    NaN and Infinity null, so a browser can always parse what we send."""
+    return jsonsafe.dumps(value)
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -46,17 +48,29 @@ def error_response(status: int, type: str, message: str, details: str = "") -> w
     return json_response({"error": error_object(type, message, details)}, status=status)
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """The body as JSON whatever its content type (ComfyUI's clients do not always set one)."""
+async def read_json(request: web.Request, *, required: bool = True, check_values: bool = True) -> Any:
+    """The body as JSON whatever its content type (ComfyUI's clients do not always set one), nested at most
+    `jsonsafe.MAX_DEPTH` levels; with `check_values`, NaN, Infinity and lone surrogates are refused too."""
     raw = await request.read()
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_request", "Request body is empty", "send a JSON object")
         return {}
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = jsonsafe.loads(raw)
+    except jsonsafe.JsonRefused as exc:
         raise ApiError(400, "invalid_request", "Request body is not valid JSON", str(exc)) from None
+    if check_values:
+        refuse_unsafe_values(data)
+    return data
+
+
+def refuse_unsafe_values(data: Any) -> None:
+    """400 naming where a decoded body holds a value JSON cannot carry (NaN, ±Infinity, a lone surrogate)."""
+    problems = jsonsafe.find_problems(data)
+    if problems:
+        raise ApiError(400, "invalid_request", "Request body holds values JSON cannot carry",
+                       "; ".join(f"{jsonsafe.show_path(path)}: {problem}" for path, problem in problems))
 
 
 async def read_json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:

@@ -30,9 +30,13 @@ class Route:
     query: tuple[str, ...] = ()
 
 
+UPLOAD_ERRORS: dict[int, type[BaseModel]] = {400: ErrorResponse, 403: ErrorResponse, 409: ErrorResponse,
+                                             413: ErrorResponse}
+"""A bad name or image, a name whose symlink points out, a name held by a folder, too many bytes or pixels."""
+
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/prompt", prompts.post_prompt, "Validate and queue a prompt", PromptRequest, PromptResponse,
-          {400: PromptErrorResponse}),
+          {400: PromptErrorResponse, 413: PromptErrorResponse}),
     Route("GET", "/prompt", prompts.get_prompt, "Prompts pending or running", response=PromptInfo),
     Route("GET", "/queue", prompts.get_queue, "The running and pending prompts", response=QueueResponse),
     Route("POST", "/queue", prompts.post_queue, "Clear the queue or delete pending prompts", ClearOrDelete, "object"),
@@ -46,9 +50,9 @@ ROUTES: tuple[Route, ...] = (
           errors={400: ErrorResponse, 403: ErrorResponse, 404: ErrorResponse},
           query=("filename", "subfolder", "type", "preview", "channel")),
     Route("POST", "/upload/image", files.upload_image, "Upload an image (multipart)", response=UploadResponse,
-          errors={400: ErrorResponse, 413: ErrorResponse}, multipart=("image", "type", "subfolder", "overwrite")),
+          errors=UPLOAD_ERRORS, multipart=("image", "type", "subfolder", "overwrite")),
     Route("POST", "/upload/mask", files.upload_mask, "Apply a mask's alpha to an image (multipart)",
-          response=UploadResponse, errors={400: ErrorResponse, 404: ErrorResponse},
+          response=UploadResponse, errors={**UPLOAD_ERRORS, 404: ErrorResponse},
           multipart=("image", "original_ref", "type", "subfolder", "overwrite")),
     Route("GET", "/object_info", system.get_object_info, "Every node type, from its declaration", response="object"),
     Route("GET", "/object_info/{node_class}", system.get_object_info_node, "One node type", response=ObjectInfoNode),
@@ -59,8 +63,17 @@ ROUTES: tuple[Route, ...] = (
           errors={404: ErrorResponse}),
     Route("GET", "/features", system.get_features, "Server feature flags", response="object"),
     Route("POST", "/free", system.post_free, "Free cached outputs and loaded models", FreeRequest, "object"),
-    Route("GET", "/ws", prompts.websocket, "WebSocket of events (?clientId=, ?previews=1, ?token=)"),
+    Route("GET", "/ws", prompts.websocket, "WebSocket of events (?clientId=, ?previews=1, ?token=)",
+          errors={400: ErrorResponse}),
 )
+
+STATIC_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", files.static_file, "The editor (index.html); a JSON note of what this is when none is installed",
+          response="file"),
+    Route("GET", "/{path:.+}", files.static_file, "The editor's files (a path, slashes allowed); API routes win",
+          response="file", errors={404: ErrorResponse}),
+)
+"""Mounted at / only, after the API: every API route wins over a file name."""
 
 
 def add_routes(app: web.Application, extra: tuple[Route, ...] = ()) -> None:
@@ -70,5 +83,5 @@ def add_routes(app: web.Application, extra: tuple[Route, ...] = ()) -> None:
                 app.router.add_get(prefix + route.path, route.handler)  # HEAD too
             else:
                 app.router.add_route(route.method, prefix + route.path, route.handler)
-    app.router.add_get("/", files.static_file)
-    app.router.add_get("/{path:.+}", files.static_file)  # last: every API route wins over a file name
+    for route in STATIC_ROUTES:
+        app.router.add_get(route.path, route.handler)

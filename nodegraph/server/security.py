@@ -109,6 +109,21 @@ def _check_origin(request: web.Request, host_header: str | None) -> None:
     if not origin_host or origin_host != host or (port is not None and origin_port != port):
         raise ApiError(403, "forbidden_origin", "Cross-origin request refused",
                        f"Origin {origin!r} does not match Host {host_header!r}")
+    # With a port, the scheme tells origins apart too (https://127.0.0.1:8188 is not us on http).
+    scheme = _WEB_SCHEMES.get(parsed.scheme.lower())
+    if port is not None and scheme != _request_scheme(request):
+        raise ApiError(403, "forbidden_origin", "Cross-origin request refused",
+                       f"Origin {origin!r} is not {_request_scheme(request)}:// like this server")
+
+
+_WEB_SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
+
+
+def _request_scheme(request: web.Request) -> str:
+    """http or https as the browser sees us: a TLS proxy in front says so in X-Forwarded-Proto (which a
+    cross-site page cannot set without a CORS preflight, which we never grant)."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return _WEB_SCHEMES.get(forwarded) or request.scheme
 
 
 def _default_port(scheme: str) -> int | None:

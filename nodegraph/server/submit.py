@@ -7,15 +7,17 @@ same way, so what was accepted is what runs, even after a restart.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import MISSING_NODE_TYPE, PROMPT_NO_OUTPUTS, ValidationIssue
+from ..errors import INVALID_INPUT_TYPE, MISSING_NODE_TYPE, PROMPT_NO_OUTPUTS, ValidationFailed, ValidationIssue
 from ..formats import map_models, to_workflow
 from ..formats import run_metadata as embedded_metadata
-from ..formats.api import is_api_format, to_api
-from ..plan import id_sort_key
+from ..formats.api import is_api_format, missing_values, to_api
+from ..plan import CompiledGraph, id_sort_key
 from ..registry import NodeRegistry
 from ..workflow import Workflow, WorkflowFormatError
+from . import jsonsafe
 from .responses import error_object
 
 SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -32,7 +34,9 @@ def clean_extra_data(extra_data: dict[str, Any], client_id: str | None) -> dict[
 
 
 def model_map(extra_data: dict[str, Any]) -> dict[str, str]:
-    mapping = extra_data.get("model_map") or {}
+    mapping = extra_data.get("model_map")
+    if mapping is None:
+        return {}
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise WorkflowFormatError("extra_data.model_map must be an object of model names {OLD: NEW}")
     return mapping
@@ -43,6 +47,23 @@ def build_workflow(prompt: dict[str, Any], extra_data: dict[str, Any], registry:
     `extra_data.model_map` applied. Raises `WorkflowFormatError`."""
     workflow = to_workflow(prompt, registry, source="prompt")
     return map_models(workflow, model_map(extra_data))
+
+
+def check_prompt(prompt: dict[str, Any], workflow: Workflow, registry: NodeRegistry,
+                 compile: Callable[[Workflow], CompiledGraph]) -> CompiledGraph:
+    """Validate a submitted prompt: the engine's checks and, for ComfyUI's API format, its rule that every
+    required value is given (`missing_values`). Raises `ValidationFailed` listing every issue of both."""
+    missing = missing_values(workflow, registry) if is_api_format(prompt) else []
+    try:
+        graph = compile(workflow)
+    except ValidationFailed as exc:
+        known = {(issue.node_id, issue.input_name, issue.type) for issue in exc.issues}
+        issues = [*exc.issues, *(i for i in missing if (i.node_id, i.input_name, i.type) not in known)]
+        issues.sort(key=lambda i: (id_sort_key(i.node_id) if i.node_id else (-1, 0, ""), i.input_name or ""))
+        raise ValidationFailed(issues) from None
+    if missing:
+        raise ValidationFailed(missing)
+    return graph
 
 
 def run_metadata(prompt: dict[str, Any], workflow: Workflow, extra_data: dict[str, Any],
@@ -61,6 +82,32 @@ def run_metadata(prompt: dict[str, Any], workflow: Workflow, extra_data: dict[st
         meta["nodegraph_workflow"] = pnginfo["nodegraph_workflow"]  # the editor's own, with its layout and groups
     meta["extra_data"] = extra_data
     return meta
+
+
+def unsafe_values(body: dict[str, Any], workflow: Workflow) -> tuple[list[ValidationIssue], list[str]]:
+    """NaN, ±Infinity and lone surrogates in a /prompt body, which neither the queue nor JSON clients can
+    carry: issues naming node and input for those inside a node of the prompt, `path: problem` for the rest."""
+    prompt = body.get("prompt")
+    if is_api_format(prompt):
+        nodes_at, values = ("prompt",), "inputs"
+    elif isinstance(prompt, dict) and isinstance(prompt.get("nodes"), dict):  # our native format
+        nodes_at, values = ("prompt", "nodes"), "widgets"
+    else:
+        nodes_at, values = None, ""
+    issues: list[ValidationIssue] = []
+    general: list[str] = []
+    for path, problem in jsonsafe.find_problems(body):
+        depth = len(nodes_at or ())
+        node_id = str(path[depth]) if nodes_at and path[:depth] == nodes_at and len(path) > depth else None
+        if node_id is None or node_id not in workflow.nodes or jsonsafe.value_problem(node_id):
+            general.append(f"{jsonsafe.show_path(path)}: {problem}")
+            continue
+        field = path[depth + 1:]  # ("inputs", "seed"), ("class_type",), ("_meta", "title"), ...
+        input_name = field[1] if len(field) > 1 and field[0] == values and isinstance(field[1], str) else None
+        issues.append(ValidationIssue(type=INVALID_INPUT_TYPE, message="Value cannot be carried as JSON",
+                                      details=f"{jsonsafe.show_path(field[1:] if input_name else field)}: {problem}",
+                                      node_id=node_id, input_name=input_name))
+    return issues, general
 
 
 def invalid_prompt(message: str, details: str = "", type: str = "invalid_prompt") -> dict[str, Any]:

@@ -10,7 +10,6 @@ can reconnect and read /history).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import struct
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from . import jsonsafe
 from .responses import dumps
 
 log = logging.getLogger(__name__)
@@ -254,8 +254,8 @@ class WebSocketHub:
     def _on_text(self, conn: Connection, text: str) -> None:
         """Clients may announce `feature_flags`; `supports_preview_metadata` asks for preview frames."""
         try:
-            message = json.loads(text)
-        except (ValueError, TypeError):
+            message = jsonsafe.loads(text)
+        except (ValueError, TypeError):  # JsonRefused too: malformed or nested too deeply
             return
         if not isinstance(message, dict) or message.get("type") != "feature_flags":
             return

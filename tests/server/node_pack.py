@@ -14,14 +14,14 @@ from PIL import Image
 import fake_nodes
 from nodegraph import Float, Int, Node, NodeContext, NodeRegistry, NodeResult, NodeSchema, Out, Socket, String
 from nodegraph.formats.png import png_info
-from nodegraph.paths import save_new_file
+from nodegraph.paths import output_prefix_problem, save_new_file
 
 
 class SaveTestImage(Node):
     """Writes a real 8x8 PNG whose colour follows the value, with the run's prompt embedded, as SaveImage does."""
 
     schema = NodeSchema(type_id="SaveTestImage", category="test", output_node=True,
-                        inputs=(Socket("value", "INT"), String("filename_prefix", "test")))
+                        inputs=(Socket("value", "INT"), String("filename_prefix", "test", check=output_prefix_problem)))
 
     @classmethod
     def execute(cls, ctx: NodeContext, value: int, filename_prefix: str) -> NodeResult:

@@ -103,3 +103,22 @@ async def test_errors_are_json_and_the_server_survives(tmp_path):
             assert 400 <= response.status < 500, (method, path, response.status)
             assert "error" in await response.json(), (method, path)
         assert (await client.get("/prompt")).status == 200
+
+
+async def test_item18_origin_with_another_scheme_is_cross_origin(tmp_path):
+    async with serve(tmp_path) as client:
+        body = {"prompt": api_prompt(1)}
+        for origin in (f"https://127.0.0.1:{client.port}", f"wss://127.0.0.1:{client.port}",
+                       f"ftp://127.0.0.1:{client.port}"):
+            response = await client.post("/prompt", json=body, headers={"Origin": origin})
+            assert response.status == 403, origin
+            assert (await response.json())["error"]["type"] == "forbidden_origin"
+        try:
+            await client.ws_connect("/ws", headers={"Origin": f"https://127.0.0.1:{client.port}"})
+            raise AssertionError("a WebSocket from another scheme was accepted")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 403
+        same = {"Origin": f"http://127.0.0.1:{client.port}"}
+        assert (await client.post("/interrupt", json={}, headers=same)).status == 200
+        proxied = {"Origin": f"https://127.0.0.1:{client.port}", "X-Forwarded-Proto": "https"}  # TLS at a proxy
+        assert (await client.post("/interrupt", json={}, headers=proxied)).status == 200
