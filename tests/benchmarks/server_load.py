@@ -145,6 +145,27 @@ async def phase(base: str, prompts: int, clients: int, cached: bool) -> dict:
     }
 
 
+async def rerun_latency(base: str, repeats: int = 60, warmup: int = 10) -> float:
+    """Median ms for one client to submit an already-run prompt and hear it finish (all served from the cache):
+    the server path's own cost, submit -> plan memo -> queue store -> history -> WebSocket."""
+    times = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{base}/ws?clientId=latency") as ws:
+            await ws.receive(timeout=10)
+            for _ in range(repeats + warmup):
+                started = time.perf_counter()
+                async with session.post(base + "/prompt", json={"prompt": small_prompt(0, 0, cached=True),
+                                                                "client_id": "latency"}) as response:
+                    prompt_id = (await response.json())["prompt_id"]
+                while True:
+                    event = json.loads((await ws.receive(timeout=30)).data)
+                    data = event["data"]
+                    if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                        break
+                times.append(time.perf_counter() - started)
+    return percentile(times[warmup:], 0.5) * 1000
+
+
 async def benchmark(prompts: int, clients: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="nodegraph-load-"))
     port = free_port()
@@ -162,7 +183,8 @@ async def benchmark(prompts: int, clients: int) -> dict:
         rss_before = rss_mb(process.pid)
         uncached = await phase(base, prompts, clients, cached=False)
         cached = await phase(base, prompts, clients, cached=True)
-        figures = {**uncached, "cached": cached, "server_rss_before_mb": round(rss_before, 1),
+        latency = await rerun_latency(base)
+        figures = {**uncached, "cached": cached, "cached_rerun_median_ms": round(latency, 2), "server_rss_before_mb": round(rss_before, 1),
                    "server_rss_after_mb": round(rss_mb(process.pid), 1),
                    "server_peak_rss_mb": round(peak_rss_mb(process.pid), 1)}
     finally:
