@@ -105,3 +105,25 @@ async def wait_running(client: TestClient, prompt_id: str, timeout: float = 10.0
             if any(item[1] == prompt_id for item in queue["queue_running"]):
                 return
             await asyncio.sleep(0.01)
+
+
+def png(color=(255, 0, 0, 255), size=(4, 4)) -> bytes:
+    """A small RGBA PNG's bytes (what upload tests send)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload_form(data: bytes, filename: str = "pic.png", **fields: str) -> Any:
+    """The multipart body ComfyUI's clients post to /upload/image and /upload/mask."""
+    import aiohttp
+
+    result = aiohttp.FormData()
+    result.add_field("image", data, filename=filename, content_type="image/png")
+    for key, value in fields.items():
+        result.add_field(key, value)
+    return result

@@ -6,35 +6,21 @@ import os
 
 import aiohttp
 from PIL import Image
-from server_helpers import serve
-
-
-def _png(color=(255, 0, 0, 255), size=(4, 4)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGBA", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _form(data: bytes, filename: str = "pic.png", **fields: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("image", data, filename=filename, content_type="image/png")
-    for key, value in fields.items():
-        form.add_field(key, value)
-    return form
+from server_helpers import png, serve, upload_form
 
 
 async def test_view_serves_images_inline_and_the_rest_as_downloads(tmp_path):
     async with serve(tmp_path) as client:
         out = tmp_path / "output"
         (out / "sub").mkdir()
-        (out / "sub" / "a.png").write_bytes(_png())
+        (out / "sub" / "a.png").write_bytes(png())
         (out / "evil.svg").write_text("<svg onload=alert(1)></svg>")
         (out / "page.html").write_text("<script>alert(1)</script>")
         response = await client.get("/view", params={"filename": "a.png", "subfolder": "sub", "type": "output"})
         assert response.status == 200 and response.headers["Content-Type"] == "image/png"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Content-Disposition"].startswith("inline")
-        assert await response.read() == _png()
+        assert await response.read() == png()
         for name in ("evil.svg", "page.html"):
             response = await client.get("/api/view", params={"filename": name})
             assert response.status == 200 and response.headers["Content-Type"] == "application/octet-stream"
@@ -82,17 +68,17 @@ async def test_view_refuses_every_way_out(tmp_path):
 
 async def test_upload_reuses_same_content_and_renames_different(tmp_path):
     async with serve(tmp_path) as client:
-        first = await (await client.post("/upload/image", data=_form(_png()))).json()
+        first = await (await client.post("/upload/image", data=upload_form(png()))).json()
         assert first == {"name": "pic.png", "subfolder": "", "type": "input"}
-        again = await (await client.post("/upload/image", data=_form(_png()))).json()
+        again = await (await client.post("/upload/image", data=upload_form(png()))).json()
         assert again["name"] == "pic.png"
-        other = await (await client.post("/upload/image", data=_form(_png((0, 255, 0, 255))))).json()
+        other = await (await client.post("/upload/image", data=upload_form(png((0, 255, 0, 255))))).json()
         assert other["name"] == "pic (1).png"
-        assert (tmp_path / "input" / "pic (1).png").read_bytes() == _png((0, 255, 0, 255))
-        blue = _png((0, 0, 255, 255))
-        replaced = await (await client.post("/upload/image", data=_form(blue, overwrite="true"))).json()
+        assert (tmp_path / "input" / "pic (1).png").read_bytes() == png((0, 255, 0, 255))
+        blue = png((0, 0, 255, 255))
+        replaced = await (await client.post("/upload/image", data=upload_form(blue, overwrite="true"))).json()
         assert replaced["name"] == "pic.png" and (tmp_path / "input" / "pic.png").read_bytes() == blue
-        sub = await (await client.post("/upload/image", data=_form(_png(), subfolder="masks", type="temp"))).json()
+        sub = await (await client.post("/upload/image", data=upload_form(png(), subfolder="masks", type="temp"))).json()
         assert sub == {"name": "pic.png", "subfolder": "masks", "type": "temp"}
         assert (tmp_path / "temp" / "masks" / "pic.png").is_file()
         assert not [p for p in (tmp_path / "input").iterdir() if p.name.startswith(".")]  # no temp file left
@@ -100,12 +86,12 @@ async def test_upload_reuses_same_content_and_renames_different(tmp_path):
 
 async def test_upload_limits_and_bad_names(tmp_path):
     async with serve(tmp_path, max_upload_bytes=1000) as client:
-        response = await client.post("/upload/image", data=_form(b"x" * 5000))
+        response = await client.post("/upload/image", data=upload_form(b"x" * 5000))
         assert response.status == 413 and (await response.json())["error"]["type"] == "too_large"
         for filename, fields in (("../x.png", {}), ("x.png", {"subfolder": "../.."}), (".hidden", {}),
                                  ("x.png", {"subfolder": "/etc"}), ("x.png", {"type": "models"}),
                                  ("a\\b.png", {}), ("x.png", {"subfolder": "..%2F"})):
-            response = await client.post("/upload/image", data=_form(b"abc", filename=filename, **fields))
+            response = await client.post("/upload/image", data=upload_form(b"abc", filename=filename, **fields))
             assert response.status in (400, 403), (filename, fields)
             assert (await response.json())["error"]
         response = await client.post("/upload/image", data=b"not multipart")
@@ -121,9 +107,9 @@ async def test_upload_mask_applies_alpha_to_the_original(tmp_path):
         original = io.BytesIO()
         Image.new("RGB", (4, 4), (10, 20, 30)).save(original, format="PNG")
         (tmp_path / "input" / "orig.png").write_bytes(original.getvalue())
-        mask = _png((0, 0, 0, 77))
+        mask = png((0, 0, 0, 77))
         ref = json.dumps({"filename": "orig.png", "subfolder": "", "type": "input"})
-        response = await client.post("/upload/mask", data=_form(mask, filename="clipspace-mask.png", original_ref=ref,
+        response = await client.post("/upload/mask", data=upload_form(mask, filename="clipspace-mask.png", original_ref=ref,
                                                                  type="input", subfolder="clipspace"))
         body = await response.json()
         assert response.status == 200 and body == {"name": "clipspace-mask.png", "subfolder": "clipspace",
@@ -131,11 +117,11 @@ async def test_upload_mask_applies_alpha_to_the_original(tmp_path):
         with Image.open(tmp_path / "input" / "clipspace" / "clipspace-mask.png") as result:
             assert result.mode == "RGBA" and result.getpixel((1, 1)) == (10, 20, 30, 77)
         bad_ref = json.dumps({"filename": "../secret.png", "type": "input"})
-        response = await client.post("/upload/mask", data=_form(mask, original_ref=bad_ref))
+        response = await client.post("/upload/mask", data=upload_form(mask, original_ref=bad_ref))
         assert response.status in (400, 403)
-        response = await client.post("/upload/mask", data=_form(mask, original_ref=json.dumps({"filename": "no.png"})))
+        response = await client.post("/upload/mask", data=upload_form(mask, original_ref=json.dumps({"filename": "no.png"})))
         assert response.status == 404
-        response = await client.post("/upload/mask", data=_form(b"not an image", original_ref=ref))
+        response = await client.post("/upload/mask", data=upload_form(b"not an image", original_ref=ref))
         assert response.status == 400
 
 

@@ -4,23 +4,8 @@ is written to input/ unless it is an image we can decode."""
 import io
 import os
 
-import aiohttp
 from PIL import Image
-from server_helpers import serve
-
-
-def png(size=(4, 4), color=(255, 0, 0, 255)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGBA", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def form(data: bytes, filename: str = "pic.png", **fields: str) -> aiohttp.FormData:
-    result = aiohttp.FormData()
-    result.add_field("image", data, filename=filename, content_type="image/png")
-    for key, value in fields.items():
-        result.add_field(key, value)
-    return result
+from server_helpers import png, serve, upload_form
 
 
 def raw_multipart(filename: bytes, data: bytes) -> tuple[bytes, dict[str, str]]:
@@ -56,12 +41,12 @@ async def test_item16_overwrite_onto_a_symlink_pointing_out_is_refused(tmp_path)
         os.symlink(outside, input_dir / "dirlink.png")
         (input_dir / "folder.png").mkdir()
         for name, status in (("link.png", 403), ("dirlink.png", 403), ("folder.png", 409)):
-            error = await refused(await client.post("/upload/image", data=form(png(), name, overwrite="true")),
+            error = await refused(await client.post("/upload/image", data=upload_form(png(), name, overwrite="true")),
                                   (status,))
             assert error["type"] in ("forbidden_path", "name_conflict"), name
         assert (outside / "secret.png").read_bytes() == b"keep me" and os.listdir(outside) == ["secret.png"]
         assert sorted(os.listdir(input_dir)) == ["dirlink.png", "folder.png", "link.png"]
-        reply = await (await client.post("/upload/image", data=form(png(), "link.png"))).json()
+        reply = await (await client.post("/upload/image", data=upload_form(png(), "link.png"))).json()
         assert reply["name"] == "link (1).png"  # without overwrite: the next free name, as before
 
 
@@ -78,7 +63,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 async def test_item17_only_decodable_images_within_the_pixel_limit_are_stored(tmp_path):
-    whole = png((64, 64))
+    whole = png(size=(64, 64))
     async with serve(tmp_path, max_upload_pixels=100 * 100) as client:
         cases = {
             "text": (b"just some text\n", 400, "not an image"),
@@ -86,7 +71,7 @@ async def test_item17_only_decodable_images_within_the_pixel_limit_are_stored(tm
             "empty": (b"", 400, "empty"),
             "truncated": (whole[: len(whole) // 2], 400, "not a readable image"),
             "header bomb": (png_header_only(20000, 20000), 413, "too many pixels"),
-            "over the limit": (png((101, 100)), 413, "too many pixels"),
+            "over the limit": (png(size=(101, 100)), 413, "too many pixels"),
             "eps named png": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 400, "not an image"),
         }
         for label, (data, status, words) in cases.items():
@@ -94,14 +79,14 @@ async def test_item17_only_decodable_images_within_the_pixel_limit_are_stored(tm
                                                                                        '"type": "input"}'})):
                 if path == "/upload/mask":
                     (tmp_path / "input" / "ok.png").write_bytes(whole)
-                error = await refused(await client.post(path, data=form(data, f"{label}.png", **extra)), (status,))
+                error = await refused(await client.post(path, data=upload_form(data, f"{label}.png", **extra)), (status,))
                 assert words in error["message"], (label, path, error)
                 assert os.listdir(tmp_path / "input") in ([], ["ok.png"]), label  # nothing, not even a temp file
                 (tmp_path / "input" / "ok.png").unlink(missing_ok=True)
-        reply = await (await client.post("/upload/image", data=form(png((100, 100)), "fits.png"))).json()
-        assert reply["name"] == "fits.png" and (tmp_path / "input" / "fits.png").read_bytes() == png((100, 100))
+        reply = await (await client.post("/upload/image", data=upload_form(png(size=(100, 100)), "fits.png"))).json()
+        assert reply["name"] == "fits.png" and (tmp_path / "input" / "fits.png").read_bytes() == png(size=(100, 100))
     async with serve(tmp_path) as client:  # the default limit (64 megapixels) takes ordinary images
         jpeg = io.BytesIO()
         Image.new("RGB", (640, 480), (1, 2, 3)).save(jpeg, format="JPEG")
-        reply = await client.post("/upload/image", data=form(jpeg.getvalue(), "photo.jpg"))
+        reply = await client.post("/upload/image", data=upload_form(jpeg.getvalue(), "photo.jpg"))
         assert reply.status == 200

@@ -71,7 +71,26 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class WeightFile(Mapping[str, torch.Tensor]):
+class _KeyedTensors(Mapping[str, torch.Tensor]):
+    """A mapping over a fixed key list (`_keys`, `_key_set`) whose values are read on demand."""
+
+    _keys: list[str]
+    _key_set: set[str]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_set
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class WeightFile(_KeyedTensors):
     """A weight file's tensors by key, each read from disk only when asked for.
 
     Building a model from it converts one tensor at a time, so the file is never held whole beside the
@@ -111,15 +130,6 @@ class WeightFile(Mapping[str, torch.Tensor]):
         if end > start and self._file.readinto(memoryview(raw.numpy())) != end - start:
             raise ValueError(f"{self.path.name}: the file ends inside tensor {key!r} (truncated?)")
         return raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._key_set
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
     def shape(self, key: str) -> tuple[int, ...]:
         """A tensor's shape without reading its data."""
@@ -180,7 +190,7 @@ def _safetensors_header(file: Any, path: Path) -> tuple[dict[str, Any], dict[str
     return header, {str(k): str(v) for k, v in metadata.items()}, 8 + length
 
 
-class PrefixView(Mapping[str, torch.Tensor]):
+class PrefixView(_KeyedTensors):
     """The tensors of `weights` under `prefix`, prefix removed, read lazily; `skip(key)` hides keys."""
 
     def __init__(self, weights: Mapping[str, torch.Tensor], prefix: str,
@@ -193,15 +203,6 @@ class PrefixView(Mapping[str, torch.Tensor]):
         if key not in self._key_set:
             raise KeyError(key)
         return self._weights[self._prefix + key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._key_set
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
 
 def file_signature(path: str | Path) -> tuple[str, int, int]:
