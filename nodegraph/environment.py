@@ -1,4 +1,4 @@
-"""The application's environment handed to nodes: folders, model paths, device, shared resources."""
+"""The application's environment handed to nodes: folders, model paths, device, precision, the model manager."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading weight files safely, and a small LRU so repeated runs do not reload multi-GB checkpoints.
+"""Reading weight files safely: whole, or one tensor at a time from a checked safetensors header.
 
 `.safetensors` is read with safetensors (no code can run). Pickle-based formats (`.ckpt`, `.pt`, `.pth`,
 `.bin`) are read only with `torch.load(weights_only=True)`, which refuses arbitrary objects. Anything else
@@ -10,18 +10,15 @@ from __future__ import annotations
 import json
 import math
 import struct
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-T = TypeVar("T")
 
 
 def check_suffix(path: Path) -> None:
@@ -217,40 +214,3 @@ def folder_signature(path: str | Path) -> tuple[Any, ...]:
     resolved = Path(path).resolve()
     files = sorted(p for p in resolved.rglob("*") if p.is_file())
     return (str(resolved), *((str(p.relative_to(resolved)), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
-
-
-class LRUCache:
-    """A thread-safe least-recently-used map from a signature to a loaded object.
-
-    `hits` and `misses` let tests and logs tell a reload from a reuse.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.hits = 0
-        self.misses = 0
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get_or_load(self, key: Hashable, load: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-        value = load()  # outside the lock: loading takes seconds and must not block other lookups
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
