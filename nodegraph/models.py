@@ -216,10 +216,6 @@ class ModelManager:
         release_memory()
         return released
 
-    def clear(self) -> None:
-        """Same as free(): the old resource protocol's name."""
-        self.free()
-
     # -- accounting ---------------------------------------------------------------------------------------
 
     def loaded_bytes(self, device: str | None = None) -> int:
@@ -305,7 +301,7 @@ class ModelManager:
         self._entries[ref.key] = entry
         entry.pins += 1  # the new model is never its own eviction victim
         try:
-            self._fit(entry)
+            self._make_room(0, self.device)  # the budgets hold again
         finally:
             entry.pins -= 1
         return entry
@@ -324,17 +320,13 @@ class ModelManager:
         try:
             entry.value = move(entry.value, self.device)
             entry.device = self.device
-            self._fit(entry)
+            self._make_room(0, self.device)  # the budgets hold again
         finally:
             entry.pins -= 1
 
     def _device_budget(self) -> int | None:
         """The device budget eviction works to, or None where nothing is offloaded for room."""
         return self.vram_budget() if self._wants_device() and self.mode != "highvram" else None
-
-    def _fit(self, keep: _Entry) -> None:
-        """Make the device and RAM budgets hold, moving or dropping the least recently used unpinned models."""
-        self._make_room(0, self.device)
 
     def _make_room(self, incoming: int, device: str) -> None:
         """Offload (device) and drop (RAM) the least recently used unpinned models until `incoming` more

@@ -172,24 +172,25 @@ def load_vae(
         if any(key.startswith(UNET_PREFIX) for key in weights):
             found_family = detect_family(list(weights))
         prefix = next((p for p in (VAE_PREFIX, "vae.") if any(k.startswith(p) for k in weights)), "")
-        overrides = dict(nodegraph_config(metadata).get("vae", {}))
-        if family is None and found_family is None and scaling_factor is None:
-            # SD1/SD2 and SDXL VAEs share one layout: metadata, else the latents' statistics, tell them apart
-            found = detect_vae_latent_format(PrefixView(weights, prefix), metadata)
-            logger.info("VAE %s: %s, scaling %g (%s)", path.name, found.family, found.scaling_factor, found.how)
-            found_family = found.family
-            overrides.setdefault("scaling_factor", found.scaling_factor)
-            overrides.setdefault("shift_factor", found.shift_factor)
-        family = family or found_family or "sd1"
-        if scaling_factor is not None:
-            overrides["scaling_factor"] = scaling_factor
-        config = vae_config_from_weights(PrefixView(weights, prefix), family, overrides)
+    overrides = dict(nodegraph_config(metadata).get("vae", {}))
+    build_family = family or found_family or "sd1"  # the layout is the same; only the latent scaling differs
 
     def build(dev: str) -> torch.nn.Module:
         with WeightFile(path) as weights:
             part = PrefixView(weights, prefix)
-            return vae_from_original(part, family, overrides, device=dev, dtype=dtype, what=f"VAE ({path.name})")
+            return vae_from_original(part, build_family, overrides, device=dev, dtype=dtype, what=f"VAE ({path.name})")
 
     ref = manager.ref((*key, family, scaling_factor), build, name=f"{path.name} VAE")
-    ref.get()  # VAEs are small: build now, so a broken file fails in its loader node
+    module = ref.get()  # VAEs are small: build now, so a broken file fails in its loader node
+    with WeightFile(path) as weights:
+        if family is None and found_family is None and scaling_factor is None:
+            # SD1/SD2 and SDXL VAEs share one layout: metadata, else the built VAE's latent statistics, tell them apart
+            found = detect_vae_latent_format(PrefixView(weights, prefix), metadata, vae=module)
+            logger.info("VAE %s: %s, scaling %g (%s)", path.name, found.family, found.scaling_factor, found.how)
+            build_family = found.family
+            overrides.setdefault("scaling_factor", found.scaling_factor)
+            overrides.setdefault("shift_factor", found.shift_factor)
+        if scaling_factor is not None:
+            overrides["scaling_factor"] = scaling_factor
+        config = vae_config_from_weights(PrefixView(weights, prefix), build_family, overrides)
     return vae_handle(ref, manager.device, str(path), config=config)
