@@ -14,6 +14,8 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "loras": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "controlnet": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "embeddings": (".safetensors", ".pt", ".pth", ".bin"),
+    "configs": (".yaml", ".yml"),
+    "diffusers": (),  # pipeline folders only: listed by their model_index.json
 }
 """ComfyUI's model folder names and the file types each lists."""
 

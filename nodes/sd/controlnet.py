@@ -199,6 +199,7 @@ def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
     except Exception as error:
         raise ValueError(f"{what}: cannot read the file: {error}") from error
     overrides = nodegraph_config(metadata).get("controlnet", {})
+    tensors.pop("difference", None)  # a diff ControlNet's marker (DiffControlNetLoader adds the UNet's weights)
     if any(key.startswith(LDM_PREFIX) for key in tensors):  # v1.0 files may carry a whole SD model too
         tensors = {key[len(LDM_PREFIX):]: value for key, value in tensors.items() if key.startswith(LDM_PREFIX)}
     if "input_hint_block.0.weight" in tensors:
