@@ -280,3 +280,15 @@ def test_a_file_reading_node_fed_a_list_of_paths_fingerprints_each_file(tmp_path
     fake_nodes.CALLS.clear()
     assert list(eng.run(wf, outputs=["2"]).values["2"][0]) == [1, 7]
     assert fake_nodes.CALLS == ["2"]  # one call: the edited file's
+
+
+def test_object_info_and_the_ui_format_say_which_outputs_are_lists():
+    from nodegraph.formats.ui_export import GRID_SHAPE, to_ui
+    from nodegraph.server.object_info import node_info
+
+    repeat = node_info(Repeat, None)
+    assert repeat["output_is_list"] == [True, False] and repeat["input_is_list"] is False
+    assert node_info(Gather, None)["input_is_list"] is True and node_info(Gather, None)["output_is_list"] == [False]
+    wf = workflow({"1": ("Number", {"value": 1}), "2": ("Repeat", {"times": 2})}, [("1", 0, "2", "a")])
+    saved = {str(node["id"]): node for node in to_ui(wf, engine().registry)["nodes"]}
+    assert [output.get("shape") for output in saved["2"]["outputs"]] == [GRID_SHAPE, None]
