@@ -22,10 +22,10 @@ from .errors import (UNHASHABLE_INPUT, Interrupted, NodeExecutionError, OutOfMem
                      is_out_of_memory)
 from .fingerprint import FileFingerprints
 from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
+from .lists import ItemList, ItemProgress, gather_outputs, item_index, map_calls, merge_ui, whole_lists
 from .models import release_memory
 from .plan import CompiledGraph, CompiledNode
 from .registry import NodeRegistry
-from .lists import ItemList, ItemProgress, gather_outputs, item_index, map_calls, merge_ui, whole_lists
 from .schema import Node, NodeResult
 from .validation import check_dynamic_options, check_value, compile_workflow
 from .workflow import Workflow

@@ -41,6 +41,9 @@ class ItemList(tuple):
         self._identities: dict[int, str] = {}
         return self
 
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle rebuild it with its origins
+        return (tuple(self), self.origins)
+
     def identity(self, index: int) -> str:
         """What item `index` is, for a cache key: equal identities mean equal items."""
         known = self._identities.get(index)

@@ -98,7 +98,8 @@ def input_differences(node: str, ours: dict[str, Any], theirs: dict[str, Any]) -
         elif not any(_same(ours.get(key), value) for value in _implied(key, theirs)):
             problems.append(f"{node}: input {name!r} {key}: ours {ours.get(key)!r} vs ComfyUI states none")
     if "options" in theirs and ours.get("options") != theirs["options"]:
-        problems.append(f"{node}: input {name!r} options: ours {ours.get('options')!r} vs ComfyUI {theirs['options']!r}")
+        problems.append(f"{node}: input {name!r} options: ours {ours.get('options')!r} "
+                        f"vs ComfyUI {theirs['options']!r}")
     return problems
 
 

@@ -292,3 +292,13 @@ def test_object_info_and_the_ui_format_say_which_outputs_are_lists():
     wf = workflow({"1": ("Number", {"value": 1}), "2": ("Repeat", {"times": 2})}, [("1", 0, "2", "a")])
     saved = {str(node["id"]): node for node in to_ui(wf, engine().registry)["nodes"]}
     assert [output.get("shape") for output in saved["2"]["outputs"]] == [GRID_SHAPE, None]
+
+
+def test_an_item_list_survives_copy_and_pickle():
+    import copy
+    import pickle
+
+    items = ItemList([1, "a"], ["k:0", ("n:0:1",)])
+    for clone in (copy.deepcopy(items), pickle.loads(pickle.dumps(items))):
+        assert isinstance(clone, ItemList) and list(clone) == [1, "a"] and clone.origins == items.origins
+        assert clone.identity(1) == items.identity(1)

@@ -15,7 +15,10 @@ from nodes.sd.rebatch import rebatch_images, rebatch_latents
 from nodes.sd.types import Latent
 
 
-def comfy_reference(latents: list[Latent], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
+Batch = tuple[torch.Tensor, torch.Tensor | None, list[int]]
+
+
+def comfy_reference(latents: list[Latent], batch_size: int) -> list[Batch]:
     """ComfyUI's LatentRebatch as it streams: add each latent to the batch being filled (closing it first when the
     spatial size changes), emit full batches whenever it holds more than batch_size items, emit the rest at the
     end; masks default to ones at 8x the latent size and are dropped when all ones."""
@@ -24,10 +27,13 @@ def comfy_reference(latents: list[Latent], batch_size: int) -> list[tuple[torch.
     processed = 0
     for latent in latents:
         samples = latent.samples
-        mask = latent.noise_mask if latent.noise_mask is not None else torch.ones(samples.shape[0], 1, samples.shape[2] * 8, samples.shape[3] * 8)
-        if mask.shape[0] < samples.shape[0]:
-            mask = mask.repeat((samples.shape[0] - 1) // mask.shape[0] + 1, 1, 1, 1)[:samples.shape[0]]
-        indices = list(latent.batch_index) if latent.batch_index is not None else [processed + k for k in range(samples.shape[0])]
+        count = samples.shape[0]
+        mask = latent.noise_mask
+        if mask is None:
+            mask = torch.ones(count, 1, samples.shape[2] * 8, samples.shape[3] * 8)
+        if mask.shape[0] < count:
+            mask = mask.repeat((count - 1) // mask.shape[0] + 1, 1, 1, 1)[:count]
+        indices = list(latent.batch_index) if latent.batch_index is not None else [processed + k for k in range(count)]
         processed += len(indices)
         new = [samples, mask, indices]
         if current is None:
@@ -43,7 +49,8 @@ def comfy_reference(latents: list[Latent], batch_size: int) -> list[tuple[torch.
                 part = slice(i * batch_size, (i + 1) * batch_size)
                 out.append([current[0][part], current[1][part], current[2][part]])
             rest = slice(whole * batch_size, None)
-            current = None if whole * batch_size == current[0].shape[0] else [current[0][rest], current[1][rest], current[2][rest]]
+            leftover = [current[0][rest], current[1][rest], current[2][rest]]
+            current = None if whole * batch_size == current[0].shape[0] else leftover
     if current is not None:
         out.append([current[0][:batch_size], current[1][:batch_size], current[2][:batch_size]])
     return [(s, None if m.mean() == 1.0 else m, i) for s, m, i in out]
@@ -72,6 +79,16 @@ def test_noise_masks_follow_their_items_and_are_dropped_only_when_all_ones():
     batches = rebatch_latents([Latent(torch.randn(2, 4, 2, 2), noise_mask=masked), Latent(torch.randn(3, 4, 2, 2))], 2)
     assert torch.equal(batches[0].noise_mask, torch.cat([masked, masked]))  # one mask serves both items
     assert batches[1].noise_mask is None and batches[2].noise_mask is None
+
+
+def test_masks_of_different_sizes_in_one_batch_are_brought_to_the_pixel_size():
+    """ComfyUI cannot join such masks (torch.cat fails); we resize the odd one to 8x the latent, bilinearly."""
+    coarse = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])
+    batches = rebatch_latents([Latent(torch.randn(1, 4, 2, 2), noise_mask=coarse), Latent(torch.randn(1, 4, 2, 2))], 2)
+    (batch,) = batches
+    expected = torch.nn.functional.interpolate(coarse, size=(16, 16), mode="bilinear")
+    assert batch.noise_mask.shape == (2, 1, 16, 16)
+    assert torch.equal(batch.noise_mask[0], expected[0]) and torch.equal(batch.noise_mask[1], torch.ones(1, 16, 16))
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -113,9 +130,10 @@ def test_nodes_take_whole_lists_and_give_lists():
 
 def test_a_rebatched_latent_makes_the_next_node_run_once_per_new_batch():
     """EmptyLatentImage (5) -> RebatchLatents (2) -> LatentUpscaleBy: three upscales of batches 2, 2, 1."""
-    wf = Workflow(nodes={"1": NodeInstance(type="EmptyLatentImage", widgets={"width": 64, "height": 64, "batch_size": 5}),
-                         "2": NodeInstance(type="RebatchLatents", widgets={"batch_size": 2}),
-                         "3": NodeInstance(type="LatentUpscaleBy", widgets={"upscale_method": "nearest-exact", "scale_by": 2.0})},
+    nodes = {"1": NodeInstance(type="EmptyLatentImage", widgets={"width": 64, "height": 64, "batch_size": 5}),
+             "2": NodeInstance(type="RebatchLatents", widgets={"batch_size": 2}),
+             "3": NodeInstance(type="LatentUpscaleBy", widgets={"upscale_method": "nearest-exact", "scale_by": 2.0})}
+    wf = Workflow(nodes=nodes,
                   links=[Link(from_node="1", from_slot=0, to_node="2", to_input="latents"),
                          Link(from_node="2", from_slot=0, to_node="3", to_input="samples")])
     result = Engine(NodeRegistry((*LATENT_NODES, *NODES))).run(wf, outputs=["3"])

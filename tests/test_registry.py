@@ -39,7 +39,8 @@ def test_installed_packs_register_through_entry_points():
 
 
 def _node(inputs, execute):
-    return type("Probe", (Node,), {"schema": NodeSchema(type_id="Probe", inputs=inputs), "execute": classmethod(execute)})
+    schema = NodeSchema(type_id="Probe", inputs=inputs)
+    return type("Probe", (Node,), {"schema": schema, "execute": classmethod(execute)})
 
 
 def test_registration_checks_execute_against_the_schema():
