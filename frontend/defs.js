@@ -67,9 +67,11 @@ export function parseNodeInfo(type, info) {
   }
   const outTypes = info.output || [];
   const outNames = info.output_name || [];
+  const outIsList = info.output_is_list || [];
   const outputs = outTypes.map((t, i) => ({
     type: Array.isArray(t) ? "COMBO" : String(t),
     name: outNames[i] || (Array.isArray(t) ? "COMBO" : String(t)),
+    isList: Boolean(outIsList[i]),
   }));
   return {
     type,
@@ -77,6 +79,7 @@ export function parseNodeInfo(type, info) {
     category: info.category || "other",
     description: info.description || "",
     outputNode: Boolean(info.output_node),
+    inputIsList: Boolean(info.input_is_list),
     inputs,
     outputs,
     inputMap: new Map(inputs.map((spec) => [spec.name, spec])),

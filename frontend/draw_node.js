@@ -9,13 +9,33 @@ const TITLE_BG = "#2b2b2b";
 const MISSING_BODY = "#4a2323";
 const MISSING_TITLE = "#a33030";
 
-function drawSocket(ctx, x, y, type, linked, highlight, dimmed) {
+// A list output (ComfyUI's OUTPUT_IS_LIST) is drawn as ComfyUI's editor draws it: a small 3x3 grid of
+// squares instead of a dot, so a user sees that what leaves it runs downstream once per item.
+function drawGridSocket(ctx, x, y, colour, dimmed) {
+  const cell = 3;
+  const gap = 1;
+  const half = (3 * cell + 2 * gap) / 2;
+  ctx.globalAlpha *= dimmed ? 0.35 : 1;
+  ctx.fillStyle = colour;
+  for (let row = 0; row < 3; row++) {
+    for (let col = 0; col < 3; col++) {
+      ctx.fillRect(x - half + col * (cell + gap), y - half + row * (cell + gap), cell, cell);
+    }
+  }
+  if (dimmed) ctx.globalAlpha /= 0.35;
+}
+
+function drawSocket(ctx, x, y, type, linked, highlight, dimmed, isList = false) {
   const colour = typeColour(type);
   if (highlight) {
     ctx.beginPath();
     ctx.arc(x, y, SOCKET_R + 5, 0, Math.PI * 2);
     ctx.fillStyle = "rgba(255,255,255,0.25)";
     ctx.fill();
+  }
+  if (isList) {
+    drawGridSocket(ctx, x, y, colour, dimmed);
+    return;
   }
   ctx.beginPath();
   ctx.arc(x, y, SOCKET_R, 0, Math.PI * 2);
@@ -156,7 +176,7 @@ export function drawNode(ctx, node, lay, view) {
   });
   lay.outputs.forEach((output, i) => {
     const state = view.socketState("output", i, output);
-    drawSocket(ctx, w, output.y, output.type, state.linked, state.highlight, state.dimmed);
+    drawSocket(ctx, w, output.y, output.type, state.linked, state.highlight, state.dimmed, output.isList);
     if (view.lowDetail) return;
     ctx.fillStyle = state.dimmed ? "#777" : "#ddd";
     ctx.textAlign = "right";

@@ -87,7 +87,7 @@ function knownParts(node, def) {
     .filter((spec) => !spec.widget)
     .concat(def.inputs.filter((spec) => spec.widget && converted.has(spec.name)))
     .map((spec) => ({ name: spec.name, label: spec.name, type: spec.type, spec, optional: spec.optional }));
-  const outputs = def.outputs.map((out) => ({ name: out.name, type: out.type }));
+  const outputs = def.outputs.map((out) => ({ name: out.name, type: out.type, isList: Boolean(out.isList) }));
   const widgets = [];
   for (const spec of widgetSpecs(def)) {
     if (converted.has(spec.name)) continue;

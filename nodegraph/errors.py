@@ -67,22 +67,27 @@ class ValidationFailed(ValueError):
 class NodeExecutionError(RuntimeError):
     """A node raised while running; the run stopped there and the engine stays usable."""
 
-    def __init__(self, node_id: str, class_type: str, exception: BaseException, traceback_text: str) -> None:
+    def __init__(self, node_id: str, class_type: str, exception: BaseException, traceback_text: str, *,
+                 item: int | None = None) -> None:
         self.node_id = node_id
         self.class_type = class_type
         self.exception = exception
+        self.item = item
+        """Which item's call failed when the node ran once per item of a list (None otherwise)."""
         self.exception_type = f"{type(exception).__module__}.{type(exception).__qualname__}"
-        self.exception_message = str(exception)
+        where = "" if item is None else f" on list item {item}"
+        self.exception_message = f"list item {item}: {exception}" if item is not None else str(exception)
         self.traceback = traceback_text
-        super().__init__(f"node {node_id} ({class_type}) failed: {type(exception).__name__}: {exception}")
+        super().__init__(f"node {node_id} ({class_type}) failed{where}: {type(exception).__name__}: {exception}")
 
 
 class OutOfMemory(NodeExecutionError):
     """A node ran out of memory (RAM, or the GPU's); the engine freed cached outputs and unused models, so the
     next run starts clean. `exception_message` says so in words; `exception_type` is the original's."""
 
-    def __init__(self, node_id: str, class_type: str, exception: BaseException, traceback_text: str) -> None:
-        super().__init__(node_id, class_type, exception, traceback_text)
+    def __init__(self, node_id: str, class_type: str, exception: BaseException, traceback_text: str, *,
+                 item: int | None = None) -> None:
+        super().__init__(node_id, class_type, exception, traceback_text, item=item)
         detail = str(exception).strip().splitlines()[0] if str(exception).strip() else type(exception).__name__
         self.exception_message = (f"out of memory in node {node_id} ({class_type}): {detail}. Cached outputs and "
                                   "unused models were freed; try again, or use a smaller size or batch")

@@ -22,6 +22,7 @@ from .errors import (UNHASHABLE_INPUT, Interrupted, NodeExecutionError, OutOfMem
                      is_out_of_memory)
 from .fingerprint import FileFingerprints
 from .hooks import Hooks, HookSet, NodeErrorInfo, RunInfo
+from .lists import ItemList, ItemProgress, gather_outputs, item_index, map_calls, merge_ui, whole_lists
 from .models import release_memory
 from .plan import CompiledGraph, CompiledNode
 from .registry import NodeRegistry
@@ -162,7 +163,7 @@ class Engine:
                         result.cached.append(nid)
                         hook.node_end(run, nid, node.type_id, cached=True, ui=entry.ui, seconds=0.0)
                 if nid not in store:
-                    outputs, ui = self._execute(graph, nid, store, run, hook, cancel)
+                    outputs, ui = self._execute(graph, nid, store, run, hook, cancel, keys, nonce)
                     store[nid] = (outputs, ui)
                     result.executed.append(nid)
                     self.cache.put(keys[nid], outputs, ui)
@@ -234,7 +235,9 @@ class Engine:
         fingerprint = None
         if has_fingerprint(node.node_cls):
             ctx = NodeContext(node.id, schema.type_id, self.env, fingerprints=self.fingerprints)
-            fingerprint = node.node_cls.fingerprint(ctx, **node.widgets, **(linked or {}))
+            per_item = map_calls(linked) if linked else None  # a list fed to the fingerprint: one per item
+            fingerprint = (node.node_cls.fingerprint(ctx, **node.widgets, **(linked or {})) if per_item is None
+                           else [node.node_cls.fingerprint(ctx, **node.widgets, **call) for call in per_item])
         return node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint,
                         None if schema.deterministic else nonce)
 
@@ -271,44 +274,95 @@ class Engine:
         return store, to_execute
 
     def _inputs(self, node: CompiledNode, store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]]) -> dict[str, Any]:
-        """The node's keyword arguments: its widgets and its linked values (value types checked now)."""
+        """The node's keyword arguments: its widgets and its linked values (value types checked now, item by
+        item for a list)."""
         kwargs = dict(node.widgets)
         for name, (src, slot) in node.links.items():
             value = store[src][0][slot]
             spec = node.schema.input_map[name]
             if spec.is_value_type:  # a linked INT/FLOAT/...: check it against its constraints now
-                value, issue = check_value(spec, value, self.env)
-                if issue is not None:
-                    raise ValueError(f"linked value for {name!r}: {issue.message} ({issue.details})")
+                items = value if isinstance(value, ItemList) else (value,)
+                checked = []
+                for index, item in enumerate(items):
+                    item, issue = check_value(spec, item, self.env)
+                    if issue is not None:
+                        where = f" item {index}" if isinstance(value, ItemList) else ""
+                        raise ValueError(f"linked value for {name!r}{where}: {issue.message} ({issue.details})")
+                    checked.append(item)
+                value = ItemList(checked, value.origins) if isinstance(value, ItemList) else checked[0]
             kwargs[name] = value
         return kwargs
 
+    def _call_key(self, node: CompiledNode, keys: dict[str, str], inputs: dict[str, Any], call: dict[str, Any],
+                  index: int, nonce: str) -> str:
+        """The cache key of one call of a node run once per item: each list input by its item's identity."""
+        schema = node.schema
+        upstream: dict[str, Any] = {}
+        for name, (src, slot) in node.links.items():
+            value = inputs[name]
+            upstream[name] = (("item", value.identity(item_index(value, index))) if isinstance(value, ItemList)
+                              else (keys.get(src, src), slot))
+        fingerprint = None
+        if has_fingerprint(node.node_cls):
+            ctx = NodeContext(node.id, schema.type_id, self.env, fingerprints=self.fingerprints)
+            linked = {name: call[name] for name in fingerprint_links(node)}
+            fingerprint = node.node_cls.fingerprint(ctx, **node.widgets, **linked)
+        return node_key(schema.type_id, schema.version, node.widgets, upstream, fingerprint,
+                        None if schema.deterministic else nonce)
+
     def _execute(self, graph: CompiledGraph, nid: str, store: dict[str, tuple[tuple[Any, ...], dict[str, Any]]],
-                 run: RunInfo, hook: HookSet, cancel: CancelToken) -> tuple[tuple[Any, ...], dict[str, Any]]:
+                 run: RunInfo, hook: HookSet, cancel: CancelToken, keys: dict[str, str],
+                 nonce: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Run one node: once, once per item of the lists fed to it (each call cached on its own), or once
+        with whole lists (`input_is_list`)."""
         node = graph.nodes[nid]
         schema = node.schema
-        ctx = NodeContext(nid, schema.type_id, self.env, run, hook, cancel, self.fingerprints)
         hook.node_start(run, nid, schema.type_id)
         started = time.perf_counter()
+        item: int | None = None
         try:
-            kwargs = self._inputs(node, store)
-            returned = node.node_cls.execute(ctx, **kwargs)
-            outputs, ui = _normalise(returned, len(schema.outputs), schema.type_id)
+            inputs = self._inputs(node, store)
+            calls = None if schema.input_is_list else map_calls(inputs)
+            if calls is None:
+                kwargs = whole_lists(inputs) if schema.input_is_list else inputs
+                ctx = NodeContext(nid, schema.type_id, self.env, run, hook, cancel, self.fingerprints)
+                outputs, ui = _normalise(node.node_cls.execute(ctx, **kwargs), len(schema.outputs), schema.type_id)
+                outputs = gather_outputs(schema.output_is_list, [(outputs, keys[nid])], False, schema.type_id)
+            else:
+                done, uis = [], []
+                for item, call in enumerate(calls):
+                    call_key = self._call_key(node, keys, inputs, call, item, nonce)
+                    entry = self.cache.get(call_key)
+                    if entry is None:
+                        if cancel.cancelled:
+                            raise Interrupted(nid)
+                        ctx = NodeContext(nid, schema.type_id, self.env, run, ItemProgress(hook, item, len(calls)),
+                                          cancel, self.fingerprints)
+                        returned = node.node_cls.execute(ctx, **call)
+                        call_outputs, call_ui = _normalise(returned, len(schema.outputs), schema.type_id)
+                        self.cache.put(call_key, call_outputs, call_ui)
+                    else:
+                        call_outputs, call_ui = entry.outputs, entry.ui
+                    done.append((call_outputs, call_key))
+                    uis.append(call_ui)
+                item = None
+                outputs = gather_outputs(schema.output_is_list, done, True, schema.type_id)
+                ui = merge_ui(uis)
         except Interrupted as exc:
             raise exc.at_node(nid)
         except Exception as exc:
             text = traceback.format_exc()
             if is_out_of_memory(exc):  # keep no frame (and its tensors) alive through the traceback
-                failure: NodeExecutionError = OutOfMemory(nid, schema.type_id, exc.with_traceback(None), text)
+                failure: NodeExecutionError = OutOfMemory(nid, schema.type_id, exc.with_traceback(None), text,
+                                                          item=item)
             else:
-                failure = NodeExecutionError(nid, schema.type_id, exc, text)
+                failure = NodeExecutionError(nid, schema.type_id, exc, text, item=item)
             hook.node_error(run, NodeErrorInfo(nid, schema.type_id, type(exc).__name__, failure.exception_message, text))
             if isinstance(failure, OutOfMemory):
                 raise failure from None
             raise failure from exc
         hook.node_end(run, nid, schema.type_id, cached=False, ui=ui, seconds=time.perf_counter() - started)
         return outputs, ui
-
 
     def _free_after_out_of_memory(self) -> None:
         """After a node ran out of memory: drop every cached output and every model not in use, so the next

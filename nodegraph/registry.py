@@ -6,6 +6,7 @@ The engine never imports a node library; node packs (ours included) register thr
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -38,6 +39,7 @@ class NodeRegistry:
             raise RegistryError(f"{node!r} has no NodeSchema in its `schema` attribute")
         if not callable(getattr(node, "execute", None)):
             raise RegistryError(f"{schema.type_id}: node class has no execute()")
+        check_execute_signature(node)
         existing = self._types.get(schema.type_id)
         if existing is not None and existing is not node:
             raise RegistryError(f"node type {schema.type_id!r} is already registered by {existing.__module__}")
@@ -84,6 +86,39 @@ class NodeRegistry:
                 self.load_errors[entry.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("node pack %r failed to load: %s", entry.name, exc)
         return self
+
+
+def check_execute_signature(node: type[Node]) -> None:
+    """The schema's inputs and `execute`'s parameters must agree, so a mismatch fails when the node registers
+    instead of in a user's run: every declared input is a parameter (or `**kwargs` takes it), every parameter
+    after `ctx` without a default is a declared input, and an optional input with no default value (absent
+    when unlinked) has a parameter with a default.
+
+    Raises:
+        RegistryError: naming the node and the input or parameter that disagree.
+    """
+    schema = node.schema
+    try:
+        parameters = list(inspect.signature(node.execute).parameters.values())[1:]  # after ctx
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"{schema.type_id}: execute() has no readable signature ({exc})") from None
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        raise RegistryError(f"{schema.type_id}: execute() takes *args; inputs are passed by name")
+    by_name = {p.name: p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    problems = []
+    for spec in schema.inputs:
+        parameter = by_name.get(spec.name)
+        if parameter is None:
+            if not takes_any:
+                problems.append(f"input {spec.name!r} is declared but execute() has no parameter {spec.name!r}")
+        elif spec.optional and not spec.has_default and parameter.default is inspect.Parameter.empty:
+            problems.append(f"optional input {spec.name!r} may be absent but parameter {spec.name!r} has no default")
+    for name, parameter in by_name.items():
+        if schema.input(name) is None and parameter.default is inspect.Parameter.empty:
+            problems.append(f"execute() parameter {name!r} has no default and no declared input feeds it")
+    if problems:
+        raise RegistryError(f"{schema.type_id} ({node.__module__}.{node.__qualname__}): " + "; ".join(problems))
 
 
 def default_registry() -> NodeRegistry:

@@ -103,6 +103,9 @@ class OutputSpec(BaseModel):
     type: str
     name: str = ""
     tooltip: str | None = None
+    is_list: bool = False
+    """ComfyUI's OUTPUT_IS_LIST: `execute` returns a list of items here, and each node fed by this output runs
+    once per item (unless it takes whole lists, `NodeSchema.input_is_list`)."""
 
     @model_validator(mode="after")
     def _check(self) -> OutputSpec:
@@ -128,6 +131,9 @@ class NodeSchema(BaseModel):
     output_node: bool = False
     deterministic: bool = True
     """False opts the node out of the cache: it runs every time, and so does everything downstream."""
+    input_is_list: bool = False
+    """ComfyUI's INPUT_IS_LIST: `execute` runs once and gets every input as a whole list (a widget value or an
+    input fed by a single value as a one-element list), instead of once per item of a list fed to it."""
 
     @model_validator(mode="after")
     def _check(self) -> NodeSchema:
@@ -151,6 +157,11 @@ class NodeSchema(BaseModel):
             cached = {spec.name: spec for spec in self.inputs}
             self.__dict__["_input_map"] = cached
         return cached
+
+    @property
+    def output_is_list(self) -> tuple[bool, ...]:
+        """Per output, whether it is a list of items (ComfyUI's OUTPUT_IS_LIST)."""
+        return tuple(out.is_list for out in self.outputs)
 
     @property
     def widgets(self) -> tuple[InputSpec, ...]:
@@ -225,6 +236,7 @@ def Socket(name: str, type: str, *, optional: bool = False, tooltip: str | None 
     return InputSpec(name=name, type=type, optional=optional, tooltip=tooltip, force_input=type in WIDGET_TYPES)
 
 
-def Out(type: str, name: str = "", *, tooltip: str | None = None) -> OutputSpec:
-    return OutputSpec(type=type, name=name, tooltip=tooltip)
+def Out(type: str, name: str = "", *, tooltip: str | None = None, is_list: bool = False) -> OutputSpec:
+    """An output; `is_list=True` makes it a list of items that downstream nodes run over one by one."""
+    return OutputSpec(type=type, name=name, tooltip=tooltip, is_list=is_list)
 

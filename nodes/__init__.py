@@ -6,10 +6,10 @@ from nodegraph.registry import NodeRegistry
 
 from .models.embedded import add_embedded_checkpoint
 from . import (conditioning, controlnet_nodes, guidance_nodes, images, latent, loaders, loaders_advanced, lora_nodes,
-               model_patches, sampling, utility, vae_nodes)
+               model_patches, rebatch, sampling, utility, vae_nodes)
 
 NODE_MODULES = (loaders, loaders_advanced, lora_nodes, conditioning, controlnet_nodes, latent, sampling, guidance_nodes,
-                model_patches, vae_nodes, images, utility)
+                model_patches, vae_nodes, images, utility, rebatch)
 
 
 def register(registry: NodeRegistry) -> None:

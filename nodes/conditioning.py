@@ -66,7 +66,7 @@ def _pad_tokens(embeds: torch.Tensor, tokens: int) -> torch.Tensor:
 
 class ConditioningAverage(Node):
     schema = NodeSchema(
-        type_id="ConditioningAverage", display_name="Conditioning (Average)", category="conditioning",
+        type_id="ConditioningAverage", display_name="ConditioningAverage", category="conditioning",
         description="Blends each entry of conditioning_to toward the first entry of conditioning_from.",
         inputs=(Socket("conditioning_to", "CONDITIONING"), Socket("conditioning_from", "CONDITIONING"),
                 Float("conditioning_to_strength", 1.0, min=0.0, max=1.0, step=0.01)),

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from fake_nodes import Number
-from nodegraph import Combo, InputSpec, Int, Node, NodeRegistry, NodeSchema, default_registry
+from nodegraph import Combo, InputSpec, Int, Node, NodeRegistry, NodeSchema, Socket, default_registry
 from nodegraph.registry import RegistryError
 
 
@@ -36,3 +36,39 @@ def test_registry_refuses_duplicates_and_non_nodes():
 def test_installed_packs_register_through_entry_points():
     registry = default_registry()
     assert "SaveText" in registry and registry.load_errors == {}
+
+
+def _node(inputs, execute):
+    schema = NodeSchema(type_id="Probe", inputs=inputs)
+    return type("Probe", (Node,), {"schema": schema, "execute": classmethod(execute)})
+
+
+def test_registration_checks_execute_against_the_schema():
+    """Style point 17: the schema and execute's signature are checked against each other when a node registers."""
+    registry = NodeRegistry()
+    with pytest.raises(RegistryError, match=r"Probe .*input 'b' is declared but execute\(\) has no parameter 'b'"):
+        registry.register(_node((Int("a"), Int("b")), lambda cls, ctx, a: (a,)))
+    with pytest.raises(RegistryError, match=r"Probe .*parameter 'c' has no default and no declared input"):
+        registry.register(_node((Int("a"),), lambda cls, ctx, a, c: (a,)))
+    with pytest.raises(RegistryError, match="optional input 'mask' may be absent but parameter 'mask' has no default"):
+        registry.register(_node((Socket("mask", "MASK", optional=True),), lambda cls, ctx, mask: (mask,)))
+    with pytest.raises(RegistryError, match=r"takes \*args"):
+        registry.register(_node((Int("a"),), lambda cls, ctx, *args: args))
+    assert len(registry) == 0
+
+
+def test_registration_accepts_agreeing_signatures():
+    registry = NodeRegistry()
+    registry.register(_node((Int("a"), Socket("mask", "MASK", optional=True)),
+                            lambda cls, ctx, a, mask=None, extra=1: (a,)))  # a defaulted extra parameter is fine
+    assert "Probe" in registry
+    registry = NodeRegistry()
+    registry.register(_node((Int("a"), Int("b")), lambda cls, ctx, a, **rest: (a,)))  # **kwargs takes the rest
+    assert "Probe" in registry
+
+
+def test_every_installed_node_passes_the_signature_check():
+    from nodegraph.registry import check_execute_signature
+
+    for node in default_registry():
+        check_execute_signature(node)

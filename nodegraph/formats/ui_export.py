@@ -15,11 +15,21 @@ import networkx as nx
 
 from ..plan import id_sort_key
 from ..registry import NodeRegistry
+from ..schema import OutputSpec
 from ..workflow import NodeInstance, Workflow
 from .ui import KEY, MODES
 from .ui_widgets import values_from_widgets
 
 _MODE_NUMBERS = {name: number for number, name in MODES.items()}
+GRID_SHAPE = 6
+"""LiteGraph's grid shape: how ComfyUI's editor marks (and saves) a list output's slot."""
+
+
+def _declared_output(slot: int, output: OutputSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": output.name, "type": output.type, "links": [], "slot_index": slot}
+    if output.is_list:
+        entry["shape"] = GRID_SHAPE
+    return entry
 DEFAULT_SIZE = (315.0, 100.0)
 
 
@@ -166,8 +176,7 @@ def _node_out(node_id: str, node: NodeInstance, editor_id: Any, registry: NodeRe
     out["inputs"] = [dict(entry, link=None) for entry in info.get("inputs") or []] if "inputs" in info \
         else _declared_inputs(schema, node)
     out["outputs"] = [dict(entry, links=[]) for entry in info.get("outputs") or []] if "outputs" in info \
-        else [{"name": o.name, "type": o.type, "links": [], "slot_index": i}
-              for i, o in enumerate(schema.outputs if schema else ())]
+        else [_declared_output(i, output) for i, output in enumerate(schema.outputs if schema else ())]
     if node.title is not None:
         out["title"] = node.title
     out["properties"] = keys.pop("properties", {"Node name for S&R": node.type})

@@ -208,7 +208,8 @@ class ObjectInfoNode(BaseModel):
     input: dict[str, dict[str, list[Any]]] = Field(description="required/optional: name -> [type or options, config]")
     input_order: dict[str, list[str]]
     output: list[str]
-    output_is_list: list[bool]
+    output_is_list: list[bool] = Field(description="per output: a list of items, each run downstream on its own")
+    input_is_list: bool = Field(False, description="the node runs once with whole lists (ComfyUI's INPUT_IS_LIST)")
     output_name: list[str]
     name: str
     display_name: str
