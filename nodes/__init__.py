@@ -6,10 +6,11 @@ from nodegraph.registry import NodeRegistry
 
 from .models.embedded import add_embedded_checkpoint
 from . import (conditioning, controlnet_nodes, guidance_nodes, images, latent, loaders, lora_nodes, model_patches,
-               sampling, utility, vae_nodes)
+               sampling, utils, vae_nodes)
+from . import image_loaders, mask
 
 NODE_MODULES = (loaders, lora_nodes, conditioning, controlnet_nodes, latent, sampling, guidance_nodes, model_patches,
-                vae_nodes, images, utility)
+                vae_nodes, images, utils, mask, image_loaders)
 
 
 def register(registry: NodeRegistry) -> None:
