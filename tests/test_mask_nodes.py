@@ -162,10 +162,12 @@ def test_image_composite_masked_resizes_source_and_mask_bilinearly():
     gen = torch.Generator().manual_seed(8)
     dest, src = torch.rand(1, 8, 8, 3, generator=gen), torch.rand(1, 4, 4, 3, generator=gen)
     mask = torch.rand(1, 2, 2, generator=gen)
-    got = ImageCompositeMasked.execute(CTX, destination=dest, source=src, x=0, y=0, resize_source=True, mask=mask)[0]
     big = F.interpolate(src.movedim(-1, 1), size=(8, 8), mode="bilinear").movedim(1, -1)
     big_mask = F.interpolate(mask[:, None], size=(8, 8), mode="bilinear")[:, 0]
-    assert torch.allclose(got, _paste_reference(dest, big, 0, 0, big_mask), atol=1e-6)
+    for x, y in ((0, 0), (3, 2)):  # with an offset the stretched source is cut at the far edges
+        got = ImageCompositeMasked.execute(CTX, destination=dest, source=src, x=x, y=y, resize_source=True,
+                                           mask=mask)[0]
+        assert torch.allclose(got, _paste_reference(dest, big, x, y, big_mask), atol=1e-6)
 
 
 def test_image_composite_masked_alpha_channels():

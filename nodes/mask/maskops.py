@@ -142,8 +142,9 @@ def grow(mask: torch.Tensor, expand: int, tapered_corners: bool) -> torch.Tensor
     ignores pixels outside the mask, which for a 3x3 element equals scipy's reflect border ComfyUI uses."""
     out = as_mask_batch(mask).unsqueeze(1)
     corner = 0.0 if tapered_corners else 1.0
-    kernel = torch.tensor([[corner, 1.0, corner], [1.0, 1.0, 1.0], [corner, 1.0, corner]], device=out.device)
+    kernel = torch.tensor([[corner, 1.0, corner], [1.0, 1.0, 1.0], [corner, 1.0, corner]], device=out.device,
+                          dtype=out.dtype)
     operation = kornia.morphology.dilation if expand > 0 else kornia.morphology.erosion
     for _ in range(abs(expand)):
         out = operation(out, kernel)
-    return out.squeeze(1)
+    return out.squeeze(1) if expand else out.squeeze(1).clone()
