@@ -6,9 +6,10 @@ module (already installed as a dependency of transformers): its matcher checks a
 backtracks and raises `TimeoutError`, which we turn into an error naming the node input and the limit.
 `regex` in its default VERSION0 mode follows `re`'s syntax and semantics.
 
-The limit is CPU time of the matching thread (the module measures with `clock()`): it bounds the work a
-pattern can cost, so a busy machine slows a hostile pattern's failure down but never fails a legitimate one
-spuriously. Ordinary patterns on prompt-sized text take microseconds.
+The limit is CPU time (the module measures with C's `clock()`, the process's CPU time; the worker runs one
+node at a time, so that is the match's): it bounds the work a pattern can cost, so a busy machine slows a
+hostile pattern's failure down but does not fail a legitimate one spuriously. Ordinary patterns on
+prompt-sized text take microseconds.
 """
 
 from __future__ import annotations
