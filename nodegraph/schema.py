@@ -28,6 +28,10 @@ LINKABLE_INTO_WIDGET: dict[str, frozenset[str]] = {
 }
 """Output types a widget converted to a socket accepts (its value is then checked at run time)."""
 
+ANY_TYPE = "*"
+"""ComfyUI's wildcard input type: a socket of this type accepts a link from an output of any type (PreviewAny).
+Only inputs may be wildcards; every output keeps a real type."""
+
 _TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -65,8 +69,8 @@ class InputSpec(BaseModel):
     def _check(self) -> InputSpec:
         if not _IDENT.match(self.name):
             raise ValueError(f"input name {self.name!r} is not an identifier")
-        if not _TYPE_NAME.match(self.type):
-            raise ValueError(f"input {self.name!r}: type {self.type!r} must be an upper-case name")
+        if not _TYPE_NAME.match(self.type) and self.type != ANY_TYPE:
+            raise ValueError(f"input {self.name!r}: type {self.type!r} must be an upper-case name or {ANY_TYPE!r}")
         if self.type == "COMBO" and self.options is None:
             raise ValueError(f"COMBO input {self.name!r} needs options")
         if self.type != "COMBO" and self.options is not None:

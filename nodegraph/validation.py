@@ -12,7 +12,7 @@ from . import errors as E
 from .errors import ValidationFailed, ValidationIssue
 from .plan import CompiledGraph, CompiledNode, id_sort_key
 from .registry import NodeRegistry
-from .schema import LINKABLE_INTO_WIDGET, InputSpec, NodeSchema
+from .schema import ANY_TYPE, LINKABLE_INTO_WIDGET, InputSpec, NodeSchema
 from .workflow import Link, Workflow
 
 _JSON_TYPES = {"INT": "an integer", "FLOAT": "a number", "STRING": "a string", "BOOLEAN": "true or false",
@@ -209,7 +209,7 @@ def _check_link(workflow: Workflow, schemas: dict[str, NodeSchema], group: list[
                                details=f"it has {len(source.outputs)} output(s)", **where)
     received = source.outputs[link.from_slot].type
     accepted = LINKABLE_INTO_WIDGET.get(spec.type, frozenset({spec.type}))
-    if received not in accepted:
+    if received not in accepted and spec.type != ANY_TYPE:
         return ValidationIssue(type=E.RETURN_TYPE_MISMATCH, message="Return type mismatch between linked nodes",
                                details=f"{to_input}, received_type({received}) mismatch input_type({spec.type})", **where)
     return None

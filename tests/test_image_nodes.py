@@ -105,7 +105,7 @@ def test_load_image_takes_its_file_name_from_a_link(env):
     """A PrimitiveString feeding LoadImage.image is valid (as in ComfyUI) and the file is still fingerprinted."""
     from nodegraph import Engine, NodeRegistry
     from nodegraph.formats.api import from_api
-    from nodes.utility import PrimitiveString
+    from nodes.utils import PrimitiveString
 
     Image.fromarray(np.full((4, 4, 3), 10, np.uint8)).save(env.input_dir / "a.png")
     engine = Engine(NodeRegistry([PrimitiveString, LoadImage]), env=env)

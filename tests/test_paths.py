@@ -84,7 +84,7 @@ def test_output_prefixes_are_checked_before_a_run(tmp_path):
     from nodegraph.validation import compile_workflow
     from nodegraph.workflow import Link, NodeInstance, Workflow
     from nodes.images import SaveImage
-    from nodes.utility import PrimitiveString, SaveText
+    from nodes.utils import PrimitiveString, SaveText
 
     env = SimpleNamespace(output_dir=tmp_path / "output")
     env.output_dir.mkdir()

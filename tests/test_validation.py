@@ -137,3 +137,43 @@ def test_requested_outputs_must_exist():
     issues = issues_of(wf, outputs=["9"])
     assert [(i.type, i.node_id) for i in issues] == [("prompt_no_outputs", "9")]
     assert issues_of(wf, outputs=["1"]) == []  # any node may be a target, e.g. to preview an intermediate
+
+
+def _wildcard_registry():
+    from nodegraph import Node, NodeResult, NodeSchema, Socket
+    from nodegraph.schema import ANY_TYPE
+
+    class Show(Node):
+        schema = NodeSchema(type_id="Show", category="test", inputs=(Socket("source", ANY_TYPE),), output_node=True)
+
+        @classmethod
+        def execute(cls, ctx, source):
+            return NodeResult(ui={"shown": [repr(source)]})
+
+    reg = registry()
+    reg.register(Show)
+    return reg
+
+
+def test_wildcard_input_accepts_any_output_type_and_still_needs_a_link():
+    reg = _wildcard_registry()
+    wf = workflow({"1": ("Number", {"value": 3}), "2": ("Text", {"value": "hi"}), "3": ("Show", {}), "4": ("Show", {})},
+                  [("1", 0, "3", "source"), ("2", 0, "4", "source")])
+    assert validate_workflow(wf, reg) == []
+    result = Engine(reg).run(wf)
+    assert result.ui["3"] == {"shown": ["3"]} and result.ui["4"] == {"shown": ["'hi'"]}
+    unlinked = workflow({"1": ("Show", {})}, [])
+    assert kinds(validate_workflow(unlinked, reg)) == [("required_input_missing", "1", "source")]
+    literal = workflow({"1": ("Show", {"source": 5})}, [])
+    assert kinds(validate_workflow(literal, reg)) == [("invalid_input_type", "1", "source")]
+
+
+def test_only_the_exact_wildcard_is_a_type_name():
+    from pydantic import ValidationError
+
+    from nodegraph import InputSpec
+
+    assert InputSpec(name="source", type="*").type == "*"
+    for bad in ("**", "any", "*INT"):
+        with pytest.raises(ValidationError, match="upper-case name"):
+            InputSpec(name="source", type=bad)
