@@ -135,3 +135,27 @@ def test_output_nodes_refuse_prefixes_that_leave_the_output_folder(env, node, tm
     with pytest.raises(UnsafePath):
         node.execute(ctx(env), filename_prefix="../escape", **widgets)
     assert not list((tmp_path / "outside").iterdir()) and not (tmp_path / "escape_00001_.png").exists()
+
+
+def test_a_workflow_of_image_nodes_runs_through_the_engine(env):
+    """EmptyImage -> noise -> ImageStitch (image2 left unconnected) -> blur -> GetImageSize, and the batch saved as
+    an APNG (the noise makes the two frames differ: pillow merges identical neighbouring frames)."""
+    from nodegraph import Engine
+    from nodegraph.formats.api import from_api
+
+    import nodes.image
+
+    engine = Engine(NodeRegistry(list(nodes.image.NODES)), env=env)
+    api = {"1": {"class_type": "EmptyImage", "inputs": {"width": 6, "height": 4, "batch_size": 2, "color": 0xFF0000}},
+           "6": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": 5, "strength": 0.1}},
+           "2": {"class_type": "ImageStitch", "inputs": {"image1": ["6", 0], "direction": "right",
+                                                          "match_image_size": True, "spacing_width": 0,
+                                                          "spacing_color": "white"}},
+           "3": {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": 1, "sigma": 1.0}},
+           "4": {"class_type": "GetImageSize", "inputs": {"image": ["3", 0]}},
+           "5": {"class_type": "SaveAnimatedPNG", "inputs": {"images": ["3", 0], "filename_prefix": "run",
+                                                              "fps": 2.0, "compress_level": 1}}}
+    result = engine.run(from_api(api), outputs=["4", "5"])
+    assert result.values["4"] == (6, 4, 2)
+    arrays, durations = read_frames(env.output_dir / "run_00001_.png")
+    assert len(arrays) == 2 and durations == [500.0, 500.0] and arrays[0][..., 0].mean() > 0.8
