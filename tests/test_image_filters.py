@@ -123,7 +123,8 @@ def test_bayer_dither_adds_the_scaled_map_before_mapping_to_the_palette():
     pil = Image.fromarray((image[0] * 255).to(torch.uint8).numpy(), mode="RGB")
     palette = pil.quantize(colors=4)
     spread = 2 * 256 / (len(palette.getpalette()) // 3)
-    shifted = np.asarray(pil, dtype=np.float32) + np.tile(spread * bayer_matrix(4) + 0.5, (2, 2))[:, :, None].astype(np.float32)
+    threshold = np.tile(spread * bayer_matrix(4) + 0.5, (2, 2))[:, :, None].astype(np.float32)
+    shifted = np.asarray(pil, dtype=np.float32) + threshold
     mapped = Image.fromarray(np.clip(shifted, 0, 255).astype(np.uint8)).quantize(palette=palette,
                                                                                    dither=Image.Dither.NONE)
     assert np.array_equal(out[0].numpy(), np.asarray(mapped.convert("RGB"), dtype=np.float32) / 255)

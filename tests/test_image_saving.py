@@ -94,7 +94,8 @@ def test_animated_png_has_every_frame_its_duration_and_comf_chunks(env):
         assert np.abs(array - frame.numpy()).max() <= 1 / 255 + 1e-6
     chunks = png_chunks(path)
     comf = [data for kind, data in chunks if kind == b"comf"]
-    assert comf == [b"prompt\0" + json.dumps(META["prompt"]).encode(), b"workflow\0" + json.dumps(META["workflow"]).encode()]
+    assert comf == [b"prompt\0" + json.dumps(META["prompt"]).encode(),
+                    b"workflow\0" + json.dumps(META["workflow"]).encode()]
     kinds = [kind for kind, _ in chunks]
     assert kinds.index(b"comf") > kinds.index(b"IDAT")  # after the image data, as ComfyUI writes them
 

@@ -40,7 +40,8 @@ class ImageScaleBy(Node):
     )
 
     @classmethod
-    def execute(cls, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple[torch.Tensor]:
+    def execute(cls, ctx: NodeContext, image: torch.Tensor, upscale_method: str,
+                scale_by: float) -> tuple[torch.Tensor]:
         h, w = image.shape[1:3]
         return (resize_image(image, max(1, round(w * scale_by)), max(1, round(h * scale_by)), upscale_method),)
 
