@@ -45,6 +45,10 @@ def test_blend_resizes_a_different_second_image():
     (out,) = ImageBlend.execute(None, image1=base, image2=torch.ones(1, 8, 16, 3), blend_factor=1.0,
                                 blend_mode="normal")
     assert out.shape == base.shape and torch.allclose(out, torch.ones_like(base))
+    rgba = torch.cat([base, torch.full((1, 4, 4, 1), 0.5)], dim=-1)
+    (with_alpha,) = ImageBlend.execute(None, image1=rgba, image2=torch.ones(1, 4, 4, 3), blend_factor=0.5,
+                                       blend_mode="multiply")
+    assert with_alpha.shape == (1, 4, 4, 4) and with_alpha[..., 3].eq(0.5).all() and with_alpha[..., :3].eq(0).all()
 
 
 def comfy_gaussian(kernel_size, sigma):

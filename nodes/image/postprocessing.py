@@ -8,6 +8,7 @@ from nodegraph import Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Soc
 
 from ..sd.imageops import resize
 from .ops import filters
+from .ops.geometry import pad_channels
 
 
 class ImageBlend(Node):
@@ -23,10 +24,14 @@ class ImageBlend(Node):
     @classmethod
     def execute(cls, ctx: NodeContext, image1: torch.Tensor, image2: torch.Tensor, blend_factor: float,
                 blend_mode: str) -> tuple[torch.Tensor]:
-        image2 = image2.to(image1.device)
+        channels = max(image1.shape[-1], image2.shape[-1])  # RGB beside RGBA: the RGB one becomes opaque RGBA
+        image1, image2 = pad_channels(image1, channels), pad_channels(image2.to(image1.device), channels)
         if image1.shape != image2.shape:
             image2 = resize(image2.movedim(-1, 1), image1.shape[2], image1.shape[1], "bicubic", "center").movedim(1, -1)
-        return (filters.blend(image1, image2, blend_factor, blend_mode),)
+        blended = filters.blend(image1, image2, blend_factor, blend_mode)
+        if channels == 4:
+            blended[..., 3] = image1[..., 3]  # alpha is coverage, not colour: image1's is kept
+        return (blended,)
 
 
 class ImageBlur(Node):

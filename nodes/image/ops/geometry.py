@@ -30,7 +30,7 @@ def _extend_batch(image: torch.Tensor, size: int) -> torch.Tensor:
     return image if missing <= 0 else torch.cat([image, image[-1:].repeat(missing, 1, 1, 1)])
 
 
-def _add_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+def pad_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     """Pad the channel axis with ones (an opaque alpha) up to `channels`."""
     missing = channels - image.shape[-1]
     return image if missing <= 0 else torch.cat([image, image.new_ones(*image.shape[:-1], missing)], dim=-1)
@@ -77,7 +77,7 @@ def stitch(image1: torch.Tensor, image2: torch.Tensor | None, direction: str, ma
         size = max(image1.shape[axis], image2.shape[axis])
         image1, image2 = _pad_centred(image1, axis, size, value), _pad_centred(image2, axis, size, value)
     channels = max(image1.shape[-1], image2.shape[-1])
-    image1, image2 = _add_channels(image1, channels), _add_channels(image2, channels)
+    image1, image2 = pad_channels(image1, channels), pad_channels(image2, channels)
     parts = [image2, image1] if direction in ("left", "up") else [image1, image2]
     if spacing_width > 0:
         spacing_width += spacing_width % 2
