@@ -1,5 +1,5 @@
-"""Saving nodes beyond PNG stills (image/animation, image/save): animated WEBP and PNG with the workflow embedded
-the way ComfyUI embeds it, and SVG documents.
+"""Animated saving nodes (image/animation): a batch as one animated WEBP or PNG, the workflow embedded the way
+ComfyUI embeds it.
 
 Every file goes through `files.save_output`: the prefix is checked before the run (no `..`, no absolute path, no
 symlink out of the output folder), the bytes are written to a hidden temporary file and linked under the first
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,10 +17,9 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from nodegraph import Boolean, Combo, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Socket, String
-from nodegraph.formats.png import NATIVE_KEY
 from nodegraph.paths import output_prefix_problem
 
-from .files import save_output
+from .files import extra_info, save_output
 
 WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
 """libwebp's `method` (speed against size) for each choice ComfyUI offers."""
@@ -29,22 +27,9 @@ _EXIF_MODEL = 0x0110
 _EXIF_MAKE = 0x010F
 
 
-@dataclass(frozen=True)
-class SvgDocuments:
-    """The SVG socket's payload: one or more SVG documents as text, one per picture of a batch."""
-
-    documents: tuple[str, ...]
-
-
 def _frames(images: torch.Tensor) -> list[Image.Image]:
     arrays = np.clip(images.detach().float().cpu().numpy() * 255.0, 0, 255).astype(np.uint8)  # truncation, as ComfyUI
     return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
-
-
-def _extra_info(ctx: NodeContext) -> dict[str, Any]:
-    """ComfyUI's `extra_pnginfo` (the UI workflow) plus our native workflow, whichever the run carries."""
-    meta = ctx.metadata
-    return {key: meta[key] for key in ("workflow", NATIVE_KEY) if meta.get(key) is not None}
 
 
 def _frame_duration_ms(fps: float) -> int:
@@ -94,7 +79,7 @@ class SaveAnimatedWEBP(Node):
     def execute(cls, ctx: NodeContext, images: torch.Tensor, filename_prefix: str, fps: float, lossless: bool,
                 quality: int, method: str) -> NodeResult:
         data = animated_webp_bytes(_frames(images), fps, lossless, quality, WEBP_METHODS[method],
-                                   ctx.metadata.get("prompt"), _extra_info(ctx))
+                                   ctx.metadata.get("prompt"), extra_info(ctx))
         saved = save_output(ctx.env.output_dir, filename_prefix, "webp", data, "output")
         return NodeResult(ui={"images": [saved], "animated": [True]})
 
@@ -111,43 +96,9 @@ class SaveAnimatedPNG(Node):
     @classmethod
     def execute(cls, ctx: NodeContext, images: torch.Tensor, filename_prefix: str, fps: float,
                 compress_level: int) -> NodeResult:
-        data = animated_png_bytes(_frames(images), fps, compress_level, ctx.metadata.get("prompt"), _extra_info(ctx))
+        data = animated_png_bytes(_frames(images), fps, compress_level, ctx.metadata.get("prompt"), extra_info(ctx))
         saved = save_output(ctx.env.output_dir, filename_prefix, "png", data, "output")
         return NodeResult(ui={"images": [saved], "animated": [True]})
 
 
-def svg_with_metadata(document: str, metadata: dict[str, Any]) -> str:
-    """The document with a `<metadata>` element holding the JSON (in CDATA) right after its opening `<svg>` tag,
-    where ComfyUI puts it; a "]]>" inside the JSON is split across two CDATA sections so it cannot end one early."""
-    if not metadata:
-        return document
-    payload = json.dumps(metadata, indent=2).replace("]]>", "]]]]><![CDATA[>")
-    start = document.find("<svg")
-    end = document.find(">", start) if start >= 0 else -1
-    if end < 0:
-        return document
-    element = f"\n  <metadata><![CDATA[\n{payload}\n]]></metadata>"
-    return document[: end + 1] + element + document[end + 1:]
-
-
-class SaveSVGNode(Node):
-    schema = NodeSchema(
-        type_id="SaveSVGNode", display_name="SaveSVGNode", category="image/save",
-        description="Saves SVG documents to the output folder, the workflow in their metadata.",
-        inputs=(Socket("svg", "SVG"),
-                String("filename_prefix", "svg/ComfyUI", check=output_prefix_problem,
-                       tooltip="Name prefix of the saved files; may start with sub-folders of the output folder.")),
-        output_node=True,
-    )
-
-    @classmethod
-    def execute(cls, ctx: NodeContext, svg: SvgDocuments, filename_prefix: str) -> NodeResult:
-        metadata = {"prompt": ctx.metadata["prompt"]} if ctx.metadata.get("prompt") is not None else {}
-        metadata.update(_extra_info(ctx))
-        saved = [save_output(ctx.env.output_dir, filename_prefix, "svg",
-                             svg_with_metadata(document, metadata).encode("utf-8"), "output")
-                 for document in svg.documents]
-        return NodeResult(ui={"images": saved})
-
-
-NODES = (SaveAnimatedWEBP, SaveAnimatedPNG, SaveSVGNode)
+NODES = (SaveAnimatedWEBP, SaveAnimatedPNG)

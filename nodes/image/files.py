@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence, PngImagePlugin
 
 from nodegraph import Combo, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
-from nodegraph.formats.png import png_info
+from nodegraph.formats.png import NATIVE_KEY, png_info
 from nodegraph.paths import list_files, output_prefix_problem, save_new_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -48,6 +48,12 @@ def save_output(directory: Any, prefix: str, extension: str, data: bytes, folder
     path = save_new_file(directory, prefix, extension, data)
     subfolder = path.parent.relative_to(Path(directory).resolve()).as_posix()
     return {"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": folder_type}
+
+
+def extra_info(ctx: NodeContext) -> dict[str, Any]:
+    """ComfyUI's `extra_pnginfo` (the UI workflow) plus our native workflow, whichever the run carries."""
+    meta = ctx.metadata
+    return {key: meta[key] for key in ("workflow", NATIVE_KEY) if meta.get(key) is not None}
 
 
 class LoadImage(Node):
