@@ -74,6 +74,8 @@ def test_blur_is_comfyuis_normalised_gaussian_over_a_mirrored_border(radius, sig
     flat = torch.full((1, 7, 7, 3), 0.3)
     assert torch.allclose(ImageBlur.execute(None, image=flat, blur_radius=radius, sigma=sigma)[0], flat, atol=1e-6)
     assert out.std() < image.std()
+    with pytest.raises(ValueError, match="radius of 4 needs a picture wider and taller than 4 pixels, got 11x4"):
+        ImageBlur.execute(None, image=image[:, :4], blur_radius=4, sigma=sigma)
 
 
 @pytest.mark.parametrize("radius,sigma,alpha", [(1, 1.0, 1.0), (2, 0.5, 0.3), (3, 2.0, 0.0)])

@@ -55,6 +55,10 @@ def comfy_gaussian_kernel(kernel_size: int, sigma: float) -> torch.Tensor:
 
 def _filter(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Correlate every channel of IMAGE [B,H,W,C] with `kernel` [k,k], mirroring the border (no edge repeat)."""
+    radius = kernel.shape[-1] // 2
+    if radius >= min(image.shape[1:3]):
+        raise ValueError(f"a radius of {radius} needs a picture wider and taller than {radius} pixels, "
+                         f"got {image.shape[2]}x{image.shape[1]}")
     out = kornia.filters.filter2d(image.movedim(-1, 1), kernel.unsqueeze(0).to(image), border_type="reflect")
     return out.movedim(1, -1)
 
