@@ -9,7 +9,8 @@ from PIL import Image
 
 from nodegraph import NodeContext
 from nodegraph.environment import Environment
-from nodes.images import ImagePadForOutpaint, ImageScale, ImageScaleBy, ImageScaleToTotalPixels, LoadImage, PreviewImage, SaveImage
+from nodes.image import (ImagePadForOutpaint, ImageScale, ImageScaleBy, ImageScaleToTotalPixels, LoadImage,
+                         PreviewImage, SaveImage)
 from nodes.latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy, SetLatentNoiseMask
 from nodes.sd.imageops import bislerp
 from nodes.sd.types import Latent
