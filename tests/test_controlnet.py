@@ -18,7 +18,7 @@ from nodegraph.errors import NodeExecutionError
 from nodegraph.formats.api import from_api
 from nodegraph.registry import default_registry
 from nodes import controlnet_nodes
-from nodes.images import image_to_png_bytes
+from nodes.image import image_to_png_bytes
 from nodes.sd.controlnet import (
     ControlApplied,
     load_controlnet,

@@ -8,7 +8,7 @@ from PIL import Image
 from nodegraph import NodeContext
 from nodegraph.environment import Environment
 from nodegraph.paths import UnsafePath
-from nodes.image_loaders import LoadImageMask, LoadImageOutput
+from nodes.image.loaders import LoadImageMask, LoadImageOutput
 
 
 @pytest.fixture

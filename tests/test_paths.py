@@ -83,7 +83,7 @@ def test_output_prefixes_are_checked_before_a_run(tmp_path):
     from nodegraph.registry import NodeRegistry
     from nodegraph.validation import compile_workflow
     from nodegraph.workflow import Link, NodeInstance, Workflow
-    from nodes.images import SaveImage
+    from nodes.image import SaveImage
     from nodes.utils import PrimitiveString, SaveText
 
     env = SimpleNamespace(output_dir=tmp_path / "output")

@@ -82,7 +82,7 @@ def test_txt2img_equals_diffusers_pipeline(tiny, sampler, scheduler, reference):
 def test_img2img_equals_diffusers_pipeline(tiny):
     """denoise 0.625 over 10 steps runs the last 10 of a 16-step schedule: diffusers' strength 0.625 at 16 steps."""
     engine, modules = tiny
-    from nodes.images import image_to_png_bytes
+    from nodes.image import image_to_png_bytes
 
     torch.manual_seed(0)
     (engine.env.input_dir / "init.png").write_bytes(image_to_png_bytes(torch.rand(64, 64, 3)))
@@ -107,7 +107,7 @@ def test_img2img_equals_diffusers_pipeline(tiny):
 def test_inpainting_keeps_the_unmasked_half(tiny):
     """SetLatentNoiseMask: the sampler changes only the masked half; the other half decodes as the original."""
     engine, _ = tiny
-    from nodes.images import image_to_png_bytes
+    from nodes.image import image_to_png_bytes
 
     torch.manual_seed(1)
     (engine.env.input_dir / "inpaint.png").write_bytes(image_to_png_bytes(torch.rand(64, 64, 3)))

@@ -6,7 +6,7 @@ import torch
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket
 
-from ..images import PreviewImage
+from ..image import PreviewImage
 from .maskops import as_mask_batch, color_mask
 
 MAX_RESOLUTION = 16384

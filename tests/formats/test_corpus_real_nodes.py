@@ -12,7 +12,7 @@ from corpus_util import CORPUS, raw, ui
 from nodegraph import default_registry
 from nodegraph.formats import map_models, to_workflow
 from nodegraph.validation import validate_workflow
-from nodes.images import image_to_png_bytes
+from nodes.image import image_to_png_bytes
 from nodes.models.embedded import ADAPTERS, EMBEDDED_NAME, EMBEDDED_PATH
 from tiny_models import engine_at
 

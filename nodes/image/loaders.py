@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, ImageSequence
 from nodegraph import Combo, Node, NodeContext, NodeSchema, Out
 from nodegraph.paths import list_files, safe_join
 
-from .images import IMAGE_EXTENSIONS, pil_to_image
+from .files import IMAGE_EXTENSIONS, pil_to_image
 
 MASK_CHANNELS = ("alpha", "red", "green", "blue")
 _ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]$")
