@@ -116,7 +116,8 @@ def test_sampling_percent_to_sigma() -> None:
         return run(SamplingPercentToSigma, model=MODEL, sampling_percent=percent, return_actual_sigma=actual)[0]
 
     assert sigma(0.0) == 999999999.9 and sigma(1.0) == 0.0
-    assert sigma(0.0, True) == pytest.approx(float(SD_SIGMAS[-1])) and sigma(1.0, True) == pytest.approx(float(SD_SIGMAS[0]))
+    assert sigma(0.0, True) == pytest.approx(float(SD_SIGMAS[-1]))
+    assert sigma(1.0, True) == pytest.approx(float(SD_SIGMAS[0]))
     assert sigma(0.5) == pytest.approx(math.exp(0.5 * math.log(SD_SIGMAS[499]) + 0.5 * math.log(SD_SIGMAS[500])))
     assert sigma(0.5, True) == sigma(0.5)
 
@@ -205,8 +206,8 @@ def test_flip_and_set_first_sigma() -> None:
 def test_extend_intermediate_sigmas_splits_steps_in_range(spacing: str, fractions: list[float]) -> None:
     (out,) = run(ExtendIntermediateSigmas, sigmas=SIGMAS, steps=3, start_at_sigma=5.0, end_at_sigma=2.0,
                  spacing=spacing)
-    expected = [10.0, 5.0, *(5.0 + f * (2.0 - 5.0) for f in fractions), 2.0, *(2.0 + f * (1.0 - 2.0) for f in fractions),
-                1.0, 0.0]
+    expected = [10.0, 5.0, *(5.0 + f * (2.0 - 5.0) for f in fractions),
+                2.0, *(2.0 + f * (1.0 - 2.0) for f in fractions), 1.0, 0.0]
     close(out, expected)
     (everywhere,) = run(ExtendIntermediateSigmas, sigmas=SIGMAS, steps=2, start_at_sigma=-1.0, end_at_sigma=0.0,
                         spacing="linear")

@@ -7,6 +7,7 @@ rule; SamplerCustomAdvanced builds its denoiser per run.
 from __future__ import annotations
 
 from nodegraph import Combo, Float, Node, NodeContext, NodeSchema, Out, Socket
+from nodegraph.schema import InputSpec
 
 from ..sd.guiders import BasicGuide, CFGGuide, DualCFGGuide, PerpNegGuide
 from ..sd.perp_neg import perp_neg_patch
@@ -15,7 +16,7 @@ from ..sd.types import Conditioning, ModelHandle
 CATEGORY = "sampling/custom_sampling/guiders"
 
 
-def _cfg(name: str) -> object:
+def _cfg(name: str) -> InputSpec:
     return Float(name, 8.0, min=0.0, max=100.0, step=0.1, round=0.01)
 
 

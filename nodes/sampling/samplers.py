@@ -8,6 +8,7 @@ drawn on the device.
 from __future__ import annotations
 
 from nodegraph import Boolean, Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Socket
+from nodegraph.schema import InputSpec
 
 from ..sd.advanced_samplers import LCM_UPSCALE_METHODS, sample_euler_cfg_pp_alternative, sample_lcm_upscale
 from ..sd.sampler_spec import SamplerSpec, TauInterval, er_sde_options
@@ -23,11 +24,11 @@ def _on(name: str, noise_device: str) -> str:
     return name if noise_device == "cpu" else f"{name}_gpu"
 
 
-def _amount(name: str, default: float = 1.0, maximum: float = 100.0) -> object:
+def _amount(name: str, default: float = 1.0, maximum: float = 100.0) -> InputSpec:
     return Float(name, default, min=0.0, max=maximum, step=0.01)
 
 
-def _sampler_node(type_id: str, description: str, inputs: tuple = (), display_name: str = "",
+def _sampler_node(type_id: str, description: str, inputs: tuple[InputSpec, ...] = (), display_name: str = "",
                   category: str = CATEGORY) -> NodeSchema:
     return NodeSchema(type_id=type_id, display_name=display_name or type_id, category=category,
                       description=description, inputs=inputs, outputs=(Out("SAMPLER"),))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Socket
+from nodegraph.schema import InputSpec
 
 from ..sd import sigmas as sigma_maths
 from ..sd.schedules import beta as beta_schedule
@@ -18,7 +19,7 @@ from .names import SCHEDULER_NAMES
 CATEGORY = "sampling/custom_sampling/schedulers"
 
 
-def _sigma_range(rho: float | None = None) -> tuple:
+def _sigma_range(rho: float | None = None) -> tuple[InputSpec, ...]:
     """steps, sigma_max, sigma_min (SD1's range by default) and, when given, rho: the parametric schedules' inputs."""
     inputs = (Int("steps", 20, min=1, max=10000),
               Float("sigma_max", 14.614642, min=0.0, max=5000.0, step=0.01),

@@ -1,4 +1,8 @@
-"""KSampler: ComfyUI's KSampler and KSamplerAdvanced semantics on top of schedules, samplers and denoisers.
+"""KSampler and custom sampling: ComfyUI's KSampler, KSamplerAdvanced and SamplerCustomAdvanced semantics.
+
+`sample_custom` runs one SAMPLER down one SIGMAS from a LATENT plus NOISE under a GUIDER (the parts are in
+sampler_spec.py, sigmas.py, noise.py and guiders.py); `sample` (KSampler) is a thin composition of it: its
+schedule (`ksampler_sigmas`), a seeded Noise, a CFGGuide and the named sampler.
 
 Noise comes from CPU generators seeded with `seed`, so a seed gives the same latent on any device:
 the initial noise as ComfyUI's `prepare_noise` draws it (one draw per batch index, picked by
