@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from nodes.sd.gits_table import gits_table
-from nodes.sd.schedules import _finish, calculate_sigmas, model_sigmas, timestep_to_sigma
+from nodes.sd.schedules import calculate_sigmas, model_sigmas, timestep_to_sigma
 
 AYS_NOISE_LEVELS: dict[str, tuple[float, ...]] = {
     "SD1": (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092, 0.9642583904,
@@ -41,6 +41,12 @@ arXiv 2503.21774), for flow models: sigmas in [0, 1]."""
 
 PERCENT_ZERO_SIGMA = 999999999.9
 """What ComfyUI's percent_to_sigma gives at 0 %: above any sigma, so a range starting there covers every step."""
+
+
+def _finish(values: Tensor, append_zero: bool = True) -> Tensor:
+    """Float64 schedule maths as a float32 SIGMAS, with the final 0 appended unless told otherwise."""
+    out = values.to(torch.float64).reshape(-1)
+    return torch.cat([out, out.new_zeros(1)]).float() if append_zero else out.float()
 
 
 def loglinear_interp(values: Sequence[float], num: int) -> np.ndarray:
