@@ -1,4 +1,8 @@
-"""KSampler: ComfyUI's KSampler and KSamplerAdvanced semantics on top of schedules, samplers and denoisers.
+"""KSampler and custom sampling: ComfyUI's KSampler, KSamplerAdvanced and SamplerCustomAdvanced semantics.
+
+`sample_custom` runs one SAMPLER down one SIGMAS from a LATENT plus NOISE under a GUIDER (the parts are in
+sampler_spec.py, sigmas.py, noise.py and guiders.py); `sample` (KSampler) is a thin composition of it: its
+schedule (`ksampler_sigmas`), a seeded Noise, a CFGGuide and the named sampler.
 
 Noise comes from CPU generators seeded with `seed`, so a seed gives the same latent on any device:
 the initial noise as ComfyUI's `prepare_noise` draws it (one draw per batch index, picked by
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -20,11 +24,17 @@ from torch import Tensor
 
 from nodegraph.errors import Interrupted
 from nodegraph.models import ModelRef
-from nodes.sd.denoisers import CFGDenoiser, patches_applied, unet_denoiser
+from nodes.sd.denoisers import patches_applied, unet_denoiser
+from nodes.sd.guiders import CFGGuide, Guider
+from nodes.sd.noise import Noise, prepare_noise
+from nodes.sd.sampler_spec import SamplerSpec
 from nodes.sd.samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLERS
 from nodes.sd.samplers_multistep import BrownianNoise, Denoiser, GaussianNoise, to_device_async
 from nodes.sd.schedules import SCHEDULERS, calculate_sigmas, model_sigmas
 from nodes.sd.types import CondItem, Latent, ModelHandle
+
+__all__ = ["BROWNIAN_SAMPLERS", "BatchNoise", "InpaintDenoiser", "SampleResult", "StoppableDenoiser", "ksampler_sigmas",
+           "prepare_mask", "prepare_noise", "sample", "sample_custom", "sampling_sigmas"]
 
 ProgressCallback = Callable[[int, int, Tensor], None]
 """(steps done, total steps, current x0 prediction)."""
@@ -52,21 +62,6 @@ def sampling_sigmas(alphas_cumprod: Tensor, scheduler: str, sampler_name: str, s
     else:
         sigmas = calculate_sigmas(alphas_cumprod, scheduler, total)
     return sigmas[-(steps + 1) :]
-
-
-def prepare_noise(samples: Tensor, seed: int, batch_index: Sequence[int] | None = None) -> Tensor:
-    """Initial noise like `samples` from a CPU generator: draw k is batch index k's noise (ComfyUI's
-    prepare_noise, drawing per item so any batch item equals a single run with its index)."""
-    indices = list(range(samples.shape[0])) if batch_index is None else list(batch_index)
-    if len(indices) != samples.shape[0]:
-        raise ValueError(f"batch_index has {len(indices)} entries for a batch of {samples.shape[0]}")
-    generator = torch.Generator().manual_seed(seed)
-    wanted, draws = set(indices), {}
-    for k in range(max(indices) + 1):
-        noise = torch.randn((1, *samples.shape[1:]), generator=generator, dtype=torch.float32)
-        if k in wanted:
-            draws[k] = noise
-    return torch.cat([draws[k] for k in indices])
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -133,6 +128,22 @@ def in_use(model: Any) -> AbstractContextManager[Any]:
     return model.manager.using(model) if isinstance(model, ModelRef) else nullcontext()
 
 
+def ksampler_sigmas(
+    alphas_cumprod: Tensor, scheduler: str, sampler_name: str, steps: int, denoise: float = 1.0,
+    start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
+) -> Tensor:
+    """The sigmas KSampler / KSamplerAdvanced run: `sampling_sigmas`, stopped after `last_step` (ending at 0 with
+    `force_full_denoise`) and started at `start_step`; fewer than 2 sigmas means nothing to run."""
+    sigmas = sampling_sigmas(alphas_cumprod, scheduler, sampler_name, steps, denoise)
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0.0
+    if start_step is not None:
+        sigmas = sigmas[start_step:] if start_step < len(sigmas) - 1 else sigmas[:0]
+    return sigmas
+
+
 def sample(
     model: ModelHandle,
     *,
@@ -153,6 +164,9 @@ def sample(
     should_stop: Callable[[], bool] | None = None,
 ) -> Latent:
     """Denoise `latent` with `model` (ComfyUI's KSampler; KSamplerAdvanced via start/last step).
+
+    A thin composition of the custom-sampling parts: the schedule (`ksampler_sigmas`), a seeded `Noise`, a
+    `CFGGuide` and the named sampler, run by `sample_custom`.
 
     Args:
         model: the MODEL; its patches apply for this run only.
@@ -185,45 +199,100 @@ def sample(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 <= denoise <= 1.0:
         raise ValueError(f"denoise must be in [0, 1], got {denoise}")
-    init = latent.samples.detach().to(torch.float32).cpu()
-    sigmas = sampling_sigmas(model.alphas_cumprod, scheduler, sampler_name, steps, denoise)
-    if last_step is not None and last_step < len(sigmas) - 1:
-        sigmas = sigmas[: last_step + 1].clone()
-        if force_full_denoise:
-            sigmas[-1] = 0.0
-    if start_step is not None:
-        sigmas = sigmas[start_step:] if start_step < len(sigmas) - 1 else sigmas[:0]
+    sigmas = ksampler_sigmas(model.alphas_cumprod, scheduler, sampler_name, steps, denoise, start_step, last_step,
+                             force_full_denoise)
     if len(sigmas) < 2:
-        return replace(latent, samples=init)
+        return replace(latent, samples=latent.samples.detach().to(torch.float32).cpu())
+    result = sample_custom(Noise(seed, enabled=add_noise), CFGGuide(model, tuple(positive), tuple(negative), cfg),
+                           SamplerSpec(sampler_name), sigmas, latent, callback=callback, should_stop=should_stop,
+                           keep_denoised=False)
+    return result.output
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What SamplerCustom / SamplerCustomAdvanced return: the sampled latent and the last step's x0 prediction."""
+
+    output: Latent
+    denoised: Latent
+
+
+def sample_custom(
+    noise: Noise,
+    guider: Guider,
+    sampler: SamplerSpec,
+    sigmas: Tensor,
+    latent: Latent,
+    *,
+    callback: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    keep_denoised: bool = True,
+) -> SampleResult:
+    """Run `sampler` down `sigmas` from `latent` plus `noise`, denoising with `guider` (ComfyUI's
+    SamplerCustomAdvanced; KSampler is this with a CFGGuide).
+
+    Starting from the schedule's top (sigma_0 at the model's sigma_max) the noise is scaled as the VP marginal,
+    sqrt(1 + sigma_0^2), else x = latent + sigma_0 * noise (ComfyUI's max_denoise). The latent's noise_mask
+    keeps the masked-out region (inpainting) and batch_index picks each item's noise.
+
+    Args:
+        noise: the NOISE; its seed also seeds every step's noise.
+        guider: the GUIDER; its model's patches apply for this run only.
+        sampler: the SAMPLER, resolved against samplers.SAMPLERS now.
+        sigmas: the SIGMAS to run (kept on the CPU: samplers decide on host values).
+        latent: the starting latent.
+        callback: progress, called after every step with (steps done, total, x0).
+        should_stop: asked before every model evaluation; True raises nodegraph.errors.Interrupted.
+        keep_denoised: also return the last step's x0 (a copy to the CPU at the end).
+
+    Returns:
+        The sampled Latent (float32, CPU) and the last x0 prediction (the output itself when no step ran).
+    """
+    model = guider.model
+    function = sampler.resolve(SAMPLERS)
+    init = latent.samples.detach().to(torch.float32).cpu()
+    sigmas = sigmas.detach().to(torch.float32).cpu()
+    if len(sigmas) == 0:
+        unchanged = replace(latent, samples=init)
+        return SampleResult(unchanged, unchanged)
 
     indices = list(latent.batch_index) if latent.batch_index is not None else list(range(init.shape[0]))
-    noise = prepare_noise(init, seed, indices) if add_noise else torch.zeros_like(init)
+    start_noise = noise.initial(replace(latent, samples=init))
     device = torch.device(model.device)
-    init, noise = init.to(device), noise.to(device)
+    init, start_noise = init.to(device), start_noise.to(device)
     sigma_max = float(model_sigmas(model.alphas_cumprod)[-1])
     first = float(sigmas[0])
     # from pure noise, scale it as the VP marginal x_T ~ N(0, I) (ComfyUI's max_denoise); else x0 + sigma n
     noise_scale = math.sqrt(1.0 + first**2) if first >= sigma_max * (1 - 1e-5) else first
-    x = init + noise * noise_scale
+    x = init + start_noise * noise_scale
 
     unet = unet_denoiser(model)
-    guided = CFGDenoiser(unet, positive, negative, cfg)
+    guided = guider.denoiser(unet)
     denoiser: Denoiser = guided
     mask = prepare_mask(latent.noise_mask, init.shape).to(device) if latent.noise_mask is not None else None
     if mask is not None:
-        denoiser = InpaintDenoiser(denoiser, init, noise, mask)
+        denoiser = InpaintDenoiser(denoiser, init, start_noise, mask)
     if should_stop is not None:
         denoiser = StoppableDenoiser(denoiser, should_stop)
     total = len(sigmas) - 1
+    last: dict[str, Tensor] = {}
 
     def on_step(info: dict[str, Any]) -> None:
+        if keep_denoised:
+            last["denoised"] = info["denoised"]
         if callback is not None:
             callback(info["i"] + 1, total, info["denoised"])
 
+    seed, sampler_name = noise.seed, sampler.name
     step_noise = BatchNoise(x, seed, indices, brownian=sampler_name in BROWNIAN_SAMPLERS)
+    run_inputs = {"cfg_denoiser": guided, "seed": seed}
+    options = {**sampler.kwargs, **{name: run_inputs[name] for name in sampler.run_inputs}}
     with in_use(model.unet_ref), patches_applied(model.patches, unet_denoiser=unet, cfg_denoiser=guided):
         # sigmas stay on the CPU: samplers decide on host values and never wait for the device (host_schedule)
-        out = SAMPLERS[sampler_name](denoiser, x, sigmas, callback=on_step, noise_sampler=step_noise)
+        out = function(denoiser, x, sigmas, callback=on_step, noise_sampler=step_noise, **options)
     if mask is not None:
-        out = out * mask + (init + noise * float(sigmas[-1])) * (1 - mask)
-    return replace(latent, samples=out.detach().to(torch.float32).cpu())
+        out = out * mask + (init + start_noise * float(sigmas[-1])) * (1 - mask)
+    output = replace(latent, samples=out.detach().to(torch.float32).cpu())
+    if "denoised" not in last:
+        return SampleResult(output, output)
+    return SampleResult(output, replace(latent, samples=last["denoised"].detach().to(torch.float32).cpu()))

@@ -1,4 +1,5 @@
-"""KSampler and KSamplerAdvanced: ComfyUI's sampling nodes over our samplers and schedules."""
+"""KSampler and KSamplerAdvanced: ComfyUI's sampling nodes, a composition of the custom-sampling parts
+(nodes/sd/ksampler.py), and the step progress and previews every sampling node reports."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Socket
 
-from .sd.samplers import SAMPLERS
-from .sd.schedules import SCHEDULERS
-from .sd.types import Conditioning, Latent, ModelHandle
+from ..sd.samplers import SAMPLERS
+from ..sd.schedules import SCHEDULERS
+from ..sd.types import Conditioning, Latent, ModelHandle
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -52,18 +53,28 @@ class PreviewPacer:
         return True
 
 
-def _run(ctx: NodeContext, model: ModelHandle, **kwargs: Any) -> Latent:
-    from .sd.ksampler import sample
-
+def step_progress(ctx: NodeContext) -> Callable[[int, int, torch.Tensor | None], None]:
+    """A sampler callback reporting every step to `ctx`, with a preview image when the pacer allows one."""
     pacer = PreviewPacer(getattr(ctx.env, "preview_interval_s", PREVIEW_INTERVAL_S))  # any env without one
 
     def callback(step: int, total: int, x0: torch.Tensor | None) -> None:
         preview = latent_preview(x0) if x0 is not None and pacer.due(step, total) else None
         ctx.progress(step, total, preview)
 
+    return callback
+
+
+def run_model(ctx: NodeContext, model: ModelHandle) -> ModelHandle:
+    """The MODEL as this run samples it: with --compile, every sampler compiles its UNet."""
     if getattr(ctx.env, "compile", False) and model.compile_backend is None:
-        model = replace(model, compile_backend="inductor")  # --compile: every sampler compiles its UNet
-    return sample(model, callback=callback, should_stop=lambda: ctx.interrupted, **kwargs)
+        return replace(model, compile_backend="inductor")
+    return model
+
+
+def _run(ctx: NodeContext, model: ModelHandle, **kwargs: Any) -> Latent:
+    from ..sd.ksampler import sample
+
+    return sample(run_model(ctx, model), callback=step_progress(ctx), should_stop=lambda: ctx.interrupted, **kwargs)
 
 
 class KSampler(Node):
