@@ -5,7 +5,6 @@ constant (so the weighted average is readable off the output), plus one run of t
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from nodes.sd.cond_regions import percent_to_sigma
 from nodes.sd.denoisers import EpsDenoiser, calc_cond_batch
 from nodes.sd.schedules import model_sigmas, scaled_linear_alphas_cumprod
 from nodes.sd.types import CondItem
+from recording_unet import RecordingUNet
 
 ALPHAS = scaled_linear_alphas_cumprod()
 
@@ -27,20 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class RecordingUNet(torch.nn.Module):
-    """Predicts, for each row, the mean of its text embedding as eps, so x0 = x - sigma * that value."""
-
-    def __init__(self, in_channels: int = 4) -> None:
-        super().__init__()
-        self.config = SimpleNamespace(in_channels=in_channels)
-        self.calls: list[dict[str, torch.Tensor]] = []
-
-    def forward(self, sample, timestep, encoder_hidden_states, return_dict=False, **kwargs):
-        self.calls.append({"sample": sample.clone(), "timestep": timestep.clone(), "embeds": encoder_hidden_states})
-        value = encoder_hidden_states.mean(dim=(1, 2)).reshape(-1, 1, 1, 1)
-        return (value.expand(sample.shape[0], 4, *sample.shape[-2:]).clone(),)
 
 
 def entry(value: float, **fields) -> CondItem:
