@@ -3,7 +3,8 @@
 The image (or latent) is cut into overlapping tiles that cover it exactly (the last tile of a row or column is
 moved back to end at the edge, so every tile has full size); each tile goes through the VAE on its own and the
 results are averaged with weights that ramp linearly across the overlaps (a partition of unity after
-normalisation), so no tile edge shows as a hard seam.
+normalisation), so no tile edge shows as a hard seam. As ComfyUI does, three tilings (square, tall and wide
+tiles) are averaged, so no tile border falls at the same place in all of them.
 
 A tile cannot see past its borders, while the VAE's mid-block attention and group norms see the whole image,
 so tiled results differ a little from untiled ones; tests/test_latent_tiled_vae.py states the tolerance.
@@ -46,23 +47,25 @@ def _ramp_weight(height: int, width: int, ramp: int, *, top: bool, bottom: bool,
     return weight
 
 
-def tiled_map(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int, scale: float) -> Tensor:
+def tiled_map(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int | tuple[int, int], overlap: int,
+              scale: float) -> Tensor:
     """Apply `fn` to overlapping tiles of x [B, C, H, W] and blend the outputs into one [B, C', H*scale, W*scale].
 
     Args:
         fn: maps a [B, C, h, w] tile to [B, C', h*scale, w*scale].
         x: the input (latents to decode, or pixels channels-first to encode).
-        tile: tile side in x's pixels.
+        tile: tile side, or (height, width), in x's pixels.
         overlap: pixels neighbouring tiles share (in x's pixels).
         scale: output pixels per input pixel (8 to decode, 1/8 to encode).
     """
     height, width = x.shape[-2:]
+    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
     total: Tensor | None = None
     weights: Tensor | None = None
     ramp = round(overlap * scale)
-    for top in tile_starts(height, tile, overlap):
-        for left in tile_starts(width, tile, overlap):
-            piece = x[..., top : top + tile, left : left + tile]
+    for top in tile_starts(height, tile_h, overlap):
+        for left in tile_starts(width, tile_w, overlap):
+            piece = x[..., top : top + tile_h, left : left + tile_w]
             out = fn(piece)
             if total is None:
                 total = torch.zeros(*out.shape[:2], round(height * scale), round(width * scale), dtype=out.dtype)
@@ -76,6 +79,13 @@ def tiled_map(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int
             weights[..., o_top : o_top + o_h, o_left : o_left + o_w] += weight
     assert total is not None and weights is not None
     return total / weights
+
+
+def _three_shapes(tile: int, multiple: int) -> list[tuple[int, int]]:
+    """ComfyUI's tiled VAE averages three tilings: square tiles, tall ones and wide ones (each half one side
+    and twice the other), so no tile border falls at the same place in all three and seams average out."""
+    half = max(multiple, tile // 2 // multiple * multiple)
+    return [(tile, tile), (2 * tile, half), (half, 2 * tile)]
 
 
 def tiled_overlap(tile_size: int, overlap: int) -> int:
@@ -93,7 +103,11 @@ def decode_tiled(vae: VaeHandle, latents: Tensor, tile_size: int, overlap: int) 
     def run(piece: Tensor) -> Tensor:
         return decode(vae, piece).movedim(-1, 1)
 
-    return tiled_map(run, latents, tile, shared, LATENT_SCALE).movedim(1, -1).clamp(0.0, 1.0)
+    if max(latents.shape[-2:]) <= tile:  # one tile holds it all: the untiled result exactly
+        return decode(vae, latents)
+
+    out = sum(tiled_map(run, latents, shape, shared, LATENT_SCALE) for shape in _three_shapes(tile, 1))
+    return (out / 3.0).movedim(1, -1).clamp(0.0, 1.0)
 
 
 def encode_tiled(vae: VaeHandle, pixels: Tensor, tile_size: int, overlap: int) -> Tensor:
@@ -111,4 +125,10 @@ def encode_tiled(vae: VaeHandle, pixels: Tensor, tile_size: int, overlap: int) -
     def run(piece: Tensor) -> Tensor:
         return encode(vae, piece.movedim(1, -1))
 
-    return tiled_map(run, pixels.movedim(-1, 1), tile, shared, 1 / LATENT_SCALE)
+    if max(pixels.shape[1:3]) <= tile:
+        return encode(vae, pixels)
+
+    channels_first = pixels.movedim(-1, 1)
+    out = sum(tiled_map(run, channels_first, shape, shared, 1 / LATENT_SCALE)
+              for shape in _three_shapes(tile, LATENT_SCALE))
+    return out / 3.0
