@@ -95,7 +95,10 @@ def sigma_interval(item: CondItem, sigmas: Tensor) -> tuple[float, float] | None
 
 
 def in_interval(interval: tuple[float, float] | None, sigma: Tensor) -> bool:
-    """Whether the first sigma of the batch lies in the interval (ComfyUI looks at the first one too)."""
+    """Whether the first sigma of the batch lies in the interval (ComfyUI looks at the first one too).
+
+    Reads one value on the host (a device sync on CUDA), and only for entries that have a timestep range.
+    """
     if interval is None:
         return True
     value = float(sigma.reshape(-1)[0])
