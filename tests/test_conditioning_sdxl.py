@@ -20,7 +20,8 @@ from recording_unet import RecordingUNet
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("sdxl")
-    return {"sdxl": load_checkpoint(tm.make_sdxl_checkpoint(root)), "sd1": load_checkpoint(tm.make_sd1_checkpoint(root))}
+    return {"sdxl": load_checkpoint(tm.make_sdxl_checkpoint(root)),
+            "sd1": load_checkpoint(tm.make_sd1_checkpoint(root))}
 
 
 def test_text_l_and_text_g_match_diffusers_prompt_and_prompt_2(checkpoints):

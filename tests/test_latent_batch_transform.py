@@ -96,7 +96,8 @@ def test_latent_composite_masked_blends_by_the_mask():
     (out,) = LatentCompositeMasked.execute(None, destination=dest, source=src, x=40, y=16, resize_source=False,
                                            mask=mask)
     want = dest.samples.clone()
-    visible = src.samples[..., :4, :3] * mask[:, None, :4, :3] + dest.samples[..., 2:6, 5:8] * (1 - mask[:, None, :4, :3])
+    weight = mask[:, None, :4, :3]
+    visible = src.samples[..., :4, :3] * weight + dest.samples[..., 2:6, 5:8] * (1 - weight)
     want[..., 2:6, 5:8] = visible  # x = 40 px = 5 latent pixels: 3 columns fit
     torch.testing.assert_close(out.samples, want)
     (stretched,) = LatentCompositeMasked.execute(None, destination=dest, source=src, x=0, y=0, resize_source=True)

@@ -38,7 +38,8 @@ def test_save_then_load_gives_the_same_latent(env):
     assert saved == {"filename": "test_00001_.latent", "subfolder": "latents", "type": "output"}
     path = env.output_dir / "latents" / "test_00001_.latent"
     tensors = load_file(path)  # ComfyUI's layout: the latent plus an empty format marker
-    assert set(tensors) == {"latent_tensor", "latent_format_version_0"} and tensors["latent_format_version_0"].numel() == 0
+    assert set(tensors) == {"latent_tensor", "latent_format_version_0"}
+    assert tensors["latent_format_version_0"].numel() == 0
     from safetensors import safe_open
 
     with safe_open(path, "pt") as handle:

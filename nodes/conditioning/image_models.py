@@ -34,7 +34,8 @@ class InpaintModelConditioning(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, positive: Conditioning, negative: Conditioning, vae: VaeHandle,
-                pixels: torch.Tensor, mask: torch.Tensor, noise_mask: bool) -> tuple[Conditioning, Conditioning, Latent]:
+                pixels: torch.Tensor, mask: torch.Tensor,
+                noise_mask: bool) -> tuple[Conditioning, Conditioning, Latent]:
         from ..sd.vae import encode
 
         height, width = pixels.shape[1:3]
