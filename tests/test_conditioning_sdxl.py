@@ -94,3 +94,25 @@ def test_refiner_time_ids_carry_the_aesthetic_score(checkpoints):
     ids = time_ids_seen(5, (entry(cond[0].size),), (entry(),))
     # ComfyUI's defaults without a score: 6 for the positive, 2.5 for the negative
     assert ids.tolist() == [[384, 640, 0, 0, 7.5], [32, 48, 0, 0, 2.5]]
+
+
+def test_fingerprints_follow_the_embedding_files_either_prompt_names(tmp_path):
+    """Like CLIPTextEncode: editing an embedding file a prompt names re-encodes (a new cache key)."""
+    from nodegraph import NodeContext
+    from nodegraph.environment import Environment, ModelPaths
+
+    for name in ("input", "output", "temp"):
+        (tmp_path / name).mkdir()
+    env = Environment(input_dir=tmp_path / "input", output_dir=tmp_path / "output", temp_dir=tmp_path / "temp",
+                      models=ModelPaths(roots=[tmp_path / "models"]))
+    folder = env.models.folder_dirs("embeddings")[0]
+    folder.mkdir(parents=True)
+    (folder / "style.safetensors").write_bytes(b"one")
+    ctx = NodeContext("1", "CLIPTextEncodeSDXL", env)
+    widgets = dict(width=1024, height=1024, crop_w=0, crop_h=0, target_width=1024, target_height=1024)
+    before = CLIPTextEncodeSDXL.fingerprint(ctx, **widgets, text_g="a cat", text_l="embedding:style")
+    refiner_before = CLIPTextEncodeSDXLRefiner.fingerprint(ctx, ascore=6.0, width=1, height=1, text="embedding:style")
+    (folder / "style.safetensors").write_bytes(b"two")
+    assert CLIPTextEncodeSDXL.fingerprint(ctx, **widgets, text_g="a cat", text_l="embedding:style") != before
+    assert CLIPTextEncodeSDXLRefiner.fingerprint(ctx, ascore=6.0, width=1, height=1, text="embedding:style") \
+        != refiner_before

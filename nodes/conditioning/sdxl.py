@@ -4,10 +4,12 @@ time ids (nodes/sd/cond_regions.py), the refiner's aesthetic score as its fifth 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from nodegraph import Float, Int, Node, NodeContext, NodeSchema, Out, Socket, String
 
 from ..sd.types import ClipHandle, Conditioning, SizeConditioning
+from .basic import CLIPTextEncode
 
 MAX_RESOLUTION = 16384
 
@@ -31,6 +33,11 @@ class CLIPTextEncodeSDXLRefiner(Node):
 
         size = SizeConditioning(width=width, height=height, aesthetic_score=float(ascore))
         return ((replace(encode(clip, text), size=size),),)
+
+    @classmethod
+    def fingerprint(cls, ctx: NodeContext, text: str = "", **widgets: Any) -> Any:
+        """The digests of the embedding files the prompt names, as for CLIPTextEncode."""
+        return CLIPTextEncode.fingerprint(ctx, text=text)
 
 
 class CLIPTextEncodeSDXL(Node):
@@ -58,6 +65,11 @@ class CLIPTextEncodeSDXL(Node):
         size = SizeConditioning(width=width, height=height, crop_w=crop_w, crop_h=crop_h,
                                 target_width=target_width, target_height=target_height)
         return ((replace(encode_sdxl(clip, text_g, text_l), size=size),),)
+
+    @classmethod
+    def fingerprint(cls, ctx: NodeContext, text_g: str = "", text_l: str = "", **widgets: Any) -> Any:
+        """The digests of the embedding files either prompt names, as for CLIPTextEncode."""
+        return [CLIPTextEncode.fingerprint(ctx, text=text_g), CLIPTextEncode.fingerprint(ctx, text=text_l)]
 
 
 NODES = (CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner)
