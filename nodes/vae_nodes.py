@@ -1,4 +1,4 @@
-"""VAE nodes: latents to images and back, and the inpainting encoder."""
+"""VAE nodes: latents to images and back (whole or in tiles), and the inpainting encoder."""
 
 from __future__ import annotations
 
@@ -78,4 +78,48 @@ class VAEEncodeForInpaint(Node):
         return (Latent(encode(vae, pixels), noise_mask=grown),)
 
 
-NODES = (VAEDecode, VAEEncode, VAEEncodeForInpaint)
+class VAEDecodeTiled(Node):
+    schema = NodeSchema(
+        type_id="VAEDecodeTiled", display_name="VAE Decode (Tiled)", category="_for_testing",
+        description="Decodes in overlapping tiles (less memory); the overlaps are blended, so no seams show.",
+        inputs=(Socket("samples", "LATENT"), Socket("vae", "VAE"),
+                Int("tile_size", 512, min=64, max=4096, step=32),
+                Int("overlap", 64, min=0, max=4096, step=32),
+                Int("temporal_size", 64, min=8, max=4096, step=4,
+                    tooltip="Only used for video VAEs: Amount of frames to decode at a time."),
+                Int("temporal_overlap", 8, min=4, max=4096, step=4,
+                    tooltip="Only used for video VAEs: Amount of frames to overlap.")),
+        outputs=(Out("IMAGE"),),
+    )
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, samples: Latent, vae: VaeHandle, tile_size: int, overlap: int,
+                temporal_size: int, temporal_overlap: int) -> tuple[torch.Tensor]:
+        from .sd.tiled_vae import decode_tiled
+
+        return (decode_tiled(vae, samples.samples, tile_size, overlap),)  # image VAEs have no time axis
+
+
+class VAEEncodeTiled(Node):
+    schema = NodeSchema(
+        type_id="VAEEncodeTiled", display_name="VAE Encode (Tiled)", category="_for_testing",
+        description="Encodes in overlapping tiles (less memory); the overlaps are blended.",
+        inputs=(Socket("pixels", "IMAGE"), Socket("vae", "VAE"),
+                Int("tile_size", 512, min=64, max=4096, step=64),
+                Int("overlap", 64, min=0, max=4096, step=32),
+                Int("temporal_size", 64, min=8, max=4096, step=4,
+                    tooltip="Only used for video VAEs: Amount of frames to encode at a time."),
+                Int("temporal_overlap", 8, min=4, max=4096, step=4,
+                    tooltip="Only used for video VAEs: Amount of frames to overlap.")),
+        outputs=(Out("LATENT"),),
+    )
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, pixels: torch.Tensor, vae: VaeHandle, tile_size: int, overlap: int,
+                temporal_size: int, temporal_overlap: int) -> tuple[Latent]:
+        from .sd.tiled_vae import encode_tiled
+
+        return (Latent(encode_tiled(vae, crop_to_multiple(pixels[..., :3]), tile_size, overlap)),)
+
+
+NODES = (VAEDecode, VAEEncode, VAEEncodeForInpaint, VAEDecodeTiled, VAEEncodeTiled)

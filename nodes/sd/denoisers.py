@@ -15,7 +15,8 @@ object built for that run only: "guidance" patches to the CFGDenoiser (append to
 wrapper tells the batch's chunks apart by `UNetDenoiser.batch_sets` (SAG records the uncond's attention).
 Whatever `apply` returns is called to undo it when the run ends.
 A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
-keyword arguments for the rows of the entries that carry it.
+keyword arguments for the rows of the entries that carry it. Masks, fractional areas, timestep ranges,
+concatenated latents and SDXL size ids of an entry are resolved by `nodes.sd.cond_regions`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from nodes.sd import cond_regions
 from nodes.sd.schedules import model_sigmas, precise_dtype, sigma_to_timestep
 from nodes.sd.types import CondItem, ModelHandle, ModelPatch
 
@@ -90,11 +92,15 @@ class UNetDenoiser:
         Args:
             x: latents at noise level sigma, [B, C, H, W].
             sigma: one sigma per batch item (or one for all).
-            unet_kwargs: passed to the UNet: encoder_hidden_states, added_cond_kwargs, ...
+            unet_kwargs: passed to the UNet: encoder_hidden_states, added_cond_kwargs, ...; "c_concat" (channels
+                stacked onto the scaled input, unscaled: inpainting and InstructPix2Pix UNets) is taken out.
         """
+        concat = unet_kwargs.pop("c_concat", None)
         sigma = sigma.reshape(-1).to(x.device, x.dtype).expand(x.shape[0])
         sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         scaled = x / (sigma_b**2 + 1) ** 0.5
+        if concat is not None:
+            scaled = torch.cat([scaled, concat.to(scaled)], dim=1)
         output = self.run_unet(scaled, self.timestep(sigma), unet_kwargs)
         return self.output_to_denoised(x, sigma_b, output.to(x.device, x.dtype))
 
@@ -166,19 +172,27 @@ def unet_denoiser(model: ModelHandle) -> UNetDenoiser:
 # -- conditioning and classifier-free guidance --------------------------------------------------------
 
 
-def area_and_weight(item: CondItem, height: int, width: int) -> tuple[tuple[int, int, int, int], Tensor]:
-    """Where an entry applies, (h, w, y, x) clipped to the latent, and its weight there, [1, 1, h, w].
+def area_and_weight(
+    item: CondItem, height: int, width: int, batch: int = 1
+) -> tuple[tuple[int, int, int, int], Tensor]:
+    """Where an entry applies, (h, w, y, x) clipped to the latent, and its weight there, [1 or batch, 1, h, w].
 
-    The weight is `strength`, feathered linearly over min(8, size // 4) latent pixels along edges that are
-    inside the image, so overlapping areas blend smoothly (ComfyUI's get_area_and_mult).
+    With a mask the weight is mask * mask_strength * strength on the area (ConditioningSetMask). Otherwise it
+    is `strength`, feathered linearly over min(8, size // 4) latent pixels along edges that are inside the
+    image, so overlapping areas blend smoothly (ComfyUI's get_area_and_mult).
     """
-    if item.area is None:
-        return (height, width, 0, 0), torch.full((1, 1, height, width), float(item.strength))
-    h, w, top, left = item.area
+    area = cond_regions.resolve_area(item, height, width)
+    h, w, top, left = (height, width, 0, 0) if area is None else area
     h, w = min(h, height - top), min(w, width - left)
     if h <= 0 or w <= 0 or top < 0 or left < 0:
-        raise ValueError(f"conditioning area {item.area} (h, w, y, x) lies outside the {height}x{width} latent")
+        raise ValueError(f"conditioning area {area} (h, w, y, x) lies outside the {height}x{width} latent")
+    if item.mask is not None:
+        mask = cond_regions.latent_mask(item.mask, height, width)[:batch, top : top + h, left : left + w]
+        weight = mask.unsqueeze(1) * (float(item.mask_strength) * float(item.strength))
+        return (h, w, top, left), cond_regions.to_batch(weight, batch)
     weight = torch.full((1, 1, h, w), float(item.strength))
+    if area is None:
+        return (h, w, top, left), weight
     for dim, size, offset, full in ((2, h, top, height), (3, w, left, width)):
         ramp = min(8, size // 4)
         for t in range(ramp):
@@ -216,19 +230,14 @@ class _Piece:
     region: tuple[int, int, int, int]
     weight: Tensor
     time_ids: Tensor | None
+    sigma_interval: tuple[float, float] | None
+    concat: Tensor | None
+    """[batch, extra channels, H, W] over the whole latent (cropped to the region per step)."""
 
     def batch_key(self) -> tuple[Any, ...]:
         pooled = None if self.item.pooled is None else tuple(self.item.pooled.shape)
-        return (self.region[:2], tuple(self.item.embeds.shape[1:]), pooled, tuple(map(id, _row_kwargs(self.item))))
-
-
-def _time_ids(item: CondItem, height: int, width: int) -> Tensor:
-    """SDXL's size conditioning: CondItem.extras["time_ids"], else (H, W, 0, 0, H, W) in image pixels."""
-    given = item.extras.get("time_ids")
-    if given is not None:
-        return torch.as_tensor(given, dtype=torch.float32).reshape(1, -1)
-    h, w = height * 8, width * 8
-    return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
+        return (self.region[:2], tuple(self.item.embeds.shape[1:]), pooled, tuple(map(id, _row_kwargs(self.item))),
+                self.sigma_interval, None if self.time_ids is None else self.time_ids.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,10 @@ class _Group:
     """encoder_hidden_states (and SDXL's added_cond_kwargs) for the stacked rows, on the UNet's device and
     dtype; read-only: a step copies the dict before adding to it."""
     row_kwargs: tuple[RowKwargs, ...]
+    sigma_interval: tuple[float, float] | None = None
+    """The entries are evaluated only while sigma is in this (high, low) interval (their timestep range)."""
+    concats: tuple[Tensor, ...] | None = None
+    """Each entry's concatenated channels over the whole latent, on x's device and dtype."""
 
 
 @dataclass(frozen=True)
@@ -262,15 +275,21 @@ def _plan_key(cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor) -> tupl
 def _build_plan(model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor) -> _CondPlan:
     """Group entries of equal shape and build each group's UNet kwargs, moved to the UNet's device once."""
     batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+    extra_channels = max(0, int(getattr(getattr(model.unet, "config", None), "in_channels", x.shape[1])) - x.shape[1])
     grouped: dict[tuple[Any, ...], list[_Piece]] = {}
     for set_index, items in enumerate(cond_sets):
         for item in items or ():
             if model.needs_added_cond and item.pooled is None:
                 raise ValueError("this UNet needs SDXL pooled text embeddings, but a conditioning entry has none")
-            region, weight = area_and_weight(item, height, width)
-            time_ids = _time_ids(item, height, width) if model.needs_added_cond else None
-            piece = _Piece(set_index, item, region, weight, time_ids)
-            grouped.setdefault(piece.batch_key(), []).append(piece)
+            region, weight = area_and_weight(item, height, width, batch)
+            time_ids = None
+            if model.needs_added_cond:
+                count = cond_regions.time_id_count(model.unet, item.pooled.shape[-1])  # type: ignore[union-attr]
+                time_ids = cond_regions.time_ids(item, set_index, height, width, count)
+            concat = cond_regions.concat_map(item, extra_channels, batch, height, width)
+            interval = cond_regions.sigma_interval(item, model.sigmas)
+            piece = _Piece(set_index, item, region, weight, time_ids, interval, concat)
+            grouped.setdefault((*piece.batch_key(), concat is None), []).append(piece)
     groups = []
     for pieces in grouped.values():
         kwargs: dict[str, Any] = {
@@ -287,6 +306,8 @@ def _build_plan(model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | No
             weights=tuple(p.weight.to(x.device, x.dtype) for p in pieces),
             kwargs={key: _to(value, model.device, model.dtype) for key, value in kwargs.items()},
             row_kwargs=_row_kwargs(pieces[0].item),
+            sigma_interval=pieces[0].sigma_interval,
+            concats=None if pieces[0].concat is None else tuple(p.concat.to(x.device, x.dtype) for p in pieces),
         ))
     return _CondPlan(tuple(tuple(items or ()) for items in cond_sets), tuple(groups))
 
@@ -312,9 +333,14 @@ def calc_cond_batch(
     counts = [torch.full_like(x, 1e-37) if items else None for items in cond_sets]
     sigma = sigma.reshape(-1).expand(batch)
     for group in plan.groups:
+        if not cond_regions.in_interval(group.sigma_interval, sigma):
+            continue
         crops = [x[:, :, top : top + h, left : left + w] for (h, w, top, left) in group.regions]
         rows, row_sigma = torch.cat(crops), sigma.repeat(len(group.regions))
         kwargs = dict(group.kwargs)
+        if group.concats is not None:
+            kwargs["c_concat"] = torch.cat([c[:, :, top : top + h, left : left + w]
+                                            for c, (h, w, top, left) in zip(group.concats, group.regions)])
         for extra in group.row_kwargs:
             kwargs.update(extra.unet_kwargs(model, rows, row_sigma, kwargs, len(group.regions)))
         model.batch_sets = group.sets

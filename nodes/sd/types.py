@@ -155,7 +155,51 @@ class CondItem:
     """(height, width, y, x) in latent pixels (image pixels // 8); None covers the whole image."""
     strength: float = 1.0
     extras: dict[str, Any] = field(default_factory=dict)
-    """Typed extras added by other node sets (ControlNet hints, SDXL size conditioning, ...)."""
+    """Typed extras added by other node sets (ControlNet hints, ...)."""
+    area_fraction: tuple[float, float, float, float] | None = None
+    """(height, width, y, x) as fractions of the latent (ConditioningSetAreaPercentage); used when `area` is None."""
+    mask: torch.Tensor | None = None
+    """[B, H, W] in 0..1 (ConditioningSetMask): the entry's weight per pixel, resized to the latent."""
+    mask_strength: float = 1.0
+    mask_bounds: bool = False
+    """ConditioningSetMask's "mask bounds": evaluate the entry only on the bounding box of the mask."""
+    timestep_range: tuple[float, float] | None = None
+    """(start, end) as fractions of the sampling schedule, 0 = the noisiest (ConditioningSetTimestepRange)."""
+    concat: ConcatLatent | None = None
+    """Latent channels stacked onto the UNet's input (inpainting and InstructPix2Pix models)."""
+    size: SizeConditioning | None = None
+    """SDXL's size (and the refiner's aesthetic score) conditioning (CLIPTextEncodeSDXL, ...Refiner)."""
+
+
+@dataclass(frozen=True)
+class ConcatLatent:
+    """What a UNet with more than 4 input channels gets besides the noisy latent (ComfyUI's c_concat).
+
+    Inpainting UNets (9 channels) take [mask, masked image latent]; InstructPix2Pix UNets (8) take the
+    input image's latent. The latent is in the UNet's units; the mask in image pixels, resized at sampling.
+    """
+
+    latent: torch.Tensor
+    """[B, 4, h, w]."""
+    mask: torch.Tensor | None = None
+    """[B, 1, H, W] in 0..1 (1 = repaint); None for InstructPix2Pix."""
+
+
+@dataclass(frozen=True)
+class SizeConditioning:
+    """SDXL's micro-conditioning (Podell et al. 2023, section 2.2), in image pixels.
+
+    The base UNet takes (height, width, crop_h, crop_w, target_height, target_width); the refiner takes
+    (height, width, crop_h, crop_w, aesthetic_score).
+    """
+
+    width: int
+    height: int
+    crop_w: int = 0
+    crop_h: int = 0
+    target_width: int | None = None
+    target_height: int | None = None
+    aesthetic_score: float | None = None
 
 
 Conditioning = tuple[CondItem, ...]

@@ -1,4 +1,4 @@
-"""Conditioning nodes: encode prompts, combine, average, restrict to an area, zero out."""
+"""Conditioning nodes: encode a prompt, combine, average, restrict to an area, zero out."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from nodegraph import Float, Int, Node, NodeContext, NodeSchema, Out, Socket, String
 
-from .sd.types import ClipHandle, Conditioning
+from ..sd.types import ClipHandle, Conditioning
 
 MAX_RESOLUTION = 16384
 
@@ -24,7 +24,7 @@ class CLIPTextEncode(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, text: str, clip: ClipHandle) -> tuple[Conditioning]:
-        from .sd.text import encode
+        from ..sd.text import encode
 
         return ((encode(clip, text),),)
 
@@ -33,8 +33,8 @@ class CLIPTextEncode(Node):
         """The content digest of each embedding file the text names (None for a name that resolves to none),
         so replacing or editing an embedding re-encodes. Looked up where the CLIP handles of this library look
         (`CheckpointLoaderSimple` gives them the environment's embeddings folders)."""
-        from .sd.prompt import parse_prompt
-        from .sd.text import find_embedding
+        from ..sd.prompt import parse_prompt
+        from ..sd.text import find_embedding
 
         names = sorted({part.embedding for part in parse_prompt(text) if part.embedding is not None})
         if not names:
@@ -107,7 +107,8 @@ class ConditioningSetArea(Node):
     def execute(cls, ctx: NodeContext, conditioning: Conditioning, width: int, height: int, x: int, y: int,
                 strength: float) -> tuple[Conditioning]:
         area = (height // 8, width // 8, y // 8, x // 8)
-        return (tuple(replace(item, area=area, strength=strength) for item in conditioning),)
+        return (tuple(replace(item, area=area, area_fraction=None, mask_bounds=False, strength=strength)
+                      for item in conditioning),)
 
 
 class ConditioningZeroOut(Node):

@@ -8,8 +8,8 @@ import torch
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Socket
 
-from .sd.imageops import CROP_MODES, LATENT_METHODS, resize
-from .sd.types import Latent
+from ..sd.imageops import CROP_MODES, LATENT_METHODS, resize
+from ..sd.types import Latent
 
 MAX_RESOLUTION = 16384
 LATENT_CHANNELS = 4
