@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .prompts import _int_query
+from .prompts import int_query
 from .queue_store import QueueItem
 from .responses import ApiError, json_response, read_json_object
 from .state import STATE
@@ -104,7 +104,7 @@ async def get_jobs(request: web.Request) -> web.Response:
     unknown = sorted(set(wanted) - set(STATUSES))
     if unknown:
         raise ApiError(400, "invalid_request", f"Unknown job status {', '.join(unknown)}", ", ".join(STATUSES))
-    limit, offset = _int_query(request, "limit"), _int_query(request, "offset") or 0
+    limit, offset = int_query(request, "limit"), int_query(request, "offset") or 0
     if (limit is not None and limit < 0) or offset < 0:
         raise ApiError(400, "invalid_request", "limit and offset must not be negative")
     running, pending = await state.db(state.store.queue)

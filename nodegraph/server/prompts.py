@@ -130,7 +130,7 @@ QUERY_INT_LIMIT = 2**62
 """Paging numbers are clamped to this: SQLite's integers are 64-bit."""
 
 
-def _int_query(request: web.Request, name: str) -> int | None:
+def int_query(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
@@ -146,8 +146,8 @@ def _int_query(request: web.Request, name: str) -> int | None:
 async def get_history(request: web.Request) -> web.Response:
     """?max_items=N (the last N), ?offset=K (N from position K, oldest first)."""
     state = request.app[STATE]
-    max_items = _int_query(request, "max_items")
-    offset = _int_query(request, "offset")
+    max_items = int_query(request, "max_items")
+    offset = int_query(request, "offset")
     history = await state.db(state.store.history, max_items, -1 if offset is None else offset)
     return json_response(history)
 

@@ -31,9 +31,11 @@ USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
 WORKFLOWS = "workflows"
 STARTUP_FOLDERS = (WORKFLOWS, "subgraphs")
-DEFAULT_FILES = {"user.css": ("", "text/css; charset=utf-8"), "comfy.templates.json": ("[]", "application/json")}
-"""Files the frontend reads on every start-up: until the user saves one, the empty stylesheet and the empty
-list of node templates (ComfyUI answers 404, which the browser logs as an error each time)."""
+DEFAULT_FILES = {"user.css": ("", "text/css; charset=utf-8"), "comfy.templates.json": ("[]", "application/json"),
+                 "workflows/.index.json": ('{"favorites": []}', "application/json")}
+"""Files the frontend reads at start-up and when its workflow browser opens: until the user saves one, the empty
+stylesheet, the empty list of node templates and no bookmarked workflows (ComfyUI answers 404, which the
+browser logs as an error each time)."""
 SAFE_TYPES = frozenset({".json", ".png", ".jpg", ".jpeg", ".webp", ".txt"})
 """Served with their own content type (still as an attachment); anything else as application/octet-stream."""
 

@@ -98,6 +98,8 @@ async def test_startup_files_answer_without_404(tmp_path):
         assert css.status == 200 and css.headers["Content-Type"].startswith("text/css") and await css.text() == ""
         templates = await client.get("/api/userdata/comfy.templates.json")
         assert templates.status == 200 and await templates.json() == []
+        bookmarks = await client.get("/api/userdata/workflows%2F.index.json")
+        assert await bookmarks.json() == {"favorites": []}
         assert await (await client.get("/api/userdata", params={"dir": "subgraphs"})).json() == []
         await client.post("/api/userdata/user.css", data=b"body { color: red }")
         assert await (await client.get("/api/userdata/user.css")).text() == "body { color: red }"
