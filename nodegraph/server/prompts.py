@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -71,6 +72,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         raise ApiError(400, "prompt_outputs_failed_validation", "invalid prompt",
                        body=validation_error_body(exc.issues, workflow, registry)) from None
     prompt_id = submitted.prompt_id or str(uuid.uuid4())
+    extra_data["create_time"] = int(time.time() * 1000)  # as ComfyUI stamps it: /jobs orders by it
     try:
         number, remaining = await state.db(state.store.add, prompt_id, submitted.prompt, extra_data,
                                            list(graph.outputs), client_id=client_id,
