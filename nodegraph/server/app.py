@@ -24,6 +24,8 @@ from .userdata import USER_STORE, UserStore
 from .ws import WebSocketHub
 
 log = logging.getLogger(__name__)
+FRONT_ENDS = ("nodegraph", "comfyui")
+"""What `--front-end` may name: our editor, or ComfyUI's frontend from the comfyui-frontend extra."""
 
 
 def default_static_dir() -> Path | None:
@@ -43,6 +45,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> web.Applic
         config: listening address (for the Host guard), token, data dir, limits.
     """
     config = config or ServerConfig()
+    if config.front_end not in FRONT_ENDS:
+        raise ValueError(f"front_end {config.front_end!r}: expected one of {', '.join(FRONT_ENDS)}")
     if config.static_dir is None:
         static_dir = comfyui_static_dir() if config.front_end == "comfyui" else default_static_dir()
         config = dataclasses.replace(config, static_dir=static_dir)

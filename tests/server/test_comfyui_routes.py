@@ -270,6 +270,11 @@ def test_comfyui_front_end_serves_the_installed_package(tmp_path):
     assert static == comfyui_static_dir() and (static / "index.html").is_file()
 
 
+def test_unknown_front_end_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="front_end 'litegraph'"):
+        create_app(_engine(tmp_path), ServerConfig(data_dir=tmp_path / "data", front_end="litegraph"))
+
+
 def test_comfyui_front_end_without_the_extra_names_it(tmp_path, monkeypatch, capsys):
     import sys
 
