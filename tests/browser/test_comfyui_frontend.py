@@ -195,7 +195,7 @@ def test_default_workflow_from_the_templates_runs_with_ctrl_enter(comfy_page, ar
         page.screenshot(path=str(DOCS / "comfyui-frontend.png"))
 
 
-def test_saved_workflow_and_settings_survive_a_reload(comfy_page, comfy):
+def test_saved_workflow_and_settings_survive_a_reload(comfy_page, comfy, browser):
     comfy_page.open()
     page = comfy_page.page
     _open_templates(page)
@@ -216,12 +216,28 @@ def test_saved_workflow_and_settings_survive_a_reload(comfy_page, comfy):
     comfy_page.js("window.app.extensionManager.setting.set('Comfy.Graph.ZoomSpeed', 1.3)")
     page.wait_for_timeout(500)
 
-    comfy_page.open()
+    comfy_page.open()  # a reload
     assert comfy_page.refused() == []
     assert comfy_page.js("window.app.extensionManager.setting.get('Comfy.Graph.ZoomSpeed')") == 1.3
     comfy_page.close_dialogs()
     page.locator("button[aria-label='Workflows (w)']").first.click()
     page.get_by_text("saved in comfy", exact=True).first.wait_for(timeout=15_000)
+
+    other = ComfyPage(browser, comfy[0])  # another browser (no local storage): all of it comes from the server
+    try:
+        other.open()
+        assert other.js("window.app.extensionManager.setting.get('Comfy.Graph.ZoomSpeed')") == 1.3
+        other.close_dialogs()
+        other.page.locator("button[aria-label='Workflows (w)']").first.click()
+        listed = other.page.get_by_text("saved in comfy", exact=True).first
+        listed.wait_for(timeout=15_000)
+        other.answers.clear()
+        listed.click()  # opens it: read back through /userdata
+        other.page.wait_for_function("window.app.graph.nodes.some(n => n.type === 'SaveImage')", timeout=15_000)
+        assert (200, "GET", f"{comfy[0]}/api/userdata/workflows%2Fsaved%20in%20comfy.json") in other.answers
+        assert other.errors == []
+    finally:
+        other.close()
 
 
 def _registry():
