@@ -124,7 +124,8 @@ export class Api {
   /** Connect the WebSocket (reconnecting with backoff); messages are {type, data}, previews are binary. */
   connect() {
     const base = this.base || `${location.protocol}//${location.host}`;
-    const wsUrl = `${base.replace(/^http/, "ws")}/ws?clientId=${encodeURIComponent(this.clientId)}`;
+    // nodegraph_events=1: our own event types (nodegraph.progress) come only to clients that ask for them.
+    const wsUrl = `${base.replace(/^http/, "ws")}/ws?clientId=${encodeURIComponent(this.clientId)}&nodegraph_events=1`;
     const socket = new WebSocket(wsUrl);
     socket.binaryType = "arraybuffer";
     this.socket = socket;

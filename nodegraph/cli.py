@@ -220,13 +220,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("NODEGRAPH_TOKEN") or None
     server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                          max_upload_pixels=int(args.max_upload_megapixels * 1_000_000))
+                          max_upload_pixels=int(args.max_upload_megapixels * 1_000_000), front_end=args.front_end)
+    from .server.comfy_frontend import FrontEndMissing
     from .server.queue_store import StoreLocked
 
     try:
         run_server(engine, server, access_log=args.verbose)
     except StoreLocked as exc:
         raise CliError(f"{exc} (use another --data-dir)") from None
+    except FrontEndMissing as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {args.listen}:{args.port}: {exc.strerror or exc}") from None
     return 0
@@ -252,6 +255,9 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="most pixels an uploaded image may have (default 64 million)")
     p.add_argument("--nodes-module", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="load node packs from these register functions instead of the installed ones (repeatable)")
+    p.add_argument("--front-end", choices=("nodegraph", "comfyui"), default="nodegraph",
+                   help="the web page at /: our editor (default) or ComfyUI's own frontend, from the "
+                        "comfyui-frontend extra (pip install 'nodegraph[comfyui-frontend]'); the API is the same")
     p.set_defaults(func=cmd_serve)
 
 

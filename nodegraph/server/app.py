@@ -11,16 +11,21 @@ from aiohttp import web
 
 from ..executor import Engine
 from ..paths import remove_stale_partials
+from .comfy_frontend import comfyui_static_dir
 from .config import ServerConfig
+from .logs import LOG_BUFFER, LogBuffer
 from .openapi import get_openapi
 from .queue_store import QueueStore
 from .routes import Route, add_routes
 from .security import json_errors, request_guard
 from .state import STATE, ServerState
 from .system import features
+from .userdata import USER_STORE, UserStore
 from .ws import WebSocketHub
 
 log = logging.getLogger(__name__)
+FRONT_ENDS = ("nodegraph", "comfyui")
+"""What `--front-end` may name: our editor, or ComfyUI's frontend from the comfyui-frontend extra."""
 
 
 def default_static_dir() -> Path | None:
@@ -40,8 +45,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> web.Applic
         config: listening address (for the Host guard), token, data dir, limits.
     """
     config = config or ServerConfig()
+    if config.front_end not in FRONT_ENDS:
+        raise ValueError(f"front_end {config.front_end!r}: expected one of {', '.join(FRONT_ENDS)}")
     if config.static_dir is None:
-        config = dataclasses.replace(config, static_dir=default_static_dir())
+        static_dir = comfyui_static_dir() if config.front_end == "comfyui" else default_static_dir()
+        config = dataclasses.replace(config, static_dir=static_dir)
     if engine.env is None:
         raise ValueError("the server needs an engine with an Environment (see nodegraph.app.build_engine)")
     store = QueueStore(config.database_path, durable=config.durable)
@@ -50,6 +58,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> web.Applic
     app = web.Application(middlewares=[json_errors, request_guard(config)],
                           client_max_size=config.max_upload_bytes + (1 << 20))
     app[STATE] = state
+    app[USER_STORE] = UserStore(config.user_dir)
+    app[LOG_BUFFER] = LogBuffer()
     add_routes(app, extra=(Route("GET", "/openapi.json", get_openapi, "This document"),))
     app.on_startup.append(_start)
     app.on_shutdown.append(_stop)
@@ -59,6 +69,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> web.Applic
 
 async def _start(app: web.Application) -> None:
     state = app[STATE]
+    app[LOG_BUFFER].install()
+    await asyncio.to_thread(app[USER_STORE].create)
     state.hub.loop = asyncio.get_running_loop()
     requeued, failed = await state.db(state.store.recover, state.config.max_attempts)
     if requeued:
@@ -82,6 +94,7 @@ async def _stop(app: web.Application) -> None:
 
 
 async def _close(app: web.Application) -> None:
+    app[LOG_BUFFER].remove()
     app[STATE].close()
 
 

@@ -23,7 +23,9 @@ class ServerConfig:
         max_upload_pixels: the most pixels an uploaded image may have (read from its header, before decoding).
         max_attempts: how often a prompt may be started; one that was running when the process died is
             re-queued until it has been started this many times, then marked failed.
-        static_dir: the editor's files; None means the `frontend` package's `STATIC_DIR`.
+        static_dir: the editor's files; None means the chosen front end's (see `front_end`).
+        front_end: "nodegraph" (our editor, the `frontend` package) or "comfyui" (the installed
+            `comfyui-frontend-package`); the API is the same for both.
     """
 
     host: str = "127.0.0.1"
@@ -36,6 +38,13 @@ class ServerConfig:
     static_dir: Path | None = None
     durable: bool = True
     """fsync every queue change (see `QueueStore`)."""
+    front_end: str = "nodegraph"
+
+    @property
+    def user_dir(self) -> Path:
+        """ComfyUI's `user/` folder: one sub-folder per user ("default" here) holds settings and saved workflows,
+        shared by both front ends."""
+        return Path(self.data_dir) / "user"
 
     @property
     def database_path(self) -> Path:

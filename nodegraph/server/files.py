@@ -39,7 +39,8 @@ STATIC_TYPES = {
     ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".json": "application/json",
     ".map": "application/json", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
     ".webp": "image/webp", ".jpg": "image/jpeg", ".woff2": "font/woff2", ".woff": "font/woff",
-    ".txt": "text/plain; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8", ".ttf": "font/ttf", ".eot": "application/vnd.ms-fontobject",
+    ".webm": "video/webm",
 }
 """The editor's own files (ours, trusted); .py and anything unlisted in the package is never served."""
 MAX_FIELD_BYTES = 64 * 1024
@@ -330,6 +331,9 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 
 def _editor_missing(relative: str) -> web.Response:
+    if relative == "user.css":  # ComfyUI's frontend links it on every page; the user's own is under /userdata
+        return web.Response(text="", headers={"Content-Type": "text/css; charset=utf-8",
+                                              "X-Content-Type-Options": "nosniff"})
     if relative == "index.html":  # no editor installed: say what this is instead of a bare 404
         from .. import __version__
 

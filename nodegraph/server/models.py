@@ -170,6 +170,7 @@ class SystemInfo(BaseModel):
     pytorch_version: str
     ram_total: int
     ram_free: int
+    argv: list[str] = Field(default_factory=list, description="not the real command line (it may hold a token)")
 
 
 class LoadedModel(BaseModel):

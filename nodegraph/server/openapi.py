@@ -19,6 +19,10 @@ QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "max_items": {"type": "integer", "minimum": 0}, "offset": {"type": "integer"},
     "type": {"enum": ["output", "input", "temp"]}, "channel": {"enum": ["rgba", "rgb", "a"]},
     "preview": {"type": "string", "pattern": "^(webp|jpeg|jpg)(;[0-9]{1,3})?$"},
+    "limit": {"type": "integer", "minimum": 0}, "recurse": {"enum": ["true", "false"]},
+    "full_info": {"enum": ["true", "false"]}, "split": {"enum": ["true", "false"]},
+    "overwrite": {"enum": ["true", "false"]}, "sort_order": {"enum": ["asc", "desc"]},
+    "sort_by": {"enum": ["created_at", "execution_duration"]},
 }
 """Query parameters other than plain strings."""
 WS_EVENTS = ("status", "execution_start", "execution_cached", "executing", "progress", "executed",
@@ -41,6 +45,8 @@ def _content(model: type[BaseModel] | str | None) -> dict[str, Any]:
         return {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     if model == "file":
         return {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
+    if model == "any":
+        return {"content": {"application/json": {"schema": {}}}}
     schema = {"type": model} if isinstance(model, str) else {"$ref": REF.format(model=model.__name__)}
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -62,13 +68,14 @@ def _operation(route: Route) -> dict[str, Any]:
             "schema": {"type": "object", "properties": properties, "required": ["image"]}}}}
     if route.path == "/ws":
         operation["description"] = ("Upgrade to a WebSocket. Text frames are {type, data} with type one of "
-                                    + ", ".join(WS_EVENTS) + ". With ?previews=1 (or a feature_flags message with "
+                                    + ", ".join(WS_EVENTS) + " (nodegraph.* only with ?nodegraph_events=1 or a feature_flags message with "
+                                    "nodegraph_events: true). With ?previews=1 (or a feature_flags message with "
                                     "supports_preview_metadata) binary frames carry previews: uint32 BE event type 1, "
                                     "uint32 BE format 1 (JPEG), then the JPEG bytes.")
         operation["responses"] = {"101": {"description": "Switching protocols"},
                                   "400": {"description": "Not a WebSocket upgrade", **_content(ErrorResponse)}}
         return operation
-    responses: dict[str, Any] = {"200": {"description": "OK", **_content(route.response)}}
+    responses: dict[str, Any] = {str(route.ok_status): {"description": "OK", **_content(route.response)}}
     for status, model in route.errors.items():
         responses[str(status)] = {"description": "Error", **_content(model)}
     responses.setdefault("400", {"description": "Bad request", **_content(ErrorResponse)})

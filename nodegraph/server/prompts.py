@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -71,6 +72,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         raise ApiError(400, "prompt_outputs_failed_validation", "invalid prompt",
                        body=validation_error_body(exc.issues, workflow, registry)) from None
     prompt_id = submitted.prompt_id or str(uuid.uuid4())
+    extra_data["create_time"] = int(time.time() * 1000)  # as ComfyUI stamps it: /jobs orders by it
     try:
         number, remaining = await state.db(state.store.add, prompt_id, submitted.prompt, extra_data,
                                            list(graph.outputs), client_id=client_id,
@@ -130,7 +132,7 @@ QUERY_INT_LIMIT = 2**62
 """Paging numbers are clamped to this: SQLite's integers are 64-bit."""
 
 
-def _int_query(request: web.Request, name: str) -> int | None:
+def int_query(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
@@ -146,8 +148,8 @@ def _int_query(request: web.Request, name: str) -> int | None:
 async def get_history(request: web.Request) -> web.Response:
     """?max_items=N (the last N), ?offset=K (N from position K, oldest first)."""
     state = request.app[STATE]
-    max_items = _int_query(request, "max_items")
-    offset = _int_query(request, "offset")
+    max_items = int_query(request, "max_items")
+    offset = int_query(request, "offset")
     history = await state.db(state.store.history, max_items, -1 if offset is None else offset)
     return json_response(history)
 

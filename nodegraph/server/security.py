@@ -27,6 +27,10 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 TOKEN_COOKIE = "nodegraph_token"
 _ENCODED_TRICKS = re.compile(r"%(2f|5c|00|25|2e)", re.IGNORECASE)
 """Encoded separators, NUL, dots and `%25` (a double encoding) have no business in a raw path."""
+_USER_FILE_PATH = re.compile(r"^(/api)?/userdata/[^/]")
+_ENCODED_TRICKS_BUT_SLASH = re.compile(r"%(5c|00|25|2e)", re.IGNORECASE)
+"""On /userdata/{file} routes ComfyUI's frontend sends folders as `%2F` inside one segment; userdata.py resolves
+each decoded name inside the user's folder. Every other encoded trick is refused there too."""
 
 
 @web.middleware
@@ -66,7 +70,8 @@ def request_guard(config: ServerConfig) -> Callable[..., Awaitable[web.StreamRes
         if request.method in UNSAFE_METHODS or _is_websocket(request):
             _check_origin(request, host_header)
         raw_path = request.raw_path.split("?", 1)[0]
-        if _ENCODED_TRICKS.search(raw_path) or "\\" in raw_path:
+        tricks = _ENCODED_TRICKS_BUT_SLASH if _USER_FILE_PATH.match(raw_path) else _ENCODED_TRICKS
+        if tricks.search(raw_path) or "\\" in raw_path:
             raise ApiError(400, "invalid_path", "Encoded separators, dots or NUL bytes are not allowed in paths")
         if token is not None and not _authorised(request, token):
             raise ApiError(401, "unauthorized", "Missing or wrong token",

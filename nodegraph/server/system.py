@@ -74,7 +74,9 @@ def system_stats(device: str, manager: ModelManager | None = None) -> dict[str, 
         "system": {"os": os.name, "platform": platform.platform(), "python_version": sys.version,
                    "embedded_python": False, "comfyui_version": COMFYUI_COMPATIBLE_VERSION,
                    "nodegraph_version": __version__, "pytorch_version": torch_version,
-                   "ram_total": ram_total, "ram_free": ram_free},
+                   "ram_total": ram_total, "ram_free": ram_free,
+                   # ComfyUI's frontend looks for manager flags in argv; the real one could hold --token.
+                   "argv": ["nodegraph", "serve"]},
         "devices": devices,
         "models": manager.stats() if manager is not None else None,
     }
@@ -86,7 +88,8 @@ async def get_system_stats(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(system_stats, str(getattr(env, "device", "cpu")), manager))
 
 
-def _folders(env: Any) -> list[str]:
+def model_folders(env: Any) -> list[str]:
+    """ComfyUI's model folder names, then any folder only a node pack's built-in files use."""
     return list(dict.fromkeys([*MODEL_FOLDERS, *env.models.builtin]))
 
 
@@ -97,14 +100,14 @@ async def get_embeddings(request: web.Request) -> web.Response:
 
 
 async def get_model_folders(request: web.Request) -> web.Response:
-    return json_response(_folders(request.app[STATE].engine.env))
+    return json_response(model_folders(request.app[STATE].engine.env))
 
 
 async def get_models(request: web.Request) -> web.Response:
     env = request.app[STATE].engine.env
     folder = request.match_info["folder"]
-    if folder not in _folders(env):
-        raise ApiError(404, "not_found", f"Unknown model folder {folder!r}", ", ".join(_folders(env)))
+    if folder not in model_folders(env):
+        raise ApiError(404, "not_found", f"Unknown model folder {folder!r}", ", ".join(model_folders(env)))
     return json_response(await asyncio.to_thread(env.models.list, folder))
 
 

@@ -51,6 +51,15 @@ def preview_frame(jpeg: bytes) -> bytes:
     return struct.pack(">II", PREVIEW_IMAGE, JPEG) + jpeg
 
 
+OWN_EVENT_PREFIX = "nodegraph."
+"""Our own WebSocket event types start with this; ComfyUI's frontend logs any type it does not know as an error,
+so they go only to clients that ask (`?nodegraph_events=1`, or `nodegraph_events: true` in feature_flags)."""
+
+
+def is_own_event(event: str) -> bool:
+    return event.startswith(OWN_EVENT_PREFIX)
+
+
 def priority(event: str) -> int:
     return PROGRESS if event in PROGRESS_EVENTS else ESSENTIAL
 
@@ -64,13 +73,16 @@ class Connection:
         previews: whether this client wants preview frames.
         abort: closes the socket at once, without a close handshake (a client that stopped reading would never
             take one); None when the transport is unknown.
+        own_events: send this client our own event types too (see `is_own_event`).
     """
 
     def __init__(self, ws: web.WebSocketResponse, sid: str, previews: bool,
-                 abort: Callable[[], None] | None = None) -> None:
+                 abort: Callable[[], None] | None = None, own_events: bool = False) -> None:
         self.ws = ws
         self.sid = sid
         self.previews = previews
+        self.own_events = own_events
+        """This client asked for our own event types (`nodegraph.*`), which ComfyUI's clients do not know."""
         self._abort = abort
         self._outbox: deque[tuple[int, str | bytes]] = deque()
         self._bytes = 0
@@ -189,6 +201,8 @@ class WebSocketHub:
         targets = self._connections(sid)
         if not targets:
             return
+        if is_own_event(event):
+            targets = [conn for conn in targets if conn.own_events]
         text = dumps({"type": event, "data": data})
         level = priority(event)
         for conn in targets:
@@ -225,8 +239,9 @@ class WebSocketHub:
         await ws.prepare(request)
         sid = request.query.get("clientId") or uuid.uuid4().hex
         previews = request.query.get("previews", "").lower() in ("1", "true", "yes")
+        own_events = request.query.get("nodegraph_events", "").lower() in ("1", "true", "yes")
         transport = request.transport
-        conn = Connection(ws, sid, previews, transport.abort if transport is not None else None)
+        conn = Connection(ws, sid, previews, transport.abort if transport is not None else None, own_events)
         self._clients.setdefault(sid, []).append(conn)
         self._refresh_previews()
         pump = asyncio.create_task(conn.pump())
@@ -252,7 +267,8 @@ class WebSocketHub:
         return ws
 
     def _on_text(self, conn: Connection, text: str) -> None:
-        """Clients may announce `feature_flags`; `supports_preview_metadata` asks for preview frames."""
+        """Clients may announce `feature_flags`; `supports_preview_metadata` asks for preview frames,
+        `nodegraph_events` for our own event types."""
         try:
             message = jsonsafe.loads(text)
         except (ValueError, TypeError):  # JsonRefused too: malformed or nested too deeply
@@ -263,6 +279,8 @@ class WebSocketHub:
         if isinstance(data, dict) and data.get("supports_preview_metadata"):
             conn.previews = True
             self._refresh_previews()
+        if isinstance(data, dict) and data.get("nodegraph_events") is True:
+            conn.own_events = True
         conn.put(dumps({"type": "feature_flags", "data": self.server_features}))
 
     async def close_all(self) -> None:

@@ -1,6 +1,7 @@
 """POST /prompt, /queue, /history and /interrupt as ComfyUI clients use them."""
 
 import json
+import time
 
 from server_helpers import api_prompt, serve, submit, wait_history, wait_running
 
@@ -19,6 +20,8 @@ async def test_prompt_runs_and_lands_in_history(tmp_path):
                                                                       "execution_success"]
         number, prompt_id, prompt, extra_data, outputs = entry["prompt"]
         assert (number, prompt_id, prompt, outputs) == (reply["number"], reply["prompt_id"], api_prompt(7), ["3"])
+        create_time = extra_data.pop("create_time")  # milliseconds, stamped on submission as ComfyUI does
+        assert isinstance(create_time, int) and abs(create_time / 1000 - time.time()) < 60
         assert extra_data == {"extra_pnginfo": {"workflow": {"x": 1}}, "client_id": "me"}
         assert entry["meta"]["3"]["node_id"] == "3"
         assert (await (await client.get("/prompt")).json()) == {"exec_info": {"queue_remaining": 0}}

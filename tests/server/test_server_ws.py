@@ -24,7 +24,7 @@ def _strip(messages):
 
 async def test_exact_sequence_of_a_run_then_of_a_cached_rerun(tmp_path):
     async with serve(tmp_path) as client:
-        ws = await client.ws_connect("/ws?clientId=alice")
+        ws = await client.ws_connect("/ws?clientId=alice&nodegraph_events=1")  # our own nodegraph.progress too
         assert await next_message(ws) == ("status", {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "alice"})
         prompt = api_prompt(5, steps=2)
         pid = (await submit(client, prompt, client_id="alice"))["prompt_id"]
@@ -61,6 +61,25 @@ async def test_exact_sequence_of_a_run_then_of_a_cached_rerun(tmp_path):
             ("status", {"status": {"exec_info": {"queue_remaining": 0}}}),
             ("executing", {"node": None, **p}),
         ]
+
+
+async def test_own_event_types_only_for_clients_that_ask(tmp_path):
+    """ComfyUI's frontend logs every event type it does not know as an error: nodegraph.* events go only to a
+    client that asked, by query parameter or by a feature_flags message (as ComfyUI's frontend sends on connect)."""
+    async with serve(tmp_path) as client:
+        plain = await client.ws_connect("/ws?clientId=comfy")
+        await next_message(plain)
+        flagged = await client.ws_connect("/ws?clientId=comfy")
+        await next_message(flagged)
+        await flagged.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": False,
+                                                                   "nodegraph_events": True}})
+        assert (await next_message(flagged))[0] == "feature_flags"
+        pid = (await submit(client, api_prompt(7, steps=1), client_id="comfy"))["prompt_id"]
+        plain_events = [m[0] for m in await messages_until(plain, prompt_done(pid))]
+        flagged_events = [m[0] for m in await messages_until(flagged, prompt_done(pid))]
+        assert "nodegraph.progress" not in plain_events and "progress" in plain_events
+        assert flagged_events.count("nodegraph.progress") == 4  # start, then one per executed node
+        assert [e for e in flagged_events if e != "nodegraph.progress"] == plain_events
 
 
 async def test_execution_error_message(tmp_path):
