@@ -5,10 +5,10 @@ from __future__ import annotations
 from nodegraph.registry import NodeRegistry
 
 from .models.embedded import add_embedded_checkpoint
-from . import (conditioning, controlnet_nodes, guidance_nodes, images, latent, loaders, lora_nodes, model_patches,
+from . import (conditioning, controlnet_nodes, images, latent, loaders, lora_nodes, model_patches,
                sampling, utility, vae_nodes)
 
-NODE_MODULES = (loaders, lora_nodes, conditioning, controlnet_nodes, latent, sampling, guidance_nodes, model_patches,
+NODE_MODULES = (loaders, lora_nodes, conditioning, controlnet_nodes, latent, sampling, model_patches,
                 vae_nodes, images, utility)
 
 

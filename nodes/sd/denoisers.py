@@ -13,7 +13,10 @@ object built for that run only: "guidance" patches to the CFGDenoiser (append to
 `unet` for a patched copy). A guidance term that needs the model's prediction for other conditioning
 (SEGA's concepts) appends it to `CFGDenoiser.extra_conds`, so it joins the cond/uncond batch; a UNet
 wrapper tells the batch's chunks apart by `UNetDenoiser.batch_sets` (SAG records the uncond's attention).
-Whatever `apply` returns is called to undo it when the run ends.
+"pre_cfg" and "cfg_function" patches set `CFGDenoiser.pre_cfg_functions` / `cfg_function` (ComfyUI's
+sampler_pre_cfg_function / sampler_cfg_function; "guidance" terms are its post-CFG functions); "unet_block",
+"model_sampling" and "dtype" patches act on the UNetDenoiser (block hooks per UNet call, `parametrisation`,
+the compute dtype). Whatever `apply` returns is called to undo it when the run ends.
 A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
 keyword arguments for the rows of the entries that carry it.
 """
@@ -39,6 +42,17 @@ UNetWrapper = Callable[[UNetCall, Tensor, Tensor, dict[str, Any]], Tensor]
 """Wraps one UNet call: receives the next call in the chain and may change inputs, kwargs or output."""
 
 
+class Parametrisation(Protocol):
+    """How a model reads sigma (ComfyUI's model_sampling): the input scale c_in, the timestep the UNet is
+    given, and x0 from the UNet's output (nodes/sd/model_sampling.py has ComfyUI's kinds)."""
+
+    def input_scale(self, sigma: Tensor) -> Tensor: ...
+
+    def timestep(self, sigma: Tensor) -> Tensor: ...
+
+    def denoised(self, x: Tensor, sigma: Tensor, output: Tensor) -> Tensor: ...
+
+
 class UNetDenoiser:
     """A diffusers UNet2DConditionModel as a denoiser on sigma-parametrised latents.
 
@@ -60,6 +74,13 @@ class UNetDenoiser:
         self.cond_plans: dict[tuple[Any, ...], _CondPlan] = {}
         """calc_cond_batch's batching of each conditioning it has seen, built on its first step and reused:
         this object lives for one sampling run, so the plans do too."""
+        self.parametrisation: Parametrisation | None = None
+        """Set by a "model_sampling" patch: how sigma maps to the UNet's input scale, timestep and x0 instead of
+        this class's (ComfyUI's model_sampling object patch)."""
+        self.current_sigma: Tensor | None = None
+        """The sigma of each row of the UNet call in progress (block patches that act on part of the schedule)."""
+        self.attn1_patches: list[Any] = []
+        """This run's self-attention patches (nodes/sd/attention_patches.py), applied together per UNet call."""
         config = getattr(unet, "config", None)
         self.needs_added_cond = getattr(config, "addition_embed_type", None) == "text_time"
         self.channels_last = channels_last_on_cuda(unet, self.device)
@@ -78,6 +99,8 @@ class UNetDenoiser:
         Computed where the UNet runs, in float64 as diffusers' schedulers do (float32 where the device has no
         float64): taking sigma to the CPU for this would wait for every queued kernel, a sync per step.
         """
+        if self.parametrisation is not None:
+            return self.parametrisation.timestep(sigma).to(self.device, torch.float32)
         sigmas = self._timestep_sigmas
         return sigma_to_timestep(sigma.to(sigmas.device, sigmas.dtype), sigmas).to(torch.float32)
 
@@ -94,6 +117,11 @@ class UNetDenoiser:
         """
         sigma = sigma.reshape(-1).to(x.device, x.dtype).expand(x.shape[0])
         sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        self.current_sigma = sigma
+        if self.parametrisation is not None:
+            param = self.parametrisation
+            output = self.run_unet(x * param.input_scale(sigma_b), self.timestep(sigma), unet_kwargs)
+            return param.denoised(x, sigma_b, output.to(x.device, x.dtype))
         scaled = x / (sigma_b**2 + 1) ** 0.5
         output = self.run_unet(scaled, self.timestep(sigma), unet_kwargs)
         return self.output_to_denoised(x, sigma_b, output.to(x.device, x.dtype))
@@ -348,6 +376,27 @@ class GuidanceInputs:
 GuidanceTerm = Callable[[GuidanceInputs], Tensor]
 
 
+@dataclass(frozen=True)
+class CfgInputs:
+    """What a pre-CFG or CFG function sees (ComfyUI's sampler_pre_cfg_function / sampler_cfg_function args),
+    with every prediction as x0: cond_denoised, uncond_denoised (zeros when cfg == 1 skipped the negative,
+    as in ComfyUI)."""
+
+    x: Tensor
+    sigma: Tensor
+    cond_denoised: Tensor
+    uncond_denoised: Tensor
+    cfg: float
+    model: UNetDenoiser
+    uncond_evaluated: bool = True
+
+
+PreCfgFunction = Callable[[CfgInputs], tuple[Tensor, Tensor]]
+"""Returns new (cond x0, uncond x0) before they are combined."""
+CfgFunction = Callable[[CfgInputs], Tensor]
+"""Replaces uncond + cfg * (cond - uncond): returns the guided x0."""
+
+
 class CFGDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022): uncond + cfg * (cond - uncond), then guidance terms.
 
@@ -365,6 +414,10 @@ class CFGDenoiser:
         self.model, self.positive, self.negative, self.cfg = model, tuple(positive), tuple(negative), float(cfg)
         self.guidance_terms: list[GuidanceTerm] = []
         self.extra_conds: list[Sequence[CondItem]] = []
+        self.pre_cfg_functions: list[PreCfgFunction] = []
+        """"pre_cfg" patches, in order: they change cond/uncond x0 before CFG combines them."""
+        self.cfg_function: CfgFunction | None = None
+        """A "cfg_function" patch's replacement for the CFG formula (one at a time: the last applied wins)."""
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
         skip_uncond = math.isclose(self.cfg, 1.0) and not self.guidance_terms
@@ -373,15 +426,34 @@ class CFGDenoiser:
         sets = [self.positive, None if skip_uncond else self.negative, *self.extra_conds]
         cond, uncond, *extras = calc_cond_batch(self.model, sets, x, sigma)
         assert cond is not None and all(item is not None for item in extras)
-        denoised = cond if uncond is None else uncond + (cond - uncond) * self.cfg
+        if self.pre_cfg_functions or self.cfg_function is not None:
+            cond, uncond, denoised = self._custom_cfg(x, sigma, cond, uncond)
+        else:
+            denoised = cond if uncond is None else uncond + (cond - uncond) * self.cfg
         extra_denoised = tuple(item for item in extras if item is not None)
         for term in self.guidance_terms:
             inputs = GuidanceInputs(x, sigma, cond, uncond, denoised, self.cfg, self.model, extra_denoised)
             denoised = term(inputs)
         return denoised
 
+    def _custom_cfg(self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """ComfyUI's order: pre-CFG functions on (cond, uncond), then the CFG function (or formula)."""
+        evaluated = uncond is not None
+        uncond_x0 = uncond if uncond is not None else torch.zeros_like(cond)
+        for function in self.pre_cfg_functions:
+            cond, uncond_x0 = function(CfgInputs(x, sigma, cond, uncond_x0, self.cfg, self.model, evaluated))
+        if self.cfg_function is not None:
+            denoised = self.cfg_function(CfgInputs(x, sigma, cond, uncond_x0, self.cfg, self.model, evaluated))
+        else:
+            denoised = uncond_x0 + (cond - uncond_x0) * self.cfg
+        return cond, uncond_x0, denoised
 
-PATCH_TARGETS: dict[str, str] = {"guidance": "cfg", "attention": "unet", "residual": "unet", "weights": "unet"}
+
+PATCH_TARGETS: dict[str, str] = {
+    "guidance": "cfg", "pre_cfg": "cfg", "cfg_function": "cfg",
+    "attention": "unet", "residual": "unet", "weights": "unet", "unet_block": "unet", "model_sampling": "unet",
+    "dtype": "unet", "denoise_mask": "unet",
+}
 """Which per-run object each kind of ModelPatch is applied to."""
 
 
