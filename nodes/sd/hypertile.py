@@ -31,7 +31,9 @@ def random_divisor(value: int, min_value: int, max_options: int, counter: int) -
 
 @cache
 def grid_shape(tokens: int, aspect_ratio: float) -> tuple[int, int]:
-    """(h, w) with h * w == tokens closest to width / height == aspect_ratio (ComfyUI's find_hw_candidates)."""
+    """ComfyUI's find_hw_candidates: h = round(sqrt(tokens * aspect_ratio)), w = tokens / h (or the divisor pair
+    whose w / h is closest to aspect_ratio). With aspect_ratio = W / H this makes h the larger side of a wide
+    latent: ComfyUI tiles non-square token grids as if transposed, and so do we, to give its images."""
     h, w = round(math.sqrt(tokens * aspect_ratio)), round(math.sqrt(tokens / aspect_ratio))
     if h * w == tokens:
         return h, w
