@@ -15,8 +15,8 @@ object built for that run only: "guidance" patches to the CFGDenoiser (append to
 wrapper tells the batch's chunks apart by `UNetDenoiser.batch_sets` (SAG records the uncond's attention).
 "pre_cfg" and "cfg_function" patches set `CFGDenoiser.pre_cfg_functions` / `cfg_function` (ComfyUI's
 sampler_pre_cfg_function / sampler_cfg_function; "guidance" terms are its post-CFG functions); "unet_block",
-"model_sampling" and "dtype" patches act on the UNetDenoiser (block hooks per UNet call, `parametrisation`,
-the compute dtype). Whatever `apply` returns is called to undo it when the run ends.
+"model_sampling" and "denoise_mask" patches act on the UNetDenoiser (block hooks per UNet call,
+`parametrisation`; the last only marks the MODEL for the sampler's inpainting mask). Whatever `apply` returns is called to undo it when the run ends.
 A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
 keyword arguments for the rows of the entries that carry it.
 """
@@ -452,7 +452,7 @@ class CFGDenoiser:
 PATCH_TARGETS: dict[str, str] = {
     "guidance": "cfg", "pre_cfg": "cfg", "cfg_function": "cfg",
     "attention": "unet", "residual": "unet", "weights": "unet", "unet_block": "unet", "model_sampling": "unet",
-    "dtype": "unet", "denoise_mask": "unet",
+    "denoise_mask": "unet",
 }
 """Which per-run object each kind of ModelPatch is applied to."""
 

@@ -35,10 +35,6 @@ def fourier_scale(x: Tensor, *, inner: float, outer: float, radius: int) -> Tens
     return filtered.to(x.dtype)
 
 
-def _stage(channels: int, info: BlockInfo, scales: dict[int, tuple[float, float]]) -> tuple[float, float] | None:
-    return scales.get(channels) if channels in scales else None
-
-
 def freeu_backbone(h: Tensor, b: float, v2: bool) -> Tensor:
     """The backbone scaling of FreeU (v2=False: the first half of the channels times b) or FreeU_V2 (times
     1 + (b - 1) * normalised channel mean)."""
@@ -62,11 +58,11 @@ def freeu_patch(b1: float, b2: float, s1: float, s2: float, *, v2: bool) -> Mode
         return {info.model_channels * 4: (b1, s1), info.model_channels * 2: (b2, s2)}
 
     def skip(hsp: Tensor, channels: int, info: BlockInfo) -> Tensor:
-        stage = _stage(channels, info, scales(info))
+        stage = scales(info).get(channels)
         return hsp if stage is None else fourier_scale(hsp, inner=stage[1], outer=1.0, radius=1)
 
     def hidden(h: Tensor, _hsp: Tensor, info: BlockInfo) -> Tensor:
-        stage = _stage(int(h.shape[1]), info, scales(info))
+        stage = scales(info).get(int(h.shape[1]))
         return h if stage is None else freeu_backbone(h, stage[0], v2)
 
     name = "freeu_v2" if v2 else "freeu"
