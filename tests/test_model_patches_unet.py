@@ -281,3 +281,26 @@ def test_unet_patches_never_touch_the_shared_unet(engine):
     assert all(torch.equal(v, state[k]) for k, v in model.unet.state_dict().items())
     assert all(model.unet.attn_processors[name] is proc for name, proc in processors.items())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.unet.modules())
+
+
+def test_patches_undo_to_clean_run_objects(unet):
+    """After a run, the denoisers hold no wrapper, attn1 patch or guidance term of any patch."""
+    from nodes.sd.denoisers import CFGDenoiser, patches_applied, unet_denoiser
+    from nodes.sd.freeu import freeu_patch
+    from nodes.sd.hypertile import hypertile_patch
+    from nodes.sd.pag import pag_patch
+    from nodes.sd.schedules import scaled_linear_alphas_cumprod
+    from nodes.sd.tome import tome_patch
+    from nodes.sd.types import CondItem, ModelHandle
+
+    model = ModelHandle(unet, "sd1", "epsilon", scaled_linear_alphas_cumprod())
+    patches = (freeu_patch(1.1, 1.2, 0.9, 0.2, v2=False), hypertile_patch(32, 2, 1, False), tome_patch(0.3),
+               pag_patch(2.0))
+    den = unet_denoiser(model)
+    item = CondItem(embeds=INPUTS[1])
+    cfg = CFGDenoiser(den, [item], [item], 4.0)
+    with patches_applied(patches, unet_denoiser=den, cfg_denoiser=cfg):
+        assert len(den.wrappers) == 2 and len(den.attn1_patches) == 3 and len(cfg.guidance_terms) == 1
+        out = cfg(INPUTS[0] * 5, torch.tensor([5.0]))
+        assert torch.isfinite(out).all()
+    assert den.wrappers == [] and den.attn1_patches == [] and cfg.guidance_terms == []

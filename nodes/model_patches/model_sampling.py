@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import Any
 
 import torch
 
 from nodegraph import Boolean, Combo, Float, Node, NodeContext, NodeSchema, Out, Socket
-from nodegraph.models import ModelRef, as_ref
+from nodegraph.models import ModelRef, as_ref, resolve
 
 from nodes.sd.model_sampling import (CONTINUOUS_V_SAMPLING, DISCRETE_SAMPLING, EDM_SAMPLING, Sampling,
                                      alphas_from_sigmas, continuous_v_sampling, discrete_sampling, edm_sampling,
@@ -83,19 +84,23 @@ def _cast_copy(dtype: torch.dtype, unet: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(unet).to(dtype)
 
 
+def _is_cast(ref: Any) -> bool:
+    return (isinstance(ref, ModelRef) and ref.base is not None and isinstance(ref.key, tuple) and len(ref.key) == 2
+            and isinstance(ref.key[1], tuple) and ref.key[1][:1] == ("compute_dtype",))
+
+
 def compute_dtype_handle(model: ModelHandle, dtype_name: str) -> ModelHandle:
     """ModelComputeDtype: a handle whose UNet runs in `dtype_name` (a cast copy the model manager keeps, derived
     from the handle's UNet); "default" goes back to the UNet this node cast from, in its own dtype."""
     if dtype_name not in COMPUTE_DTYPES:
         raise ValueError(f"ModelComputeDtype: unknown dtype {dtype_name!r}; expected one of {', '.join(COMPUTE_DTYPES)}")
-    ref = as_ref(model.unet_ref, "UNet")
-    while isinstance(ref, ModelRef) and isinstance(ref.key, tuple) and len(ref.key) == 2 \
-            and isinstance(ref.key[1], tuple) and ref.key[1][:1] == ("compute_dtype",) and ref.base is not None:
-        ref = ref.base  # cast copies never stack: each starts from the uncast UNet
+    uncast: Any = model.unet_ref
+    while _is_cast(uncast):
+        uncast = uncast.base  # cast copies never stack: each starts from the uncast UNet
     dtype = COMPUTE_DTYPES[dtype_name]
     if dtype is None:
-        base_dtype = next(ref.get().parameters()).dtype
-        return replace(model, unet_ref=ref if ref is not model.unet_ref else model.unet_ref, dtype=base_dtype)
+        return replace(model, unet_ref=uncast, dtype=next(resolve(uncast).parameters()).dtype)
+    ref = as_ref(uncast, "UNet")
     derived = ref.derive(("compute_dtype", dtype_name), lambda unet: _cast_copy(dtype, unet),
                          name=f"{ref.name} ({dtype_name})",
                          size=lambda unet: sum(p.numel() * p.element_size() for p in unet.parameters()))

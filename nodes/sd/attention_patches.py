@@ -137,6 +137,15 @@ def ensure_attn1_wrapper(unet_denoiser: UNetDenoiser) -> None:
     unet_denoiser._attn1_wrapper = wrapper  # type: ignore[attr-defined]
 
 
+def remove_attn1_patch(unet_denoiser: UNetDenoiser, patch: Attn1Patch) -> None:
+    """Take `patch` off the run, and the run's attn1 wrapper with the last one."""
+    unet_denoiser.attn1_patches.remove(patch)
+    wrapper = getattr(unet_denoiser, "_attn1_wrapper", None)
+    if not unet_denoiser.attn1_patches and wrapper is not None:
+        unet_denoiser.wrappers.remove(wrapper)
+        unet_denoiser._attn1_wrapper = None  # type: ignore[attr-defined]
+
+
 def attn1_patch(name: str, build: Callable[[], Attn1Patch], options: dict[str, Any]) -> ModelPatch:
     """An "attention" ModelPatch adding `build()` (a fresh patch object per run) to the run's attn1 patches."""
 
@@ -144,7 +153,7 @@ def attn1_patch(name: str, build: Callable[[], Attn1Patch], options: dict[str, A
         ensure_attn1_wrapper(unet_denoiser)
         patch = build()
         unet_denoiser.attn1_patches.append(patch)
-        return lambda: unet_denoiser.attn1_patches.remove(patch)
+        return lambda: remove_attn1_patch(unet_denoiser, patch)
 
     return ModelPatch(kind="attention", name=name, apply=apply, options=options)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from nodes.sd.attention_patches import AttentionInfo, Attn1Patch, ensure_attn1_wrapper
+from nodes.sd.attention_patches import AttentionInfo, Attn1Patch, ensure_attn1_wrapper, remove_attn1_patch
 from nodes.sd.denoisers import CFGDenoiser, GuidanceInputs, calc_cond_batch
 from nodes.sd.types import ModelPatch
 
@@ -55,7 +55,7 @@ def pag_patch(scale: float) -> ModelPatch:
 
         def undo() -> None:
             cfg_denoiser.guidance_terms.remove(term)
-            unet_denoiser.attn1_patches.remove(perturbed)
+            remove_attn1_patch(unet_denoiser, perturbed)
 
         return undo
 

@@ -207,6 +207,7 @@ def _run_patches(unet_denoiser: UNetDenoiser) -> BlockPatches:
             hooks.remove()
 
     unet_denoiser.wrappers.append(wrapper)
+    unet_denoiser._block_wrapper = wrapper  # type: ignore[attr-defined]
     unet_denoiser._block_patches = patches  # type: ignore[attr-defined]  # lives as long as this run's denoiser
     return patches
 
@@ -226,6 +227,9 @@ def block_patch(name: str, options: dict[str, Any], *, input: Callable[[Tensor, 
         def undo() -> None:
             for lst, item in added:
                 lst.remove(item)  # type: ignore[arg-type]
+            if not patches:  # the last block patch of the run takes the wrapper with it
+                unet_denoiser.wrappers.remove(unet_denoiser._block_wrapper)  # type: ignore[attr-defined]
+                unet_denoiser._block_patches = None  # type: ignore[attr-defined]
 
         return undo
 
