@@ -5,7 +5,8 @@ queries into nh x nw tiles (random divisors of the token grid near `tile_size / 
 from a counter-seeded generator, as ComfyUI does) and puts the tiles in the batch; attention then runs per tile,
 which costs (tokens / tiles)^2 instead of tokens^2. As in ComfyUI only the queries are regrouped: with attention
 split into heads by the queries' batch (attention_patches.attention), each tile attends to the same number of
-keys taken in memory order. The output is put back in place after the output projection.
+keys taken in memory order. The output is put back in place after the output projection. The counter starts
+at 1 in every sampling run (ComfyUI's keeps counting across runs of the node), so a seed gives one image.
 """
 
 from __future__ import annotations
