@@ -5,11 +5,11 @@ Each node returns a new MODEL (or CLIP) handle carrying one more patch; the math
 
 from __future__ import annotations
 
-from . import attention, cfg, compile, model_sampling, sega_sag, unet
-from .compile import TorchCompileModel
+from . import attention, cfg, model_sampling, sega_sag, torch_compile, unet
+from .torch_compile import TorchCompileModel
 from .sega_sag import SelfAttentionGuidance, SemanticGuidance
 
-FAMILY_MODULES = (sega_sag, cfg, unet, attention, model_sampling, compile)
+FAMILY_MODULES = (sega_sag, cfg, unet, attention, model_sampling, torch_compile)
 
 NODES = tuple(node for module in FAMILY_MODULES for node in module.NODES)
 
