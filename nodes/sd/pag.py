@@ -24,7 +24,7 @@ class IdentityMiddleAttention(Attn1Patch):
     live = False
 
     def applies_to(self, name: str) -> bool:
-        return name.startswith(MIDDLE_PREFIX)
+        return ("." + name).find("." + MIDDLE_PREFIX) >= 0  # also under a compiled UNet's "_orig_mod."
 
     def replace(self, q: Tensor, k: Tensor, v: Tensor, info: AttentionInfo) -> Tensor | None:
         return v
