@@ -332,3 +332,25 @@ def test_deep_shrink_keeps_the_native_composition_at_twice_the_size(engine):
         assert shrunk > plain
         totals = [totals[0] + plain, totals[1] + shrunk]
     assert totals[1] > 1.3 * totals[0]
+
+
+def test_bislerp_is_bilinear_on_directions_and_norms():
+    from nodes.sd.freeu import bislerp
+
+    x = torch.randn(1, 4, 5, 6, generator=torch.Generator().manual_seed(6))
+    # same size: every position hits a pixel exactly
+    assert torch.allclose(bislerp(x, 5, 6), x, atol=1e-5)
+    # norms are interpolated bilinearly (slerp keeps unit directions unit)
+    bilinear_norm = torch.nn.functional.interpolate(x.norm(dim=1, keepdim=True), size=(10, 12), mode="bilinear",
+                                                    align_corners=False)
+    assert torch.allclose(bislerp(x, 10, 12).norm(dim=1, keepdim=True), bilinear_norm, atol=1e-4)
+    # ComfyUI's rule for (nearly) parallel neighbours: take the first one as it is
+    scale = torch.rand(1, 1, 5, 6, generator=torch.Generator().manual_seed(7)) + 0.5
+    parallel = torch.tensor([1.0, 2.0, -1.0, 0.5]).view(1, 4, 1, 1) * scale
+    rows = ((torch.arange(10) + 0.5) * 0.5 - 0.5).clamp(0, 4).floor().long()
+    cols = ((torch.arange(12) + 0.5) * 0.5 - 0.5).clamp(0, 5).floor().long()
+    assert torch.allclose(bislerp(parallel, 10, 12), parallel[:, :, rows][:, :, :, cols], atol=1e-5)
+    # between two orthogonal unit vectors halfway, the result is their normalised sum (unit length)
+    pair = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)
+    mid = bislerp(pair, 1, 1)
+    assert torch.allclose(mid.flatten(), torch.tensor([0.5**0.5, 0.5**0.5]), atol=1e-5)

@@ -73,18 +73,46 @@ UPSCALE_METHODS: tuple[str, ...] = ("bicubic", "nearest-exact", "bilinear", "are
 """PatchModelAddDownscale's resampling choices (ComfyUI's upscale_methods)."""
 
 
-def resample(x: Tensor, height: int, width: int, method: str) -> Tensor:
-    """x [B, C, H, W] resized to (height, width) by one of UPSCALE_METHODS, without cropping.
+def _slerp(a: Tensor, b: Tensor, ratio: Tensor) -> Tensor:
+    """Per row of [N, C]: the direction slerped from a's to b's by `ratio` [N, 1], the norm lerped; nearly equal
+    directions give a, opposite ones the plain lerp (ComfyUI's bislerp rules)."""
+    norm_a, norm_b = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    unit_a = torch.where(norm_a == 0, torch.zeros_like(a), a / norm_a)
+    unit_b = torch.where(norm_b == 0, torch.zeros_like(b), b / norm_b)
+    dot = (unit_a * unit_b).sum(-1, keepdim=True)
+    omega = torch.acos(dot.clamp(-1, 1))
+    sin = torch.sin(omega)
+    out = (torch.sin((1 - ratio) * omega) / sin) * unit_a + (torch.sin(ratio * omega) / sin) * unit_b
+    out = out * (norm_a * (1 - ratio) + norm_b * ratio)
+    out = torch.where(dot > 1 - 1e-5, a, out)
+    return torch.where(dot < 1e-5 - 1, a * (1 - ratio) + b * ratio, out)
 
-    "bislerp" (ComfyUI's spherical-linear resize) is approximated by bilinear interpolation of the magnitudes and
-    directions of the channel vectors.
-    """
+
+def _bislerp_axis(x: Tensor, size: int) -> Tensor:
+    """x [B, C, H, W] resized along W to `size`: neighbours at bilinear (half-pixel) positions, slerped."""
+    batch, channels, height, width = x.shape
+    position = ((torch.arange(size, dtype=torch.float64) + 0.5) * (width / size) - 0.5).clamp(0, width - 1)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=width - 1)
+    ratio = (position - low).to(x.dtype).to(x.device)
+    rows = x.permute(0, 2, 3, 1)  # [B, H, W, C]
+    a, b = rows[:, :, low.to(x.device)], rows[:, :, high.to(x.device)]
+    r = ratio.view(1, 1, size, 1).expand(batch, height, size, 1)
+    out = _slerp(a.reshape(-1, channels), b.reshape(-1, channels), r.reshape(-1, 1))
+    return out.reshape(batch, height, size, channels).permute(0, 3, 1, 2)
+
+
+def bislerp(x: Tensor, height: int, width: int) -> Tensor:
+    """ComfyUI's "bislerp" resize: bilinear sampling positions, but each blend of two neighbouring channel vectors
+    is a spherical interpolation of their directions with linearly interpolated norms (width, then height)."""
+    out = _bislerp_axis(x.float(), width)
+    return _bislerp_axis(out.transpose(-2, -1), height).transpose(-2, -1).to(x.dtype)
+
+
+def resample(x: Tensor, height: int, width: int, method: str) -> Tensor:
+    """x [B, C, H, W] resized to (height, width) by one of UPSCALE_METHODS, without cropping."""
     if method == "bislerp":
-        norm = x.norm(dim=1, keepdim=True)
-        direction = x / norm.clamp(min=1e-12)
-        norm = F.interpolate(norm, size=(height, width), mode="bilinear", align_corners=False)
-        direction = F.interpolate(direction, size=(height, width), mode="bilinear", align_corners=False)
-        return F.normalize(direction, dim=1) * norm
+        return bislerp(x, height, width)
     if method not in UPSCALE_METHODS:
         raise ValueError(f"unknown resize method {method!r}; expected one of {', '.join(UPSCALE_METHODS)}")
     align = {"bilinear": False, "bicubic": False}
