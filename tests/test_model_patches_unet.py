@@ -142,7 +142,8 @@ def test_downscale_shrinks_in_its_sigma_range_and_keeps_the_full_skip(unet):
 # -- HyperTile and ToMe ------------------------------------------------------------------------------------
 
 def test_hypertile_tiles_and_divisors():
-    assert grid_shape(64, 1.0) == (8, 8) and grid_shape(32, 2.0) == (8, 4) and grid_shape(32, 0.5) == (4, 8)  # ComfyUI: h = sqrt(n * W / H)
+    # ComfyUI's h = sqrt(tokens * W / H): a wide grid is read as if transposed
+    assert grid_shape(64, 1.0) == (8, 8) and grid_shape(32, 2.0) == (8, 4) and grid_shape(32, 0.5) == (4, 8)
     for counter in range(5):
         random.seed(counter)
         assert random_divisor(16, 4, 2, counter) == [4, 2][random.randint(0, 1)]  # 16 // 4, 16 // 8
@@ -246,7 +247,8 @@ def test_differential_diffusion_edits_by_mask_strength(engine):
     from nodes.sd.types import Latent
 
     def run(model_node):
-        values = engine.run(from_api({**g, **({"20": model_node} if model_node else {})}), outputs=["4", "6", "7", *(["20"] if model_node else [])]).values
+        extra = {"20": model_node} if model_node else {}
+        values = engine.run(from_api({**g, **extra}), outputs=["4", "6", "7", *extra]).values
         model = values["20" if model_node else "4"][0]
         from nodes.sd.ksampler import sample
 

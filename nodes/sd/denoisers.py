@@ -16,7 +16,8 @@ wrapper tells the batch's chunks apart by `UNetDenoiser.batch_sets` (SAG records
 "pre_cfg" and "cfg_function" patches set `CFGDenoiser.pre_cfg_functions` / `cfg_function` (ComfyUI's
 sampler_pre_cfg_function / sampler_cfg_function; "guidance" terms are its post-CFG functions); "unet_block",
 "model_sampling" and "denoise_mask" patches act on the UNetDenoiser (block hooks per UNet call,
-`parametrisation`; the last only marks the MODEL for the sampler's inpainting mask). Whatever `apply` returns is called to undo it when the run ends.
+`parametrisation`; the last only marks the MODEL for the sampler's inpainting mask).
+Whatever `apply` returns is called to undo it when the run ends.
 A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
 keyword arguments for the rows of the entries that carry it.
 """
@@ -436,7 +437,9 @@ class CFGDenoiser:
             denoised = term(inputs)
         return denoised
 
-    def _custom_cfg(self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _custom_cfg(
+        self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """ComfyUI's order: pre-CFG functions on (cond, uncond), then the CFG function (or formula)."""
         evaluated = uncond is not None
         uncond_x0 = uncond if uncond is not None else torch.zeros_like(cond)

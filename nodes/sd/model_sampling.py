@@ -126,7 +126,8 @@ def sampling_patch(sampling: Sampling, name: str) -> ModelPatch:
 
         return undo
 
-    return ModelPatch(kind="model_sampling", name=name, apply=apply, options={"prediction": sampling.prediction, "sampling": sampling})
+    return ModelPatch(kind="model_sampling", name=name, apply=apply,
+                      options={"prediction": sampling.prediction, "sampling": sampling})
 
 
 def _check(sampling: str, allowed: tuple[str, ...], node: str) -> None:

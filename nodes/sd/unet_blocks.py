@@ -115,7 +115,8 @@ class BlockHooks:
         for i, block in enumerate(unet.up_blocks):
             state = _UpState()
             entries = by_block[i]
-            self.handles.append(block.register_forward_pre_hook(self._up_pre_hook(state, entries, total), with_kwargs=True))
+            pre_hook = self._up_pre_hook(state, entries, total)
+            self.handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
             for number, j, _ in entries[1:]:
                 producer = _layer_output_module(block, j - 1)
                 self.handles.append(producer.register_forward_hook(self._hidden_hook(state, number, j)))
