@@ -12,7 +12,7 @@ from tiny_models import SD_SCHEDULE, TinyModules, engine_at, sd1_modules, write_
 
 from nodegraph import Engine
 from nodegraph.registry import default_registry
-from nodes import guidance_nodes
+from nodes.model_patches import sega_sag as guidance_nodes
 from training.adapter_eval import NAMED_HUES, colour_fraction, rgb_to_hsv  # noqa: F401  (the tests' measure)
 
 PROMPT = "a red circle on a blue background"

@@ -13,7 +13,7 @@ from nodegraph import NodeContext
 from nodegraph.environment import Environment, ModelPaths
 from nodegraph.fingerprint import FileFingerprints
 from nodes.controlnet_nodes import ControlNetLoader
-from nodes.images import LoadImage
+from nodes.image import LoadImage
 from nodes.loaders import CheckpointLoaderSimple, VAELoader
 from nodes.lora_nodes import LoraLoader
 

@@ -13,10 +13,15 @@ object built for that run only: "guidance" patches to the CFGDenoiser (append to
 `unet` for a patched copy). A guidance term that needs the model's prediction for other conditioning
 (SEGA's concepts) appends it to `CFGDenoiser.extra_conds`, so it joins the cond/uncond batch; a UNet
 wrapper tells the batch's chunks apart by `UNetDenoiser.batch_sets` (SAG records the uncond's attention).
+"pre_cfg" and "cfg_function" patches set `CFGDenoiser.pre_cfg_functions` / `cfg_function` (ComfyUI's
+sampler_pre_cfg_function / sampler_cfg_function; "guidance" terms are its post-CFG functions); "unet_block",
+"model_sampling" and "denoise_mask" patches act on the UNetDenoiser (block hooks per UNet call,
+`parametrisation`; the last only marks the MODEL for the sampler's inpainting mask).
 Whatever `apply` returns is called to undo it when the run ends.
 A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
 keyword arguments for the rows of the entries that carry it. Masks, fractional areas, timestep ranges,
-concatenated latents and SDXL size ids of an entry are resolved by `nodes.sd.cond_regions`.
+concatenated latents and SDXL size ids of an entry are resolved by `nodes.sd.cond_regions`; the batching of entries
+into UNet calls lives in `nodes.sd.cond_batch`.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from nodes.sd import cond_regions
+from nodes.sd.cond_batch import RowKwargs, _CondPlan, area_and_weight, calc_cond_batch, to_device  # noqa: F401 (re-exported)
 from nodes.sd.schedules import model_sigmas, precise_dtype, sigma_to_timestep
 from nodes.sd.types import CondItem, ModelHandle, ModelPatch
 
@@ -39,6 +44,17 @@ UNetCall = Callable[[Tensor, Tensor, dict[str, Any]], Tensor]
 """(scaled input, timestep, unet kwargs) -> the UNet's raw output."""
 UNetWrapper = Callable[[UNetCall, Tensor, Tensor, dict[str, Any]], Tensor]
 """Wraps one UNet call: receives the next call in the chain and may change inputs, kwargs or output."""
+
+
+class Parametrisation(Protocol):
+    """How a model reads sigma (ComfyUI's model_sampling): the input scale c_in, the timestep the UNet is
+    given, and x0 from the UNet's output (nodes/sd/model_sampling.py has ComfyUI's kinds)."""
+
+    def input_scale(self, sigma: Tensor) -> Tensor: ...
+
+    def timestep(self, sigma: Tensor) -> Tensor: ...
+
+    def denoised(self, x: Tensor, sigma: Tensor, output: Tensor) -> Tensor: ...
 
 
 class UNetDenoiser:
@@ -62,6 +78,13 @@ class UNetDenoiser:
         self.cond_plans: dict[tuple[Any, ...], _CondPlan] = {}
         """calc_cond_batch's batching of each conditioning it has seen, built on its first step and reused:
         this object lives for one sampling run, so the plans do too."""
+        self.parametrisation: Parametrisation | None = None
+        """Set by a "model_sampling" patch: how sigma maps to the UNet's input scale, timestep and x0 instead of
+        this class's (ComfyUI's model_sampling object patch)."""
+        self.current_sigma: Tensor | None = None
+        """The sigma of each row of the UNet call in progress (block patches that act on part of the schedule)."""
+        self.attn1_patches: list[Any] = []
+        """This run's self-attention patches (nodes/sd/attention_patches.py), applied together per UNet call."""
         config = getattr(unet, "config", None)
         self.needs_added_cond = getattr(config, "addition_embed_type", None) == "text_time"
         self.channels_last = channels_last_on_cuda(unet, self.device)
@@ -80,6 +103,8 @@ class UNetDenoiser:
         Computed where the UNet runs, in float64 as diffusers' schedulers do (float32 where the device has no
         float64): taking sigma to the CPU for this would wait for every queued kernel, a sync per step.
         """
+        if self.parametrisation is not None:
+            return self.parametrisation.timestep(sigma).to(self.device, torch.float32)
         sigmas = self._timestep_sigmas
         return sigma_to_timestep(sigma.to(sigmas.device, sigmas.dtype), sigmas).to(torch.float32)
 
@@ -98,6 +123,11 @@ class UNetDenoiser:
         concat = unet_kwargs.pop("c_concat", None)
         sigma = sigma.reshape(-1).to(x.device, x.dtype).expand(x.shape[0])
         sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        self.current_sigma = sigma
+        if self.parametrisation is not None:
+            param = self.parametrisation
+            output = self.run_unet(x * param.input_scale(sigma_b), self.timestep(sigma), unet_kwargs)
+            return param.denoised(x, sigma_b, output.to(x.device, x.dtype))
         scaled = x / (sigma_b**2 + 1) ** 0.5
         if concat is not None:
             scaled = torch.cat([scaled, concat.to(scaled)], dim=1)
@@ -114,7 +144,7 @@ class UNetDenoiser:
     def _call_unet(self, sample: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
         # calc_cond_batch's kwargs are already on the UNet's device and dtype (`to` returns them as they are);
         # this moves only what a step adds (ControlNet residuals from a net in another dtype)
-        moved = {key: _to(value, self.device, self.dtype) for key, value in kwargs.items()}
+        moved = {key: to_device(value, self.device, self.dtype) for key, value in kwargs.items()}
         sample = sample.to(self.device, self.dtype)
         if self.channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
@@ -135,16 +165,6 @@ def channels_last_on_cuda(unet: torch.nn.Module, device: torch.device) -> bool:
         return False
     unet.to(memory_format=torch.channels_last)
     return True
-
-
-def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, dtype) if value.is_floating_point() else value.to(device)
-    if isinstance(value, dict):
-        return {key: _to(item, device, dtype) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to(item, device, dtype) for item in value)
-    return value
 
 
 class EpsDenoiser(UNetDenoiser):
@@ -172,190 +192,6 @@ def unet_denoiser(model: ModelHandle) -> UNetDenoiser:
 # -- conditioning and classifier-free guidance --------------------------------------------------------
 
 
-def area_and_weight(
-    item: CondItem, height: int, width: int, batch: int = 1
-) -> tuple[tuple[int, int, int, int], Tensor]:
-    """Where an entry applies, (h, w, y, x) clipped to the latent, and its weight there, [1 or batch, 1, h, w].
-
-    With a mask the weight is mask * mask_strength * strength on the area (ConditioningSetMask). Otherwise it
-    is `strength`, feathered linearly over min(8, size // 4) latent pixels along edges that are inside the
-    image, so overlapping areas blend smoothly (ComfyUI's get_area_and_mult).
-    """
-    area = cond_regions.resolve_area(item, height, width)
-    h, w, top, left = (height, width, 0, 0) if area is None else area
-    h, w = min(h, height - top), min(w, width - left)
-    if h <= 0 or w <= 0 or top < 0 or left < 0:
-        raise ValueError(f"conditioning area {area} (h, w, y, x) lies outside the {height}x{width} latent")
-    if item.mask is not None:
-        mask = cond_regions.latent_mask(item.mask, height, width)[:batch, top : top + h, left : left + w]
-        weight = mask.unsqueeze(1) * (float(item.mask_strength) * float(item.strength))
-        return (h, w, top, left), cond_regions.to_batch(weight, batch)
-    weight = torch.full((1, 1, h, w), float(item.strength))
-    if area is None:
-        return (h, w, top, left), weight
-    for dim, size, offset, full in ((2, h, top, height), (3, w, left, width)):
-        ramp = min(8, size // 4)
-        for t in range(ramp):
-            if offset != 0:
-                weight.narrow(dim, t, 1).mul_((t + 1) / ramp)
-            if offset + size < full:
-                weight.narrow(dim, size - 1 - t, 1).mul_((t + 1) / ramp)
-    return (h, w, top, left), weight
-
-
-@runtime_checkable
-class RowKwargs(Protocol):
-    """A CondItem extra that adds UNet kwargs for its entries' rows (ControlNet: the additional residuals).
-
-    Entries batch together only when they carry the same such extras (by identity), so one call computes
-    them for exactly the rows of those entries: x is their stacked (cropped) latents, `entries` how many
-    entries were stacked (each `x.shape[0] // entries` rows), `kwargs` the UNet kwargs built so far.
-    """
-
-    def unet_kwargs(
-        self, model: UNetDenoiser, x: Tensor, sigma: Tensor, kwargs: dict[str, Any], entries: int
-    ) -> dict[str, Any]: ...
-
-
-def _row_kwargs(item: CondItem) -> tuple[RowKwargs, ...]:
-    return tuple(value for _, value in sorted(item.extras.items()) if isinstance(value, RowKwargs))
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """One conditioning entry of one set (0 = positive, 1 = negative), ready to batch."""
-
-    set_index: int
-    item: CondItem
-    region: tuple[int, int, int, int]
-    weight: Tensor
-    time_ids: Tensor | None
-    sigma_interval: tuple[float, float] | None
-    concat: Tensor | None
-    """[batch, extra channels, H, W] over the whole latent (cropped to the region per step)."""
-
-    def batch_key(self) -> tuple[Any, ...]:
-        pooled = None if self.item.pooled is None else tuple(self.item.pooled.shape)
-        return (self.region[:2], tuple(self.item.embeds.shape[1:]), pooled, tuple(map(id, _row_kwargs(self.item))),
-                self.sigma_interval, None if self.time_ids is None else self.time_ids.shape[-1])
-
-
-@dataclass(frozen=True)
-class _Group:
-    """Entries evaluated in one UNet call, with everything about them that does not depend on x."""
-
-    sets: tuple[int, ...]
-    """The conditioning set of each entry (UNetDenoiser.batch_sets)."""
-    regions: tuple[tuple[int, int, int, int], ...]
-    weights: tuple[Tensor, ...]
-    """Each entry's weight on its region, on x's device and dtype."""
-    kwargs: dict[str, Any]
-    """encoder_hidden_states (and SDXL's added_cond_kwargs) for the stacked rows, on the UNet's device and
-    dtype; read-only: a step copies the dict before adding to it."""
-    row_kwargs: tuple[RowKwargs, ...]
-    sigma_interval: tuple[float, float] | None = None
-    """The entries are evaluated only while sigma is in this (high, low) interval (their timestep range)."""
-    concats: tuple[Tensor, ...] | None = None
-    """Each entry's concatenated channels over the whole latent, on x's device and dtype."""
-
-
-@dataclass(frozen=True)
-class _CondPlan:
-    """How calc_cond_batch batches some conditioning sets for latents of one shape (see UNetDenoiser.cond_plans)."""
-
-    cond_sets: tuple[tuple[CondItem, ...], ...]
-    """The entries planned for, held so the ids in the plan's key cannot be reused by other objects."""
-    groups: tuple[_Group, ...]
-
-
-def _plan_key(cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor) -> tuple[Any, ...]:
-    return (tuple(tuple(map(id, items or ())) for items in cond_sets), tuple(x.shape), x.dtype, x.device)
-
-
-def _build_plan(model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor) -> _CondPlan:
-    """Group entries of equal shape and build each group's UNet kwargs, moved to the UNet's device once."""
-    batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-    extra_channels = max(0, int(getattr(getattr(model.unet, "config", None), "in_channels", x.shape[1])) - x.shape[1])
-    grouped: dict[tuple[Any, ...], list[_Piece]] = {}
-    for set_index, items in enumerate(cond_sets):
-        for item in items or ():
-            if model.needs_added_cond and item.pooled is None:
-                raise ValueError("this UNet needs SDXL pooled text embeddings, but a conditioning entry has none")
-            region, weight = area_and_weight(item, height, width, batch)
-            time_ids = None
-            if model.needs_added_cond:
-                count = cond_regions.time_id_count(model.unet, item.pooled.shape[-1])  # type: ignore[union-attr]
-                time_ids = cond_regions.time_ids(item, set_index, height, width, count)
-            concat = cond_regions.concat_map(item, extra_channels, batch, height, width)
-            interval = cond_regions.sigma_interval(item, model.sigmas)
-            piece = _Piece(set_index, item, region, weight, time_ids, interval, concat)
-            grouped.setdefault((*piece.batch_key(), concat is None), []).append(piece)
-    groups = []
-    for pieces in grouped.values():
-        kwargs: dict[str, Any] = {
-            "encoder_hidden_states": torch.cat([p.item.embeds.expand(batch, -1, -1) for p in pieces]),
-        }
-        if model.needs_added_cond:
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": torch.cat([p.item.pooled.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
-                "time_ids": torch.cat([p.time_ids.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]
-            }
-        groups.append(_Group(
-            sets=tuple(p.set_index for p in pieces),
-            regions=tuple(p.region for p in pieces),
-            weights=tuple(p.weight.to(x.device, x.dtype) for p in pieces),
-            kwargs={key: _to(value, model.device, model.dtype) for key, value in kwargs.items()},
-            row_kwargs=_row_kwargs(pieces[0].item),
-            sigma_interval=pieces[0].sigma_interval,
-            concats=None if pieces[0].concat is None else tuple(p.concat.to(x.device, x.dtype) for p in pieces),
-        ))
-    return _CondPlan(tuple(tuple(items or ()) for items in cond_sets), tuple(groups))
-
-
-def calc_cond_batch(
-    model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | None], x: Tensor, sigma: Tensor
-) -> list[Tensor | None]:
-    """x0 for each set of conditioning entries, evaluating entries of equal shape in one UNet call.
-
-    Each entry predicts x0 on its area; a set's result is the weight-averaged prediction of its entries
-    (ComfyUI's calc_cond_batch). A pixel no entry covers gets 0, as in ComfyUI.
-
-    The grouping, weights and UNet kwargs are built on the first call for these entries and this latent
-    shape and kept in `model.cond_plans` (the denoiser lives for one run): later steps only crop, stack x
-    and call the UNet, with no host-to-device copies of embeddings (each one a sync on CUDA).
-    """
-    key = _plan_key(cond_sets, x)
-    plan = model.cond_plans.get(key)
-    if plan is None:
-        plan = model.cond_plans[key] = _build_plan(model, cond_sets, x)
-    batch = x.shape[0]
-    totals = [torch.zeros_like(x) if items else None for items in cond_sets]
-    counts = [torch.full_like(x, 1e-37) if items else None for items in cond_sets]
-    sigma = sigma.reshape(-1).expand(batch)
-    for group in plan.groups:
-        if not cond_regions.in_interval(group.sigma_interval, sigma):
-            continue
-        crops = [x[:, :, top : top + h, left : left + w] for (h, w, top, left) in group.regions]
-        rows, row_sigma = torch.cat(crops), sigma.repeat(len(group.regions))
-        kwargs = dict(group.kwargs)
-        if group.concats is not None:
-            kwargs["c_concat"] = torch.cat([c[:, :, top : top + h, left : left + w]
-                                            for c, (h, w, top, left) in zip(group.concats, group.regions)])
-        for extra in group.row_kwargs:
-            kwargs.update(extra.unet_kwargs(model, rows, row_sigma, kwargs, len(group.regions)))
-        model.batch_sets = group.sets
-        try:
-            out = model(rows, row_sigma, **kwargs)
-        finally:
-            model.batch_sets = ()
-        for k, (set_index, (h, w, top, left), weight) in enumerate(zip(group.sets, group.regions, group.weights)):
-            total, count = totals[set_index], counts[set_index]
-            assert total is not None and count is not None
-            total[:, :, top : top + h, left : left + w] += out[k * batch : (k + 1) * batch] * weight
-            count[:, :, top : top + h, left : left + w] += weight
-    return [None if total is None else total / count for total, count in zip(totals, counts)]
-
-
 @dataclass(frozen=True)
 class GuidanceInputs:
     """What a guidance term sees after CFG: it returns a new x0 (ComfyUI's post-CFG function)."""
@@ -372,6 +208,27 @@ class GuidanceInputs:
 
 
 GuidanceTerm = Callable[[GuidanceInputs], Tensor]
+
+
+@dataclass(frozen=True)
+class CfgInputs:
+    """What a pre-CFG or CFG function sees (ComfyUI's sampler_pre_cfg_function / sampler_cfg_function args),
+    with every prediction as x0: cond_denoised, uncond_denoised (zeros when cfg == 1 skipped the negative,
+    as in ComfyUI)."""
+
+    x: Tensor
+    sigma: Tensor
+    cond_denoised: Tensor
+    uncond_denoised: Tensor
+    cfg: float
+    model: UNetDenoiser
+    uncond_evaluated: bool = True
+
+
+PreCfgFunction = Callable[[CfgInputs], tuple[Tensor, Tensor]]
+"""Returns new (cond x0, uncond x0) before they are combined."""
+CfgFunction = Callable[[CfgInputs], Tensor]
+"""Replaces uncond + cfg * (cond - uncond): returns the guided x0."""
 
 
 class CFGDenoiser:
@@ -391,6 +248,10 @@ class CFGDenoiser:
         self.model, self.positive, self.negative, self.cfg = model, tuple(positive), tuple(negative), float(cfg)
         self.guidance_terms: list[GuidanceTerm] = []
         self.extra_conds: list[Sequence[CondItem]] = []
+        self.pre_cfg_functions: list[PreCfgFunction] = []
+        """"pre_cfg" patches, in order: they change cond/uncond x0 before CFG combines them."""
+        self.cfg_function: CfgFunction | None = None
+        """A "cfg_function" patch's replacement for the CFG formula (one at a time: the last applied wins)."""
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
         skip_uncond = math.isclose(self.cfg, 1.0) and not self.guidance_terms
@@ -399,15 +260,36 @@ class CFGDenoiser:
         sets = [self.positive, None if skip_uncond else self.negative, *self.extra_conds]
         cond, uncond, *extras = calc_cond_batch(self.model, sets, x, sigma)
         assert cond is not None and all(item is not None for item in extras)
-        denoised = cond if uncond is None else uncond + (cond - uncond) * self.cfg
+        if self.pre_cfg_functions or self.cfg_function is not None:
+            cond, uncond, denoised = self._custom_cfg(x, sigma, cond, uncond)
+        else:
+            denoised = cond if uncond is None else uncond + (cond - uncond) * self.cfg
         extra_denoised = tuple(item for item in extras if item is not None)
         for term in self.guidance_terms:
             inputs = GuidanceInputs(x, sigma, cond, uncond, denoised, self.cfg, self.model, extra_denoised)
             denoised = term(inputs)
         return denoised
 
+    def _custom_cfg(
+        self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """ComfyUI's order: pre-CFG functions on (cond, uncond), then the CFG function (or formula)."""
+        evaluated = uncond is not None
+        uncond_x0 = uncond if uncond is not None else torch.zeros_like(cond)
+        for function in self.pre_cfg_functions:
+            cond, uncond_x0 = function(CfgInputs(x, sigma, cond, uncond_x0, self.cfg, self.model, evaluated))
+        if self.cfg_function is not None:
+            denoised = self.cfg_function(CfgInputs(x, sigma, cond, uncond_x0, self.cfg, self.model, evaluated))
+        else:
+            denoised = uncond_x0 + (cond - uncond_x0) * self.cfg
+        return cond, uncond_x0, denoised
 
-PATCH_TARGETS: dict[str, str] = {"guidance": "cfg", "attention": "unet", "residual": "unet", "weights": "unet"}
+
+PATCH_TARGETS: dict[str, str] = {
+    "guidance": "cfg", "pre_cfg": "cfg", "cfg_function": "cfg",
+    "attention": "unet", "residual": "unet", "weights": "unet", "unet_block": "unet", "model_sampling": "unet",
+    "denoise_mask": "unet",
+}
 """Which per-run object each kind of ModelPatch is applied to."""
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from nodegraph.errors import Interrupted
 from nodegraph.models import ModelRef
 from nodes.sd.denoisers import patches_applied, unet_denoiser
+from nodes.sd.differential_diffusion import denoise_mask_function
 from nodes.sd.guiders import CFGGuide, Guider
 from nodes.sd.noise import Noise, prepare_noise
 from nodes.sd.sampler_spec import SamplerSpec
@@ -99,15 +100,19 @@ class InpaintDenoiser:
     noised to the current sigma, and the prediction there is the initial latent (k-diffusion/ComfyUI
     inpainting, "KSamplerX0Inpaint")."""
 
-    def __init__(self, inner: Denoiser, latent: Tensor, noise: Tensor, mask: Tensor) -> None:
+    def __init__(self, inner: Denoiser, latent: Tensor, noise: Tensor, mask: Tensor,
+                 mask_function: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
+        self.mask_function = mask_function
+        """Picks the mask for each call from (sigma, mask): DifferentialDiffusion's per-step threshold."""
 
     def keep(self, sigma: Tensor) -> Tensor:
         return self.latent + self.noise * sigma.reshape(-1, 1, 1, 1)
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
-        x = x * self.mask + self.keep(sigma) * (1 - self.mask)
-        return self.inner(x, sigma, **extra) * self.mask + self.latent * (1 - self.mask)
+        mask = self.mask if self.mask_function is None else self.mask_function(sigma, self.mask)
+        x = x * mask + self.keep(sigma) * (1 - mask)
+        return self.inner(x, sigma, **extra) * mask + self.latent * (1 - mask)
 
 
 class StoppableDenoiser:
@@ -271,7 +276,7 @@ def sample_custom(
     denoiser: Denoiser = guided
     mask = prepare_mask(latent.noise_mask, init.shape).to(device) if latent.noise_mask is not None else None
     if mask is not None:
-        denoiser = InpaintDenoiser(denoiser, init, start_noise, mask)
+        denoiser = InpaintDenoiser(denoiser, init, start_noise, mask, denoise_mask_function(model, sigmas))
     if should_stop is not None:
         denoiser = StoppableDenoiser(denoiser, should_stop)
     total = len(sigmas) - 1

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from nodegraph import Combo, Node, NodeContext, NodeSchema, Out, Socket
 
-from .sd.types import COMPILE_BACKENDS, ModelHandle
+from nodes.sd.types import COMPILE_BACKENDS, ModelHandle
 
 
 class TorchCompileModel(Node):

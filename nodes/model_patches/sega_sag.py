@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Socket, String
 
-from .sd.types import ClipHandle, ModelHandle
+from nodes.sd.types import ClipHandle, ModelHandle
 
 
 class SemanticGuidance(Node):
@@ -36,8 +36,8 @@ class SemanticGuidance(Node):
     def execute(cls, ctx: NodeContext, model: ModelHandle, clip: ClipHandle, concept: str, direction: str,
                 scale: float, warmup_steps: int, threshold: float, momentum_scale: float, momentum_beta: float,
                 edit_weight: float) -> tuple[ModelHandle]:
-        from .sd.sega import Concept, sega_patch
-        from .sd.text import encode
+        from nodes.sd.sega import Concept, sega_patch
+        from nodes.sd.text import encode
 
         if not concept.strip():
             raise ValueError("SemanticGuidance: the concept text is empty")
@@ -60,7 +60,7 @@ class SelfAttentionGuidance(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, model: ModelHandle, scale: float, blur_sigma: float) -> tuple[ModelHandle]:
-        from .sd.sag import sag_patch
+        from nodes.sd.sag import sag_patch
 
         return (model.with_patch(sag_patch(scale, blur_sigma)),)
 
