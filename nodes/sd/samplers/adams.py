@@ -115,7 +115,7 @@ def deis_tab_coefficients(sig: list[float], max_order: int, points: int = 10000)
     out: list[tuple[float, ...]] = []
     for i in range(len(sig) - 1):
         order = min(i + 1, max_order)
-        if order == 1:
+        if order == 1 or sig[i + 1] <= 0.0:  # the step to sigma 0 is Euler (and dsigma/dt is infinite at t = 0)
             out.append(())
             continue
         taus = torch.linspace(float(t[i]), float(t[i + 1]), points, dtype=torch.float64)

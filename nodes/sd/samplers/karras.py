@@ -241,7 +241,8 @@ def sample_lms(
     order: int = 4,
 ) -> Tensor:
     """Linear multistep (Adams-Bashforth in sigma) on the probability-flow ODE (Karras et al. 2022's LMS
-    baseline; k-diffusion's sample_lms), order rising from 1 as history accumulates."""
+    baseline; k-diffusion's sample_lms), order rising from 1 as history accumulates. As in ComfyUI the step to
+    sigma 0 lands on the prediction (extrapolating the derivatives there would add error, not accuracy)."""
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
     sigmas, sig = host_schedule(sigmas)
     derivatives: list[Tensor] = []
@@ -249,6 +250,9 @@ def sample_lms(
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         derivatives = [*derivatives, to_d(x, sig[i], denoised)][-order:]
+        if sig[i + 1] == 0.0:
+            x = denoised
+            continue
         cur_order = min(i + 1, order)
         for j in range(cur_order):
             x = x + lms_coefficient(sig, cur_order, i, j) * derivatives[-1 - j]

@@ -71,7 +71,7 @@ def sample_dpmpp_3m_sde(
     correction, k-diffusion's dpmpp_3m_sde); second order on the second step, first on the first and last."""
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
     sigmas, sig = host_schedule(sigmas)
-    noise = resolve_noise(x, generator, noise_sampler, brownian=True)
+    noise = resolve_noise(x, generator, noise_sampler)  # its intervals never overlap: plain draws have the law
     denoised_1: Tensor | None = None
     denoised_2: Tensor | None = None
     h_1: float | None = None
