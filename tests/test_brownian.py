@@ -18,7 +18,7 @@ from nodes.sd import ksampler
 from nodes.sd.samplers.brownian import BrownianTreeNoise
 from nodes.sd.schedules import calculate_sigmas, scaled_linear_alphas_cumprod
 
-pytestmark = pytest.mark.filterwarnings("ignore:Should have tb<=t1")  # torchsde, at sigma_max itself
+pytestmark = pytest.mark.filterwarnings("ignore:Should have t[ab]")  # torchsde, at sigma_max itself
 
 
 def comfyui_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seed: int):  # type: ignore[no-untyped-def]

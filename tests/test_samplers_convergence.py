@@ -23,7 +23,7 @@ from nodes.sd.samplers import SAMPLERS
 from nodes.sd.samplers.brownian import BrownianTreeNoise
 from test_samplers import MU, S, gaussian_denoiser
 
-pytestmark = pytest.mark.filterwarnings("ignore:Should have tb<=t1")
+pytestmark = pytest.mark.filterwarnings("ignore:Should have t[ab]")
 MODEL_SIGMAS = schedules.model_sigmas(schedules.scaled_linear_alphas_cumprod())
 DISTINCT = [name for k, (name, fn) in enumerate(SAMPLERS.items()) if fn not in list(SAMPLERS.values())[:k]]
 """One name per function (the `_gpu` entries are their CPU twins)."""

@@ -16,9 +16,9 @@ import torch
 import torchsde
 from torch import Tensor
 
-# torchsde compares the query with its interval's end after float rounding and warns when sigma_max itself is
-# asked for; the value it returns is the end point's, so the warning says nothing here
-warnings.filterwarnings("ignore", message="Should have tb<=t1", category=UserWarning)
+# torchsde compares a query with its interval's ends after float rounding and warns when sigma_min or sigma_max
+# itself is asked for; the value it returns is the end point's, so the warning says nothing here
+warnings.filterwarnings("ignore", message="Should have t[ab]", category=UserWarning)
 
 
 class BrownianTreeNoise:
