@@ -17,6 +17,7 @@ Brownian-tree noise KSampler gives SDE samplers).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -58,6 +59,7 @@ from nodes.sd.samplers.karras import (
 )
 from nodes.sd.samplers.sde import sample_ddpm, sample_dpmpp_3m_sde, sample_er_sde, sample_seeds_2, sample_seeds_3
 from nodes.sd.samplers_multistep import (
+    Denoiser,
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
     sample_dpmpp_2s_ancestral,
@@ -70,7 +72,9 @@ Sampler = Callable[..., Tensor]
 """sample_x(denoiser, x, sigmas, *, extra_args, callback, generator, noise_sampler, **options) -> x"""
 
 
-def sample_dpmpp_2m_sde_heun(denoiser, x, sigmas, *, solver_type: str = "heun", **kw):  # type: ignore[no-untyped-def]
+def sample_dpmpp_2m_sde_heun(
+    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, solver_type: str = "heun", **kw: Any
+) -> Tensor:
     """DPM-Solver++(2M) SDE with the Heun-type correction (Lu et al. 2022), ComfyUI's dpmpp_2m_sde_heun."""
     return sample_dpmpp_2m_sde(denoiser, x, sigmas, solver_type=solver_type, **kw)
 
