@@ -19,11 +19,11 @@ import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from torch import Tensor
 
-from nodes.sd import schedules
+from nodes.sd import ksampler, schedules
 from nodes.sd.denoisers import CFGDenoiser, EpsDenoiser
 from nodes.sd.samplers import SAMPLERS, sample_dpm_adaptive, sample_dpm_fast
 from nodes.sd.samplers.adams import deis_tab_coefficients
-from nodes.sd.types import CondItem
+from nodes.sd.types import CondItem, Latent, ModelHandle
 from test_samplers import (
     MU,
     S,
@@ -49,6 +49,7 @@ COMFYUI_SAMPLERS = [
     "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
 ]
 """comfy/samplers.py's KSAMPLER_NAMES + ["ddim", "uni_pc", "uni_pc_bh2"] (ComfyUI 0.3.64)."""
+SD_ALPHAS = schedules.scaled_linear_alphas_cumprod()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -292,3 +293,25 @@ def test_heunpp2_weights_its_slopes_by_sigma_over_sigma_max() -> None:
     x1 = x + ((1 - w2) * d0 + w2 * d(x2, 2.0)) * -4.0
     expected = x1 + d(x1, 2.0) * -2.0
     torch.testing.assert_close(SAMPLERS["heunpp2"](gaussian_denoiser, x, sigmas), expected)
+
+
+@pytest.mark.parametrize("cfg_pp, plain", [("euler_cfg_pp", "euler"), ("dpmpp_2m_cfg_pp", "dpmpp_2m")])
+def test_ksampler_hands_cfg_pp_the_unconditional_x0_through_its_wrappers(unet: UNet, cfg_pp: str, plain: str) -> None:
+    """Through KSampler (CFG, a noise mask, a stop check): with the negative equal to the positive the
+    unconditional x0 is the guided one and CFG++ is its plain twin; with another negative it is not."""
+    model = ModelHandle(unet_ref=unet, family="sd1", prediction="epsilon", alphas_cumprod=SD_ALPHAS)
+    generator = torch.Generator().manual_seed(3)
+    positive = (CondItem(embeds=torch.randn(1, 7, 32, generator=generator)),)
+    negative = (CondItem(embeds=torch.randn(1, 7, 32, generator=generator)),)
+    mask = torch.ones(1, 1, 8, 8)
+    mask[..., :2, :] = 0.0
+    latent = Latent(torch.randn(1, 4, 8, 8, generator=generator), noise_mask=mask)
+
+    def run_ksampler(name: str, negative: tuple[CondItem, ...]) -> Tensor:
+        return ksampler.sample(
+            model, seed=2, steps=4, cfg=1.0, sampler_name=name, scheduler="karras", positive=positive,
+            negative=negative, latent=latent, should_stop=lambda: False,
+        ).samples
+
+    torch.testing.assert_close(run_ksampler(cfg_pp, positive), run_ksampler(plain, positive), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(run_ksampler(cfg_pp, negative), run_ksampler(plain, negative), atol=1e-3)

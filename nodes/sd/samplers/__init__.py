@@ -60,6 +60,12 @@ from nodes.sd.samplers.karras import (
 from nodes.sd.samplers.sde import sample_ddpm, sample_dpmpp_3m_sde, sample_er_sde, sample_seeds_2, sample_seeds_3
 from nodes.sd.samplers_multistep import (
     Denoiser,
+    NoiseSampler,
+    StepCallback,
+    get_ancestral_step,
+    host_schedule,
+    report,
+    resolve_noise,
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
     sample_dpmpp_2s_ancestral,
@@ -142,6 +148,8 @@ DISCARD_PENULTIMATE_SIGMA: frozenset[str] = frozenset({"dpm_2", "dpm_2_ancestral
 otherwise be a wasted tiny step near sigma_min."""
 
 __all__ = [
-    "DISCARD_PENULTIMATE_SIGMA", "SAMPLERS", "STOCHASTIC_SAMPLERS", "UNCOND_HOOK", "Sampler", "churn_gamma", "churned",
-    "lms_coefficient", "to_d", *sorted(name for name in globals() if name.startswith("sample_")),
+    "DISCARD_PENULTIMATE_SIGMA", "SAMPLERS", "STOCHASTIC_SAMPLERS", "UNCOND_HOOK", "Denoiser", "NoiseSampler",
+    "Sampler", "StepCallback", "churn_gamma", "churned", "get_ancestral_step", "host_schedule", "lms_coefficient",
+    "report", "resolve_noise", "to_d", *sorted(name for name in globals() if name.startswith("sample_")),
 ]
+"""What `nodes.sd.samplers` offered as a module (the helpers too), kept importable from the package."""

@@ -228,25 +228,34 @@ def res_multistep(
     return x
 
 
-def _res_variant(eta: float | None, cfg_pp: bool, doc: str):  # type: ignore[no-untyped-def]
-    """One of ComfyUI's four res_multistep entries: fixed eta (0) or the caller's, with or without CFG++."""
-
-    @torch.no_grad()
-    def sample(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, s_noise: float = 1.0, **kw: Any) -> Tensor:
-        if eta is not None:
-            kw["eta"] = eta
-        return res_multistep(denoiser, x, sigmas, s_noise=s_noise, cfg_pp=cfg_pp, **kw)
-
-    sample.__doc__ = doc
-    return sample
+@torch.no_grad()
+def sample_res_multistep(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, s_noise: float = 1.0, **kw: Any) -> Tensor:
+    """RES multistep, deterministic (eta 0; Zhang et al. 2023)."""
+    return res_multistep(denoiser, x, sigmas, s_noise=s_noise, eta=0.0, cfg_pp=False, **kw)
 
 
-sample_res_multistep = _res_variant(0.0, False, "RES multistep, deterministic (eta 0).")
-sample_res_multistep_cfg_pp = _res_variant(0.0, True, "RES multistep with CFG++, deterministic (eta 0).")
-sample_res_multistep_ancestral = _res_variant(None, False, "RES multistep, ancestral (eta, default 1).")
-sample_res_multistep_ancestral_cfg_pp = _res_variant(
-    None, True, "RES multistep with CFG++, ancestral (eta, default 1)."
-)
+@torch.no_grad()
+def sample_res_multistep_cfg_pp(
+    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, s_noise: float = 1.0, **kw: Any
+) -> Tensor:
+    """RES multistep with CFG++, deterministic (eta 0; Zhang et al. 2023, Chung et al. 2024)."""
+    return res_multistep(denoiser, x, sigmas, s_noise=s_noise, eta=0.0, cfg_pp=True, **kw)
+
+
+@torch.no_grad()
+def sample_res_multistep_ancestral(
+    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 1.0, s_noise: float = 1.0, **kw: Any
+) -> Tensor:
+    """RES multistep, ancestral (Zhang et al. 2023 with DDIM's eta split)."""
+    return res_multistep(denoiser, x, sigmas, s_noise=s_noise, eta=eta, cfg_pp=False, **kw)
+
+
+@torch.no_grad()
+def sample_res_multistep_ancestral_cfg_pp(
+    denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 1.0, s_noise: float = 1.0, **kw: Any
+) -> Tensor:
+    """RES multistep with CFG++, ancestral (Zhang et al. 2023, Chung et al. 2024)."""
+    return res_multistep(denoiser, x, sigmas, s_noise=s_noise, eta=eta, cfg_pp=True, **kw)
 
 
 @torch.no_grad()
