@@ -85,3 +85,15 @@ def test_ksampler_gives_the_sde_family_a_tree_and_the_rest_gaussian_noise() -> N
 def test_a_single_nonzero_sigma_needs_no_tree() -> None:
     noise = ksampler.BatchNoise(torch.zeros(1, 4, 8, 8), 0, [0], brownian=True, sigmas=torch.tensor([3.0, 0.0]))
     assert float(noise(torch.tensor(3.0), torch.tensor(3.0)).abs().max()) == 0.0
+
+
+def test_other_samplers_draw_comfyuis_default_noise_at_batch_one(sigmas: torch.Tensor) -> None:
+    """ComfyUI 0.3.64's default_noise_sampler: a generator on x's device seeded with the seed, randn(x.shape)
+    per call. On the CPU its first draw repeats the initial noise (ComfyUI issue #9819, fixed after 0.3.64 by
+    seeding seed + 1); we keep 0.3.64's stream so a seed gives its picture."""
+    x = torch.zeros(1, 4, 8, 8)
+    ours = ksampler.BatchNoise(x, 42, [0], brownian=False)
+    generator = torch.Generator().manual_seed(42)
+    for i in range(3):
+        expected = torch.randn(x.size(), dtype=x.dtype, generator=generator)
+        torch.testing.assert_close(ours(sigmas[i], sigmas[i + 1]), expected, rtol=0, atol=0)

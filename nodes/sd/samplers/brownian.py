@@ -16,6 +16,8 @@ import torch
 import torchsde
 from torch import Tensor
 
+from nodes.sd.samplers_multistep import to_device_async
+
 # torchsde compares a query with its interval's ends after float rounding and warns when sigma_min or sigma_max
 # itself is asked for; the value it returns is the end point's, so the warning says nothing here
 warnings.filterwarnings("ignore", message="Should have t[ab]", category=UserWarning)
@@ -25,7 +27,7 @@ class BrownianTreeNoise:
     """Normalised increments (W(sigma_next) - W(sigma)) / sqrt|sigma_next - sigma| of one seeded Brownian tree.
 
     Args:
-        x: shape (and only the shape) of the noise; the tree lives on the CPU in float32.
+        x: the noise's shape, device and dtype; the tree itself lives on the CPU in float32.
         sigma_min: the smallest non-zero sigma of the run (the tree's start time).
         sigma_max: the largest sigma of the run (its end time).
         seed: the tree's entropy.
@@ -35,6 +37,7 @@ class BrownianTreeNoise:
         t0 = torch.tensor(min(sigma_min, sigma_max), dtype=torch.float32)
         t1 = torch.tensor(max(sigma_min, sigma_max), dtype=torch.float32)
         self.t0, self.t1, self.shape = float(t0), float(t1), tuple(x.shape)
+        self.device, self.dtype = x.device, x.dtype
         # a one-point range (a single non-zero sigma) never asks for noise: no tree to build
         self.tree = (
             torchsde.BrownianTree(t0, torch.zeros(self.shape, dtype=torch.float32), t1, entropy=seed)
@@ -53,7 +56,7 @@ class BrownianTreeNoise:
         return self.tree(low, high) * sign / (b - a).abs().sqrt()
 
     def __call__(self, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
-        return self.draw(sigma, sigma_next)
+        return to_device_async(self.draw(sigma, sigma_next), self.device, self.dtype)
 
 
 def schedule_range(sigmas: Tensor) -> tuple[float, float]:
