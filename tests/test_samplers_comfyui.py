@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
@@ -22,7 +23,7 @@ from torch import Tensor
 from nodes.sd import ksampler, schedules
 from nodes.sd.denoisers import CFGDenoiser, EpsDenoiser
 from nodes.sd.samplers import SAMPLERS, sample_dpm_adaptive, sample_dpm_fast
-from nodes.sd.samplers.adams import deis_tab_coefficients
+from nodes.sd.samplers.adams import deis_tab_coefficients, sa_coefficients
 from nodes.sd.types import CondItem, Latent, ModelHandle
 from test_samplers import (
     MU,
@@ -315,3 +316,24 @@ def test_ksampler_hands_cfg_pp_the_unconditional_x0_through_its_wrappers(unet: U
 
     torch.testing.assert_close(run_ksampler(cfg_pp, positive), run_ksampler(plain, positive), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(run_ksampler(cfg_pp, negative), run_ksampler(plain, negative), atol=1e-3)
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_sa_solver_coefficients_are_the_exponentially_weighted_lagrange_integrals(tau: float, order: int) -> None:
+    """Xue et al. 2023, eq. 15 with alpha = 1: b_j = (1 + tau^2) int_ls^lt e^{-(1 + tau^2)(lt - u)} L_j(u) du,
+    L_j the Lagrange basis of the predictions' lambdas; here by Gauss-Legendre quadrature (exact to ~1e-12)."""
+    lambdas = [-2.1, -1.4, -0.6, 0.1][-order:]
+    lam_s, lam_t = lambdas[-1], lambdas[-1] + 0.8
+    nodes, weights = np.polynomial.legendre.leggauss(40)
+    u = lam_s + (nodes + 1) / 2 * (lam_t - lam_s)
+    kernel = (1 + tau**2) * np.exp(-(1 + tau**2) * (lam_t - u)) * weights * (lam_t - lam_s) / 2
+    expected = []
+    for j in range(order):
+        basis = np.ones_like(u)
+        for k in range(order):
+            if k != j:
+                basis *= (u - lambdas[k]) / (lambdas[j] - lambdas[k])
+        expected.append(float((kernel * basis).sum()))
+    ours = sa_coefficients(lambdas, lam_s, lam_t, tau, simple_order_2=False, corrector=False)
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-12)
