@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor
 
 from nodes.sd import ksampler, schedules
