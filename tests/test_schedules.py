@@ -151,3 +151,47 @@ def test_calculate_sigmas_rejects_unknown_names_and_bad_steps() -> None:
     with pytest.raises(ValueError, match="steps must be >= 1"):
         schedules.calculate_sigmas(alphas, "karras", 0)
     assert len(schedules.calculate_sigmas(alphas, "karras", 10)) == 11
+
+
+def test_schedulers_are_comfyuis_in_its_order() -> None:
+    assert list(SCHEDULERS) == [
+        "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
+        "kl_optimal",
+    ]
+
+
+def linear_quadratic_reference(steps: int, sigma_max: float, threshold: float = 0.025) -> list[float]:
+    """Mochi's schedule written from its definition: noise fraction 1 - f(i/steps) where f is linear with slope
+    threshold / (steps // 2) up to step steps // 2, then the quadratic through (steps // 2, threshold) with the
+    same slope there that reaches 1 at i = steps."""
+    half = steps // 2
+    values = []
+    for i in range(steps):
+        if i < half:
+            fraction = i * threshold / half
+        else:
+            # a quadratic q(i) with q(half) = threshold, q'(half) = threshold / half, q(steps) = 1
+            slope, span = threshold / half, steps - half
+            curvature = (1 - threshold - slope * span) / span**2
+            fraction = threshold + slope * (i - half) + curvature * (i - half) ** 2
+        values.append((1 - fraction) * sigma_max)
+    return [*values, 0.0]
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4, 9, 20])
+def test_linear_quadratic_follows_mochis_definition(sigmas: torch.Tensor, steps: int) -> None:
+    expected = torch.tensor(linear_quadratic_reference(steps, float(sigmas[-1])), dtype=torch.float32)
+    torch.testing.assert_close(SCHEDULERS["linear_quadratic"](sigmas, steps), expected, rtol=1e-5, atol=1e-5)
+    one = SCHEDULERS["linear_quadratic"](sigmas, 1)
+    assert one.tolist() == pytest.approx([float(sigmas[-1]), 0.0])
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_kl_optimal_is_uniform_in_arctan_sigma(sigmas: torch.Tensor, steps: int) -> None:
+    out = SCHEDULERS["kl_optimal"](sigmas, steps)
+    assert float(out[0]) == pytest.approx(float(sigmas[-1]), rel=1e-6)
+    if steps > 1:
+        assert float(out[-2]) == pytest.approx(float(sigmas[0]), rel=1e-5)
+        angles = torch.atan(out[:-1].double())
+        gaps = angles[:-1] - angles[1:]
+        torch.testing.assert_close(gaps, gaps.mean().expand_as(gaps), rtol=1e-5, atol=1e-6)

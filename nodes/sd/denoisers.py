@@ -253,8 +253,13 @@ class CFGDenoiser:
         self.cfg_function: CfgFunction | None = None
         """A "cfg_function" patch's replacement for the CFG formula (one at a time: the last applied wins)."""
 
-    def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
-        skip_uncond = math.isclose(self.cfg, 1.0) and not self.guidance_terms
+    def __call__(
+        self, x: Tensor, sigma: Tensor, *, on_uncond: Callable[[Tensor], None] | None = None, **extra: Any
+    ) -> Tensor:
+        """Guided x0. `on_uncond`, when a sampler passes it (the CFG++ family), is called with the unconditional
+        x0 before guidance terms apply (ComfyUI's post-CFG hook); it makes the negative run even at cfg 1."""
+        wants_uncond = on_uncond is not None and bool(self.negative)
+        skip_uncond = math.isclose(self.cfg, 1.0) and not self.guidance_terms and not wants_uncond
         if not skip_uncond and not self.negative:
             raise ValueError(f"negative conditioning is empty but cfg is {self.cfg}")
         sets = [self.positive, None if skip_uncond else self.negative, *self.extra_conds]
@@ -264,6 +269,8 @@ class CFGDenoiser:
             cond, uncond, denoised = self._custom_cfg(x, sigma, cond, uncond)
         else:
             denoised = cond if uncond is None else uncond + (cond - uncond) * self.cfg
+        if on_uncond is not None:
+            on_uncond(cond if uncond is None else uncond)
         extra_denoised = tuple(item for item in extras if item is not None)
         for term in self.guidance_terms:
             inputs = GuidanceInputs(x, sigma, cond, uncond, denoised, self.cfg, self.model, extra_denoised)

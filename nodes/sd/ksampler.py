@@ -30,7 +30,8 @@ from nodes.sd.guiders import CFGGuide, Guider
 from nodes.sd.noise import Noise, prepare_noise
 from nodes.sd.sampler_spec import SamplerSpec
 from nodes.sd.samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLERS
-from nodes.sd.samplers_multistep import BrownianNoise, Denoiser, GaussianNoise, to_device_async
+from nodes.sd.samplers.brownian import BrownianTreeNoise, schedule_range
+from nodes.sd.samplers_multistep import Denoiser, GaussianNoise, to_device_async
 from nodes.sd.schedules import SCHEDULERS, calculate_sigmas, model_sigmas
 from nodes.sd.types import CondItem, Latent, ModelHandle
 
@@ -40,8 +41,13 @@ __all__ = ["BROWNIAN_SAMPLERS", "BatchNoise", "InpaintDenoiser", "SampleResult",
 ProgressCallback = Callable[[int, int, Tensor], None]
 """(steps done, total steps, current x0 prediction)."""
 
-BROWNIAN_SAMPLERS: frozenset[str] = frozenset({"dpmpp_sde"})
-"""Samplers whose noise intervals overlap within a step, so they need a Brownian path."""
+BROWNIAN_SAMPLERS: frozenset[str] = frozenset(
+    {
+        "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
+        "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu",
+    }
+)
+"""Samplers ComfyUI gives a Brownian-tree noise sampler (the rest draw independent Gaussian noise per step)."""
 
 
 def sampling_sigmas(alphas_cumprod: Tensor, scheduler: str, sampler_name: str, steps: int, denoise: float) -> Tensor:
@@ -71,15 +77,31 @@ def item_seed(seed: int, index: int) -> int:
 
 
 class BatchNoise:
-    """Per-step noise for a batch: each item draws from its own CPU generator (see `item_seed`); the batch
-    goes to x's device in one copy that does not wait for the device (`to_device_async`)."""
+    """Per-step noise for a batch: each item draws from its own CPU source seeded with `item_seed`, so item k
+    equals a single run with batch index k; the batch goes to x's device in one copy that does not wait for
+    the device (`to_device_async`).
 
-    def __init__(self, x: Tensor, seed: int, indices: Sequence[int], brownian: bool) -> None:
-        kind = BrownianNoise if brownian else GaussianNoise
+    Independent Gaussian draws by default; with `brownian`, one torchsde Brownian tree per item over the run's
+    sigma range, built as ComfyUI builds its tree (seed for batch index 0, so a batch of one matches ComfyUI).
+    """
+
+    def __init__(
+        self, x: Tensor, seed: int, indices: Sequence[int], brownian: bool, sigmas: Tensor | None = None
+    ) -> None:
         self.device, self.dtype = x.device, x.dtype
-        self.items: list[GaussianNoise | BrownianNoise] = [
-            kind(x[k : k + 1], torch.Generator().manual_seed(item_seed(seed, index))) for k, index in enumerate(indices)
-        ]
+        self.items: list[GaussianNoise | BrownianTreeNoise]
+        if brownian:
+            if sigmas is None:
+                raise ValueError("Brownian noise needs the run's sigmas: its tree spans their range")
+            low, high = schedule_range(sigmas)
+            self.items = [
+                BrownianTreeNoise(x[k : k + 1], low, high, item_seed(seed, index)) for k, index in enumerate(indices)
+            ]
+        else:
+            self.items = [
+                GaussianNoise(x[k : k + 1], torch.Generator().manual_seed(item_seed(seed, index)))
+                for k, index in enumerate(indices)
+            ]
 
     def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
         host = torch.cat([item.draw(sigma, sigma_next) for item in self.items])
@@ -289,7 +311,7 @@ def sample_custom(
             callback(info["i"] + 1, total, info["denoised"])
 
     seed, sampler_name = noise.seed, sampler.name
-    step_noise = BatchNoise(x, seed, indices, brownian=sampler_name in BROWNIAN_SAMPLERS)
+    step_noise = BatchNoise(x, seed, indices, brownian=sampler_name in BROWNIAN_SAMPLERS, sigmas=sigmas)
     run_inputs = {"cfg_denoiser": guided, "seed": seed}
     options = {**sampler.kwargs, **{name: run_inputs[name] for name in sampler.run_inputs}}
     with in_use(model.unet_ref), patches_applied(model.patches, unet_denoiser=unet, cfg_denoiser=guided):

@@ -5,8 +5,8 @@ exactly (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffu
 Written in the variance-exploding form x = x0 + sigma * noise used by all our samplers, the data-prediction
 updates lose the alpha_t factors that VP-form papers carry: x_next = (sigma_next / sigma) x - expm1(-h) x0.
 
-`samplers.py` builds on this module (it holds the simpler samplers and the SAMPLERS table); keeping the
-shared helpers here lets that import go one way only.
+The `samplers` package builds on this module (it holds the other samplers and the SAMPLERS table); keeping
+the shared helpers here lets that import go one way only.
 """
 
 from __future__ import annotations

@@ -172,15 +172,53 @@ def beta(sigmas: Tensor, steps: int, alpha: float = 0.6, beta_: float = 0.6) -> 
     return _finish(values)
 
 
+def linear_quadratic(
+    sigmas: Tensor, steps: int, threshold_noise: float = 0.025, linear_steps: int | None = None
+) -> Tensor:
+    """Noise fractions rising linearly to `threshold_noise` over the first half of the steps, then quadratically
+    to 1, times sigma_max (Mochi's schedule, Genmo 2024; ComfyUI "linear_quadratic"). One step is [sigma_max, 0].
+
+    Args:
+        sigmas: the model's training sigmas (only the largest is used).
+        steps: sampling steps.
+        threshold_noise: the noise fraction where the linear part ends.
+        linear_steps: steps in the linear part (default steps // 2).
+    """
+    if steps == 1:
+        fractions = [1.0, 0.0]
+    else:
+        linear_steps = steps // 2 if linear_steps is None else linear_steps
+        linear = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+        step_diff = linear_steps - threshold_noise * steps
+        quadratic_steps = steps - linear_steps
+        quadratic_coef = step_diff / (linear_steps * quadratic_steps**2)
+        linear_coef = threshold_noise / linear_steps - 2 * step_diff / quadratic_steps**2
+        const = quadratic_coef * linear_steps**2
+        quadratic = [quadratic_coef * i**2 + linear_coef * i + const for i in range(linear_steps, steps)]
+        fractions = [1.0 - value for value in [*linear, *quadratic, 1.0]]
+    return _finish([value * float(sigmas[-1]) for value in fractions], append_zero=False)
+
+
+def kl_optimal(sigmas: Tensor, steps: int) -> Tensor:
+    """Sigmas evenly spaced in arctan(sigma) from sigma_max to sigma_min, then 0: the schedule that minimises
+    the KL bound of the discretisation (Sabour et al. 2024, "Align Your Steps", Theorem 1)."""
+    sigma_min, sigma_max = float(sigmas[0]), float(sigmas[-1])
+    ramp = torch.arange(steps, dtype=torch.float64) / (steps - 1) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    return _finish((ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max)).tan())
+
+
 SCHEDULERS: dict[str, Scheduler] = {
-    "normal": normal,
+    "simple": simple,
+    "sgm_uniform": sgm_uniform,
     "karras": karras,
     "exponential": exponential,
-    "sgm_uniform": sgm_uniform,
-    "simple": simple,
     "ddim_uniform": ddim_uniform,
     "beta": beta,
+    "normal": normal,
+    "linear_quadratic": linear_quadratic,
+    "kl_optimal": kl_optimal,
 }
+"""ComfyUI 0.3.64's scheduler names (KSampler.SCHEDULERS, in its order) -> functions."""
 
 
 def calculate_sigmas(alphas_cumprod: Tensor, scheduler: str, steps: int) -> Tensor:

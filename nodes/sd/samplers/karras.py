@@ -1,4 +1,4 @@
-"""Samplers: one function per algorithm, k-diffusion's calling convention, listed in SAMPLERS.
+"""Karras-ODE samplers (Euler, Heun, DPM2, LMS, DDIM, LCM): one function per algorithm, k-diffusion's convention.
 
 Every sampler is `sample_x(denoiser, x, sigmas, *, extra_args=None, callback=None, ...) -> x`: it integrates
 from x at sigmas[0] down the given sigmas (usually ending at 0) calling only the denoiser D(x, sigma) -> x0.
@@ -18,7 +18,6 @@ Models"): dx/dsigma = (x - D(x, sigma)) / sigma.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,12 +32,6 @@ from nodes.sd.samplers_multistep import (
     host_schedule,
     report,
     resolve_noise,
-    sample_dpmpp_2m,
-    sample_dpmpp_2m_sde,
-    sample_dpmpp_2s_ancestral,
-    sample_dpmpp_sde,
-    sample_uni_pc,
-    sample_uni_pc_bh2,
 )
 
 
@@ -248,7 +241,8 @@ def sample_lms(
     order: int = 4,
 ) -> Tensor:
     """Linear multistep (Adams-Bashforth in sigma) on the probability-flow ODE (Karras et al. 2022's LMS
-    baseline; k-diffusion's sample_lms), order rising from 1 as history accumulates."""
+    baseline; k-diffusion's sample_lms), order rising from 1 as history accumulates. As in ComfyUI the step to
+    sigma 0 lands on the prediction (extrapolating the derivatives there would add error, not accuracy)."""
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
     sigmas, sig = host_schedule(sigmas)
     derivatives: list[Tensor] = []
@@ -256,6 +250,9 @@ def sample_lms(
         denoised = denoiser(x, sig[i] * s_in, **extra_args)
         report(callback, i, x, sig[i], denoised)
         derivatives = [*derivatives, to_d(x, sig[i], denoised)][-order:]
+        if sig[i + 1] == 0.0:
+            x = denoised
+            continue
         cur_order = min(i + 1, order)
         for j in range(cur_order):
             x = x + lms_coefficient(sig, cur_order, i, j) * derivatives[-1 - j]
@@ -316,32 +313,46 @@ def sample_lcm(
     return x
 
 
-Sampler = Callable[..., Tensor]
-"""sample_x(denoiser, x, sigmas, *, extra_args, callback, generator, noise_sampler, **options) -> x"""
-
-SAMPLERS: dict[str, Sampler] = {
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpm_2": sample_dpm_2,
-    "dpm_2_ancestral": sample_dpm_2_ancestral,
-    "lms": sample_lms,
-    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
-    "dpmpp_sde": sample_dpmpp_sde,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "ddim": sample_ddim,
-    "uni_pc": sample_uni_pc,
-    "uni_pc_bh2": sample_uni_pc_bh2,
-    "lcm": sample_lcm,
-}
-"""ComfyUI's sampler names -> functions."""
-
-STOCHASTIC_SAMPLERS: frozenset[str] = frozenset(
-    {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "lcm"}
-)
-"""Samplers that draw noise at every step (they take `generator` / `noise_sampler`)."""
-
-DISCARD_PENULTIMATE_SIGMA: frozenset[str] = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
-"""ComfyUI computes one extra sigma for these and drops the second-to-last: their final step would
-otherwise be a wasted tiny step near sigma_min."""
+@torch.no_grad()
+def sample_heunpp2(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    extra_args: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Heun++ (sd-webui-samplers-scheduler's "Heun++2", ComfyUI's heunpp2): a Heun step whose slope averages
+    the derivatives at this sigma and the next one or two, weighted by sigma / (k * sigma_max); the final step
+    is Euler and the one before it uses two points."""
+    extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
+    sigmas, sig = host_schedule(sigmas)
+    noise = resolve_noise(x, generator, noise_sampler)
+    s_end = sig[-1]
+    for i in range(len(sig) - 1):
+        x, sigma_hat = churned(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = denoiser(x, sigma_hat * s_in, **extra_args)
+        report(callback, i, x, sig[i], denoised)
+        d = to_d(x, sigma_hat, denoised)
+        dt = sig[i + 1] - sigma_hat
+        if sig[i + 1] == s_end:
+            x = x + d * dt
+            continue
+        x_2 = x + d * dt
+        d_2 = to_d(x_2, sig[i + 1], denoiser(x_2, sig[i + 1] * s_in, **extra_args))
+        if sig[i + 2] == s_end:
+            w2 = sig[i + 1] / (2 * sig[0])
+            slope = d * (1 - w2) + d_2 * w2
+        else:
+            x_3 = x_2 + d_2 * (sig[i + 2] - sig[i + 1])
+            d_3 = to_d(x_3, sig[i + 2], denoiser(x_3, sig[i + 2] * s_in, **extra_args))
+            w2, w3 = sig[i + 1] / (3 * sig[0]), sig[i + 2] / (3 * sig[0])
+            slope = d * (1 - w2 - w3) + d_2 * w2 + d_3 * w3
+        x = x + slope * dt
+    return x
