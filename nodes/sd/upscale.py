@@ -240,7 +240,7 @@ def upscale_image(handle: UpscaleModelHandle, image: Tensor, *, device: str | No
     function = partial(run_padded, module, multiple=handle.multiple)
     while True:
         try:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: later nodes may still want autograd on the result
                 out = tiled_scale(pixels, function, handle.scale, tile=tile, overlap=overlap, progress=progress)
             break
         except torch.OutOfMemoryError:
