@@ -3,7 +3,9 @@
 Files are recognised by their keys (ESRGAN's three layouts, Real-ESRGAN's compact SRVGGNet: see
 upscale_rrdb.py, upscale_srvgg.py) and loaded through the model manager, which owns the module; the
 UPSCALE_MODEL socket carries a small frozen handle. Safetensors files are read plainly, pickles only with
-`torch.load(weights_only=True)` (files.py).
+`torch.load(weights_only=True)` (files.py). The architectures are written here rather than taken from spandrel
+(ComfyUI's choice): spandrel needs torchvision, and the only torchvision for torch 2.13 on this project's package
+indexes (0.28.0) is a CUDA build whose C extension does not load against the CPU torch wheel.
 
 Running a model over a large image at once can need more memory than the device has (a 4x ESRGAN keeps
 dozens of full-resolution feature maps), so the image is cut into overlapping tiles, as ComfyUI does (512 px,
