@@ -204,6 +204,14 @@ def test_unknown_layouts_and_unsafe_pickles_are_refused_naming_the_file(engine, 
         load_upscale_model(tmp_path / "model.pkl")
 
 
+def test_weights_that_do_not_fit_their_layout_are_refused_naming_the_file(tmp_path):
+    state = _randomized(RefSRVGG()).state_dict()
+    state["body.2.weight"] = state["body.2.weight"][:, :5]  # a conv that takes 5 of the 8 features
+    save_file({key: value.contiguous() for key, value in state.items()}, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(ValueError, match=r"cut\.safetensors.*do not fit the SRVGGNetCompact"):
+        load_upscale_model(tmp_path / "cut.safetensors")
+
+
 def test_pixel_unshuffle_models_take_odd_sizes(engine):
     (handle,) = UpscaleModelLoader.execute(ctx(engine), model_name="realesrgan_x2.pth")
     (out,) = ImageUpscaleWithModel.execute(ctx(engine), upscale_model=handle, image=torch.rand(1, 9, 7, 3))
