@@ -14,6 +14,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "loras": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "controlnet": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "embeddings": (".safetensors", ".pt", ".pth", ".bin"),
+    "upscale_models": (".safetensors", ".pt", ".pth"),
     "configs": (".yaml", ".yml"),
     "diffusers": (),  # pipeline folders only: listed by their model_index.json
 }

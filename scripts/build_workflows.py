@@ -79,6 +79,24 @@ def hires_fix() -> dict[str, Any]:
     return graph
 
 
+def hires_fix_upscale_model() -> dict[str, Any]:
+    """Hires fix in pixel space: sample at 128 px, decode, upscale 2x with the shipped upscale model, scale to
+    the 192 px target, encode and re-sample its detail at denoise 0.5."""
+    graph = base()
+    graph["5"]["inputs"]["batch_size"] = 1
+    graph["12"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": ADAPTERS["upscale"][1]}}
+    graph["13"] = {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["12", 0], "image": ["8", 0]}}
+    graph["14"] = {"class_type": "ImageScaleBy",
+                   "inputs": {"image": ["13", 0], "upscale_method": "area", "scale_by": 0.75}}
+    graph["15"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["14", 0], "vae": ["4", 2]}}
+    graph["16"] = {"class_type": "KSampler", "inputs": {
+        "seed": 2, "steps": 12, "cfg": 6.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 0.5,
+        "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["15", 0]}}
+    graph["17"] = {"class_type": "VAEDecode", "inputs": {"samples": ["16", 0], "vae": ["4", 2]}}
+    graph["9"]["inputs"].update(images=["17", 0], filename_prefix="hires_upscale_model")
+    return graph
+
+
 def lora() -> dict[str, Any]:
     """The embedded model's style LoRA on its trigger word: the background drawn in diagonal stripes."""
     graph = base("a yellow star on a purple background, striped")
@@ -124,7 +142,7 @@ def sag() -> dict[str, Any]:
 
 
 GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "lora": lora,
-          "controlnet": controlnet, "sega": sega, "sag": sag}
+          "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model}
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""

@@ -9,9 +9,11 @@ EMBEDDED_PATH = MODEL_DIR / EMBEDDED_NAME
 ADAPTERS: dict[str, tuple[str, str]] = {
     "lora": ("loras", "nodegraph-tiny-shapes-striped.safetensors"),
     "controlnet": ("controlnet", "nodegraph-tiny-shapes-outline.safetensors"),
+    "upscale": ("upscale_models", "nodegraph-tiny-shapes-2x.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
-outline ControlNet, both trained for the embedded model by scripts/train_adapters.py."""
+outline ControlNet, both trained for the embedded model by scripts/train_adapters.py, and the 2x upscaler
+(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py."""
 
 
 def default_adapter_path(kind: str) -> Path:
@@ -20,8 +22,8 @@ def default_adapter_path(kind: str) -> Path:
 
 
 def add_embedded_checkpoint(env: Any) -> None:
-    """List the shipped model first under `checkpoints` and its adapters first under `loras` and `controlnet`,
-    loaded by the same loaders as any user file."""
+    """List the shipped model first under `checkpoints` and its adapters first under `loras`, `controlnet` and
+    `upscale_models`, loaded by the same loaders as any user file."""
     if EMBEDDED_PATH.is_file():
         env.models.add_builtin("checkpoints", EMBEDDED_NAME, EMBEDDED_PATH)
     for kind, (folder, name) in ADAPTERS.items():
