@@ -185,6 +185,25 @@ def test_nodes_json_lists_every_registered_node(tmp_path, registry):
     assert [o["is_list"] for o in listed["RebatchLatents"]["outputs"]] == [True]
 
 
+NODE_SET = Path(__file__).parent / "contracts" / "comfyui_sd_node_set.txt"
+PART_1_COVERAGE = 184
+"""Node types of ComfyUI's SD vocabulary the vocabulary issue part 1 promises (of 227)."""
+
+
+def test_nodes_json_covers_comfyuis_sd_vocabulary_with_contracts(tmp_path):
+    """`nodegraph nodes --json` lists at least PART_1_COVERAGE of ComfyUI's 227 SD node types, and every one of
+    them we declare has its ComfyUI contract on file (so the contract test above checks it)."""
+    vocabulary = {line.strip() for line in NODE_SET.read_text().splitlines()
+                  if line.strip() and not line.startswith(("#", "["))}
+    assert len(vocabulary) == 227
+    out = subprocess.run([sys.executable, "-m", "nodegraph.cli", "nodes", "--json", "--output-dir", str(tmp_path)],
+                         capture_output=True, text=True, check=True, timeout=120)
+    provided = {entry["type_id"] for entry in json.loads(out.stdout)} & vocabulary
+    contracts = set().union(*(json.loads(path.read_text()) for path in CONTRACT_FILES))
+    assert sorted(provided - contracts) == []
+    assert len(provided) >= PART_1_COVERAGE, sorted(vocabulary - provided)
+
+
 def test_palette_and_object_info_categories_are_the_declared_ones(registry):
     """/object_info carries each schema's category, and the editor's palette (frontend/defs.js, run under node)
     files each node under exactly that category."""
