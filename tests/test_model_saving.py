@@ -180,3 +180,33 @@ def test_checkpoint_save_refuses_parts_of_different_families(env):
     with pytest.raises(ValueError, match="CLIP is sdxl but the MODEL is sd1"):
         CheckpointSave.execute(_ctx(env), sd1.model, sdxl.clip, sd1.vae, "x")
     assert not env.output_dir.exists() or not list(env.output_dir.rglob("*"))
+
+
+def test_merge_and_save_workflow_writes_the_merged_embedded_model(tmp_path):
+    """workflows/model_merge_save.json: the saved checkpoint holds 0.5 * base + 0.5 * (base + style LoRA) on every
+    UNet and text-encoder tensor, and reloads through the checkpoint loader with the run's metadata."""
+    from tiny_models import engine_at
+
+    from nodegraph.formats import load_workflow_file, run_metadata
+    from nodes.models.embedded import EMBEDDED_PATH, default_adapter_path
+    from nodes.sd.lora import match_lora, read_lora, with_updated_weights
+
+    engine = engine_at(tmp_path)
+    workflow = load_workflow_file(Path(__file__).parent.parent / "workflows" / "model_merge_save.json", engine.registry)
+    save_id = next(node_id for node_id, node in workflow.nodes.items() if node.type == "CheckpointSave")
+    engine.run(workflow, outputs=[save_id], metadata=run_metadata(workflow, engine.registry))
+    path = engine.env.output_dir / "checkpoints" / "merged_00001_.safetensors"
+    saved, base = load_checkpoint(path), load_checkpoint(EMBEDDED_PATH)
+    matched = match_lora(read_lora(default_adapter_path("lora")), base.model.unet, base.clip.encoders)
+    tuned = [with_updated_weights(base.model.unet, matched.unet),
+             *(with_updated_weights(e, u) for e, u in zip(base.clip.encoders, matched.encoders))]
+    assert matched.unet.by_param and matched.encoders[0].by_param  # the LoRA changes both sides
+    for merged, one, two in zip([saved.model.unet, *saved.clip.encoders], [base.model.unet, *base.clip.encoders], tuned):
+        s1, s2 = one.state_dict(), two.state_dict()
+        for key, value in merged.state_dict().items():
+            if key.endswith(".position_ids"):
+                continue
+            expected = s1[key].float() * 0.5 + 0.5 * s2[key].float()
+            assert torch.equal(value, expected.to(s1[key].dtype)), key
+    _same(saved.vae.vae, base.vae.vae)
+    assert json.loads(_metadata(path)["prompt"])[save_id]["class_type"] == "CheckpointSave"
