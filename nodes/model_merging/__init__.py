@@ -1,7 +1,19 @@
 """Merging and saving models (ComfyUI's advanced/model_merging menu, and LoraSave)."""
 
 from . import merge, save
-from .merge import *  # noqa: F401,F403  (node classes, for tests and scripts)
-from .save import *  # noqa: F401,F403
+from .merge import (
+    CLIPMergeAdd,
+    CLIPMergeSimple,
+    CLIPMergeSubtract,
+    ModelMergeAdd,
+    ModelMergeBlocks,
+    ModelMergeSD1,
+    ModelMergeSD2,
+    ModelMergeSDXL,
+    ModelMergeSimple,
+    ModelMergeSubtract,
+)
+from .save import CheckpointSave, CLIPSave, LoraSave, ModelSave, VAESave
 
 NODES = (*merge.NODES, *save.NODES)
+__all__ = [node.__name__ for node in NODES]

@@ -65,21 +65,22 @@ def lora_tensors(named: Iterable[tuple[str, Tensor]], rank: int, lora_type: Lora
             layer = key[: -len(".weight")]
             if lora_type == "full_diff" or diff.dim() < 2:
                 if lora_type == "full_diff" or bias_diff:
-                    yield f"{layer}.diff", diff.half().contiguous()
+                    yield f"{layer}.diff", diff.half().cpu().contiguous()
                 continue
             try:
                 up, down = extract_lora(diff, rank)
             except (RuntimeError, ValueError) as error:  # e.g. a layer too large for torch.quantile
                 logger.warning("LoraSave: no LoRA for %s (%s)", key, error)
                 continue
-            yield f"{layer}.lora_up.weight", up.half().contiguous()
-            yield f"{layer}.lora_down.weight", down.half().contiguous()
+            yield f"{layer}.lora_up.weight", up.half().cpu().contiguous()
+            yield f"{layer}.lora_down.weight", down.half().cpu().contiguous()
         elif bias_diff and key.endswith(".bias"):
-            yield f"{key[: -len('.bias')]}.diff_b", diff.half().contiguous()
+            yield f"{key[: -len('.bias')]}.diff_b", diff.half().cpu().contiguous()
 
 
 def _floating(module: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items() if v.is_floating_point()}
+    """The module's floating-point tensors where they are: the SVDs run on the model's device."""
+    return {k: v.detach() for k, v in module.state_dict().items() if v.is_floating_point()}
 
 
 def unet_diff_names(model: ModelHandle) -> list[tuple[str, Tensor]]:

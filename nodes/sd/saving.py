@@ -23,9 +23,9 @@ from safetensors.torch import save_file
 
 from nodes.sd.loading.configs import METADATA_KEY, alphas_cumprod, family_defaults
 from nodes.sd.loading.export import (
-    _plain,
     export_config,
     ldm_state_dict,
+    plain_config,
     text_encoder_config,
     text_encoder_state_dict,
     unet_state_dict,
@@ -96,14 +96,14 @@ def unet_tensors(model: ModelHandle) -> tuple[Tensors, dict[str, Any]]:
     tensors = unet_state_dict(unet)
     tensors.update(_prediction_keys(model))
     config = {"family": model.family, "prediction": model.prediction, "schedule": _schedule(model),
-              "unet": _plain(unet.config)}
+              "unet": plain_config(unet.config)}
     return tensors, config
 
 
 def vae_tensors(vae: VaeHandle) -> tuple[Tensors, dict[str, Any]]:
     """(tensors, nodegraph_config) of a standalone VAE file (VAESave): LDM keys, no prefix."""
     module = vae.vae
-    config = _plain(module.config)
+    config = plain_config(module.config)
     config["scaling_factor"] = vae.scaling_factor  # the latent scaling this handle decodes with
     if vae.shift_factor:
         config["shift_factor"] = vae.shift_factor

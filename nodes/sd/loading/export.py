@@ -66,7 +66,7 @@ def text_encoder_config(encoder: torch.nn.Module) -> dict[str, Any]:
     return {k: getattr(encoder.config, k) for k in _TEXT_CONFIG_KEYS}
 
 
-def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config as JSON-ready values, without the library's private `_` keys."""
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, default=list))
 
@@ -85,8 +85,8 @@ def export_config(
         "family": family,
         "prediction": prediction,
         "schedule": dict(schedule or family_defaults(family)["schedule"]),
-        "unet": _plain(unet.config),
-        "vae": _plain(vae.config),
+        "unet": plain_config(unet.config),
+        "vae": plain_config(vae.config),
         "text_encoders": [text_encoder_config(e) for e in encoders],
     }
 
