@@ -199,3 +199,27 @@ def test_block_merge_contracts_match_comfyui_names():
     assert len(ModelMergeSD1.schema.inputs) == 2 + 2 + 12 + 3 + 12 + 1
     assert len(ModelMergeSDXL.schema.inputs) == 2 + 2 + 9 + 3 + 9 + 1
     assert all(s.default == 1.0 and s.min == 0.0 and s.max == 1.0 for s in ModelMergeSDXL.schema.inputs[2:])
+
+
+def test_block_inputs_named_with_dots_survive_api_and_ui_formats_and_validate(tmp_path):
+    """ComfyUI names ModelMergeSD1's inputs by weight prefix ("input_blocks.4."): they are ordinary inputs here."""
+    import json
+
+    from tiny_models import engine_at
+
+    from nodegraph.formats import load_workflow_file, ui_from_native
+    from nodegraph.formats.api import from_api, to_api
+    from nodegraph.validation import compile_workflow
+
+    engine = engine_at(tmp_path)
+    registry = engine.registry
+    ratios = {spec.name: 0.25 for spec in ModelMergeSD1.schema.inputs[2:]}
+    ratios["output_blocks.11."] = 0.75
+    api = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nodegraph-tiny-shapes.safetensors"}},
+           "5": {"class_type": "ModelMergeSD1", "inputs": {"model1": ["4", 0], "model2": ["4", 0], **ratios}}}
+    workflow = from_api(api)
+    (tmp_path / "ui.json").write_text(json.dumps(ui_from_native(workflow, registry)))
+    for graph in (workflow, load_workflow_file(tmp_path / "ui.json", registry)):
+        exported = to_api(graph, registry)
+        assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in exported.items()} == api
+    compile_workflow(workflow, registry, engine.env)
