@@ -216,7 +216,8 @@ def test_block_inputs_named_with_dots_survive_api_and_ui_formats_and_validate(tm
     ratios = {spec.name: 0.25 for spec in ModelMergeSD1.schema.inputs[2:]}
     ratios["output_blocks.11."] = 0.75
     api = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nodegraph-tiny-shapes.safetensors"}},
-           "5": {"class_type": "ModelMergeSD1", "inputs": {"model1": ["4", 0], "model2": ["4", 0], **ratios}}}
+           "5": {"class_type": "ModelMergeSD1", "inputs": {"model1": ["4", 0], "model2": ["4", 0], **ratios}},
+           "6": {"class_type": "ModelSave", "inputs": {"model": ["5", 0], "filename_prefix": "diffusion_models/x"}}}
     workflow = from_api(api)
     (tmp_path / "ui.json").write_text(json.dumps(ui_from_native(workflow, registry)))
     for graph in (workflow, load_workflow_file(tmp_path / "ui.json", registry)):
