@@ -124,3 +124,30 @@ def test_lora_save_with_no_difference_linked_writes_nothing(delta_setup):
     ctx = delta_setup[0]
     result = LoraSave.execute(ctx, "loras/none", 8, "standard", True)
     assert result.ui == {} and not list((ctx.env.output_dir).glob("loras/none*"))
+
+
+def test_sdxl_difference_loads_back_on_every_weight_of_both_text_encoders(tmp_path):
+    """full_diff from SDXL (label_emb, CLIP-L as clip_l, bigG and its projection as clip_g): every key places."""
+    from tiny_models import sdxl_modules
+
+    from nodes.sd.lora import match_lora, with_updated_weights
+
+    one, two = sdxl_modules(0), sdxl_modules(5)
+    handles = [assemble(family="sdxl", prediction="epsilon", schedule=None, unet=m.unet, vae=m.vae,
+                        vae_config=dict(m.vae.config), encoders=m.encoders, open_clip=[False, True], device="cpu",
+                        dtype=torch.float32, source="sdxl", metadata={}) for m in (one, two)]
+    ctx = NodeContext("1", "Test", Environment(output_dir=tmp_path))
+    (model_diff,) = ModelMergeSubtract.execute(ctx, handles[0].model, handles[1].model, 1.0)
+    (clip_diff,) = CLIPMergeSubtract.execute(ctx, handles[0].clip, handles[1].clip, 1.0)
+    entry = LoraSave.execute(ctx, "lora", 4, "full_diff", True, model_diff, clip_diff).ui["models"][0]
+    tensors = load_file(str(tmp_path / entry["filename"]))
+    assert "diffusion_model.label_emb.0.0.diff" in tensors
+    assert "text_encoders.clip_g.transformer.text_projection.diff" in tensors
+    matched = match_lora(parse_lora(tensors, {}, "x"), two.unet, two.encoders)
+    assert matched.not_loaded == ()
+    for target, source, updates in zip([two.unet, *two.encoders], [one.unet, *one.encoders],
+                                       [matched.unet, *matched.encoders]):
+        restored = with_updated_weights(target, updates).state_dict()
+        for key, value in source.state_dict().items():
+            if value.is_floating_point() and not key.endswith(".position_ids"):
+                torch.testing.assert_close(restored[key], value, atol=2e-3, rtol=2e-3)
