@@ -16,4 +16,6 @@ from .merge import (
 from .save import CheckpointSave, CLIPSave, LoraSave, ModelSave, VAESave
 
 NODES = (*merge.NODES, *save.NODES)
-__all__ = [node.__name__ for node in NODES]
+__all__ = ["CLIPMergeAdd", "CLIPMergeSimple", "CLIPMergeSubtract", "CLIPSave", "CheckpointSave", "LoraSave",
+           "ModelMergeAdd", "ModelMergeBlocks", "ModelMergeSD1", "ModelMergeSD2", "ModelMergeSDXL", "ModelMergeSimple",
+           "ModelMergeSubtract", "ModelSave", "NODES", "VAESave"]
