@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _COUNTER = re.compile(r"_(\d{5,})_\.[A-Za-z0-9]+$")
@@ -93,11 +93,21 @@ def _next_counter(folder: Path, stem: str, extension: str) -> int:
     return highest + 1
 
 
-def save_new_file(directory: str | os.PathLike[str], prefix: str, extension: str, data: bytes) -> Path:
+def next_counter(directory: str | os.PathLike[str], prefix: str, extension: str) -> int:
+    """The counter `save_new_file` would give the next `prefix_NNNNN_.ext` now (another writer may take it
+    first; for titles and names recorded inside a file)."""
+    target = safe_join(directory, f"{prefix}_00000_.{extension}")
+    return _next_counter(target.parent, target.name[: -len(f"_00000_.{extension}")], extension)
+
+
+def save_new_file(directory: str | os.PathLike[str], prefix: str, extension: str,
+                  data: bytes | Callable[[Path], None]) -> Path:
     """Write `data` to a new `prefix_00001_.ext` in `directory` (ComfyUI's naming), atomically and
     never overwriting: the bytes go to a temporary file that is then hard-linked under the first free name.
 
     `prefix` may name a subfolder ("portraits/face"), created inside `directory`; it cannot leave it.
+    `data` may be a function that writes the file at the path it is given (a model saved straight to disk,
+    never held in memory as bytes).
     """
     target = safe_join(directory, f"{prefix}_00000_.{extension}")
     folder, stem = target.parent, target.name[: -len(f"_00000_.{extension}")]
@@ -105,7 +115,10 @@ def save_new_file(directory: str | os.PathLike[str], prefix: str, extension: str
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{PARTIAL_PREFIX}{os.getpid()}.", suffix=f".{extension}")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if not callable(data):
+                handle.write(data)
+        if callable(data):
+            data(Path(tmp))
         counter = _next_counter(folder, stem, extension)
         while True:
             candidate = folder / f"{stem}_{counter:05d}_.{extension}"

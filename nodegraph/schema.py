@@ -33,7 +33,8 @@ ANY_TYPE = "*"
 Only inputs may be wildcards; every output keeps a real type."""
 
 _TYPE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+"""Input names: identifiers, plus dots (ComfyUI's block-merge inputs are named by weight prefixes, "input_blocks.0.")."""
 
 OptionsSource = Sequence[str] | Callable[[Any], Sequence[str]]
 """COMBO options: a fixed list, or a function of the run environment (e.g. files in a folder)."""
@@ -68,7 +69,7 @@ class InputSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
         if not _IDENT.match(self.name):
-            raise ValueError(f"input name {self.name!r} is not an identifier")
+            raise ValueError(f"input name {self.name!r} is not an identifier (letters, digits, _ and .)")
         if not _TYPE_NAME.match(self.type) and self.type != ANY_TYPE:
             raise ValueError(f"input {self.name!r}: type {self.type!r} must be an upper-case name or {ANY_TYPE!r}")
         if self.type == "COMBO" and self.options is None:

@@ -141,8 +141,26 @@ def sag() -> dict[str, Any]:
     return graph
 
 
+def model_merge_save() -> dict[str, Any]:
+    """The embedded model merged half-way with its own style-LoRA variant (UNet and text encoder), saved as a
+    new checkpoint (output/checkpoints/merged_00001_.safetensors) and sampled from."""
+    graph = base("a yellow star on a purple background, striped")
+    graph["10"] = {"class_type": "LoraLoader", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": ADAPTERS["lora"][1], "strength_model": 1.0,
+        "strength_clip": 1.0}}
+    graph["11"] = {"class_type": "ModelMergeSimple", "inputs": {"model1": ["4", 0], "model2": ["10", 0], "ratio": 0.5}}
+    graph["12"] = {"class_type": "CLIPMergeSimple", "inputs": {"clip1": ["4", 1], "clip2": ["10", 1], "ratio": 0.5}}
+    graph["13"] = {"class_type": "CheckpointSave", "inputs": {
+        "model": ["11", 0], "clip": ["12", 0], "vae": ["4", 2], "filename_prefix": "checkpoints/merged"}}
+    graph["3"]["inputs"]["model"] = ["11", 0]
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["12", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "model_merge_save"
+    return graph
+
+
 GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "lora": lora,
-          "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model}
+          "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model,
+          "model_merge_save": model_merge_save}
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""

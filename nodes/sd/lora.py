@@ -60,8 +60,11 @@ _PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
 _COMPONENTS: tuple[tuple[str, str], ...] = (
     ("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te1"),
     ("unet.", "unet"), ("diffusion_model.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te1"),
+    ("text_encoders.clip_l.transformer.", "te1"), ("text_encoders.clip_h.transformer.", "te1"),
+    ("text_encoders.clip_g.transformer.", "te2"),
 )  # fmt: skip
-"""Layer-name prefixes and the component they adapt (te1 = the first text encoder, te2 = SDXL's second)."""
+"""Layer-name prefixes and the component they adapt (te1 = the first text encoder, te2 = SDXL's second);
+`text_encoders.clip_*` is how ComfyUI's LoraSave names text-encoder layers."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,17 @@ class LoraLayer:
     down: Tensor
     scale: float
 
+    param: str = "weight"
+    """Which tensor of the layer it updates (a low-rank pair always updates the weight)."""
+
     @property
     def numel(self) -> int:
         """How many weights the update covers (out * in * kernel), for checking it fits its target."""
         return self.up.shape[0] * self.down[0].numel()
+
+    @property
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.up, self.down
 
     def delta(self, shape: torch.Size, device: torch.device) -> Tensor:
         """The float32 weight update, reshaped to the target weight's shape (Linear or Conv2d)."""
@@ -85,24 +95,51 @@ class LoraLayer:
 
 
 @dataclass(frozen=True)
+class DiffLayer:
+    """A whole-tensor update stored as is: ComfyUI's `.diff` (a weight, e.g. a norm's, or every weight of a
+    full_diff LoRA) and `.diff_b` (a bias), as its LoraSave writes them; delta = scale * diff."""
+
+    diff: Tensor
+    param: str
+    """"weight" or "bias"."""
+    module: str
+    """The file's layer name (the dict key of a bias update carries a suffix to stay apart from its weight's)."""
+    scale: float = 1.0
+
+    @property
+    def numel(self) -> int:
+        return self.diff.numel()
+
+    @property
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.diff,)
+
+    def delta(self, shape: torch.Size, device: torch.device) -> Tensor:
+        return self.diff.to(device, torch.float32).reshape(shape).mul(self.scale)
+
+
+_DIFF_SUFFIXES = ((".diff", "weight"), (".diff_b", "bias"))
+
+
+@dataclass(frozen=True)
 class LoraFile:
     """A LoRA file's layers by the name the file gives them, plus the keys that are no LoRA layer we know."""
 
     name: str
-    layers: dict[str, LoraLayer]
+    layers: dict[str, LoraLayer | DiffLayer]
     unrecognised: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
         """What the model manager counts for it (its tensors stay in CPU RAM)."""
-        return sum(t.numel() * t.element_size() for layer in self.layers.values() for t in (layer.up, layer.down))
+        return sum(t.numel() * t.element_size() for layer in self.layers.values() for t in layer.tensors)
 
 
 @dataclass(frozen=True)
 class WeightUpdates:
     """Per parameter name of one module: the LoRA layers (with their strengths) to add to it."""
 
-    by_param: dict[str, tuple[tuple[LoraLayer, float], ...]] = field(default_factory=dict)
+    by_param: dict[str, tuple[tuple[LoraLayer | DiffLayer, float], ...]] = field(default_factory=dict)
 
     def plus(self, other: WeightUpdates) -> WeightUpdates:
         merged = dict(self.by_param)
@@ -150,7 +187,7 @@ def parse_lora(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], name:
     """
     peft = _peft_alphas(metadata)
     used: set[str] = set()
-    layers: dict[str, LoraLayer] = {}
+    layers: dict[str, LoraLayer | DiffLayer] = {}
     for key in tensors:
         for up_suffix, down_suffix, _ in _PAIRS:
             if not key.endswith(up_suffix):
@@ -170,6 +207,12 @@ def parse_lora(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], name:
             layer = layer.removeprefix("base_model.model.")
             layers[layer] = LoraLayer(up, down, _scale(layer, down.shape[0], alpha, peft))
             break
+    for key, tensor in tensors.items():
+        for suffix, param in _DIFF_SUFFIXES:
+            if key.endswith(suffix) and key not in used:
+                layer = key[: -len(suffix)]
+                used.add(key)
+                layers[layer if param == "weight" else key] = DiffLayer(tensor, param, layer)
     if not layers:
         raise ValueError(f"LoRA {name}: no LoRA layers found (expected kohya .lora_up/.lora_down or PEFT "
                          f".lora_A/.lora_B weight pairs); keys are e.g. {_shown(list(tensors)) or 'none'}")
@@ -251,19 +294,22 @@ def match_lora(
         tables["unet"] = (unet_targets(unet), {n: p.shape for n, p in unet.named_parameters()})
     for index, encoder in enumerate(encoders):
         tables[f"te{index + 1}"] = (text_targets(encoder), {n: p.shape for n, p in encoder.named_parameters()})
-    found: dict[str, dict[str, tuple[tuple[LoraLayer, float], ...]]] = {key: {} for key in tables}
+    found: dict[str, dict[str, tuple[tuple[LoraLayer | DiffLayer, float], ...]]] = {key: {} for key in tables}
     not_loaded = list(lora.unrecognised)
-    for layer_name, layer in lora.layers.items():
+    for key, layer in lora.layers.items():
+        layer_name = getattr(layer, "module", key)
         prefix, component = next(((p, c) for p, c in _COMPONENTS if layer_name.startswith(p)), ("", "unet"))
         if component not in tables:
             if unet is None and component == "unet" or not encoders and component != "unet":
                 continue  # the side the caller left out (LoraLoaderModelOnly's CLIP layers)
-            not_loaded.append(layer_name)
+            not_loaded.append(key)
             continue
         table, shapes = tables[component]
         target = table.get(layer_name[len(prefix):])
-        if target is None or shapes[target].numel() != layer.numel:
-            not_loaded.append(layer_name)
+        if target is not None and layer.param == "bias":
+            target = target.removesuffix("weight") + "bias"
+        if target is None or target not in shapes or shapes[target].numel() != layer.numel:
+            not_loaded.append(key)
             continue
         strength = strength_model if component == "unet" else strength_clip
         found[component][target] = found[component].get(target, ()) + ((layer, strength),)

@@ -45,7 +45,28 @@ def ldm_state_dict(family: Family, unet: torch.nn.Module, vae: torch.nn.Module, 
     return out
 
 
-def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+def unet_state_dict(unet: torch.nn.Module, prefix: str = UNET_PREFIX) -> dict[str, torch.Tensor]:
+    """A UNet's tensors in the LDM layout (`input_blocks...`) under `prefix` (ModelSave / UNet-only files)."""
+    return _prefixed(prefix, unet_rules(list(unet.state_dict()), unet.config), unet)
+
+
+def vae_state_dict(vae: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A VAE's tensors in the LDM layout (`encoder.down.N...`), as standalone VAE files store them."""
+    return _prefixed(prefix, vae_rules(list(vae.state_dict()), vae.config), vae)
+
+
+def text_encoder_state_dict(encoder: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A text encoder's tensors in transformers' CLIP layout (`text_model.*`, `text_projection.weight`): the
+    layout standalone text-encoder files use, OpenCLIP towers included (ComfyUI's CLIPSave writes this too)."""
+    return _prefixed(prefix, clip_rules(list(encoder.state_dict())), encoder)
+
+
+def text_encoder_config(encoder: torch.nn.Module) -> dict[str, Any]:
+    """What shapes cannot tell about a text encoder (heads, activation, token ids), for `nodegraph_config`."""
+    return {k: getattr(encoder.config, k) for k in _TEXT_CONFIG_KEYS}
+
+
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config as JSON-ready values, without the library's private `_` keys."""
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, default=list))
 
@@ -64,9 +85,9 @@ def export_config(
         "family": family,
         "prediction": prediction,
         "schedule": dict(schedule or family_defaults(family)["schedule"]),
-        "unet": _plain(unet.config),
-        "vae": _plain(vae.config),
-        "text_encoders": [{k: getattr(e.config, k) for k in _TEXT_CONFIG_KEYS} for e in encoders],
+        "unet": plain_config(unet.config),
+        "vae": plain_config(vae.config),
+        "text_encoders": [text_encoder_config(e) for e in encoders],
     }
 
 
