@@ -7,9 +7,11 @@ from nodegraph.registry import NodeRegistry
 from .models.embedded import add_embedded_checkpoint
 from . import (conditioning, controlnet_nodes, guidance_nodes, image, latent, loaders, loaders_advanced,
                lora_nodes, mask, model_patches, rebatch, sampling, utils, vae_nodes)
+from . import model_loaders
 
 NODE_MODULES = (loaders, loaders_advanced, lora_nodes, conditioning, controlnet_nodes, latent, sampling, guidance_nodes,
                 model_patches, vae_nodes, image, mask, utils, rebatch)
+NODE_MODULES += (model_loaders,)
 
 
 def register(registry: NodeRegistry) -> None:
