@@ -104,6 +104,10 @@ class Environment:
     preview_interval_s: float = 0.5
     """Least wall time between two step previews (the last step always gets one): a preview reads the latent
     back from the device, which waits for every queued kernel."""
+    preview_method: str = "auto"
+    """Step previews (ComfyUI's --preview-method): "auto" decodes with TAESD when its decoder for the model's
+    family is in `vae_approx`, else projects the latent linearly ("latent2rgb"); "taesd" the same as auto;
+    "none" sends progress only."""
     model_manager: ModelManager | None = None
     """The one owner of every loaded model; made for `device` when not given."""
 

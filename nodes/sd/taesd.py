@@ -78,7 +78,8 @@ def _sequence(tensors: Mapping[str, torch.Tensor], what: str) -> list[tuple[int,
     indices = sorted({int(m.group(1)) for key in tensors if (m := re.match(r"(\d+)\.", key))})
     if not indices:
         raise ValueError(f"{what}: not a TAESD file (expected keys like '0.weight' or '1.conv.0.weight')")
-    return [(i, "block" if f"{i}.conv.0.weight" in tensors else "conv") for i in indices]
+    blocks = {int(key.split(".", 1)[0]) for key in tensors if re.match(r"\d+\.conv\.", key)}
+    return [(i, "block" if i in blocks else "conv") for i in indices]
 
 
 def _stages(layers: list[tuple[int, str]], tensors: Mapping[str, torch.Tensor]) -> tuple[list[int], list[int]]:
@@ -90,7 +91,8 @@ def _stages(layers: list[tuple[int, str]], tensors: Mapping[str, torch.Tensor]) 
         if kind == "block":
             if previous == "conv":
                 counts.append(0)
-                channels.append(int(tensors[f"{index}.conv.0.weight"].shape[0]))
+                conv = next(k for k in (f"{index}.conv.{n}.weight" for n in (4, 2, 0)) if k in tensors)
+                channels.append(int(tensors[conv].shape[0]))
             counts[-1] += 1
         previous = kind
     return counts, channels
@@ -204,12 +206,17 @@ def taesd_preview(decoder: torch.nn.Module, x0: torch.Tensor) -> torch.Tensor:
     return ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu()
 
 
-def preview_function(env: Any, family: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The TAESD step-preview function for a family's latents when the environment's preview method allows
-    ("auto" or "taesd") and the family's decoder is in `vae_approx`; None means the caller's default."""
+def preview_function(env: Any, family: str | None) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
+    """The step-preview function the environment's preview method asks for: TAESD's decoder for the family's
+    latents ("auto"/"taesd", when the decoder is in `vae_approx`), no image ("none"), or None: the caller's
+    default (the linear projection)."""
     method = getattr(env, "preview_method", "auto")
+    if method not in PREVIEW_METHODS:
+        raise ValueError(f"unknown preview method {method!r}; expected one of {', '.join(PREVIEW_METHODS)}")
+    if method == "none":
+        return lambda x0: None
     models = getattr(env, "models", None)
-    if method not in ("auto", "taesd") or family is None or models is None:
+    if method == "latent2rgb" or family is None or models is None:
         return None
     kind = next((k for k in TAESD_KINDS.values() if family in k.families), None)
     name = find_files(models.list("vae_approx")).get(kind.decoder) if kind is not None else None
