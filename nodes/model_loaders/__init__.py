@@ -3,6 +3,6 @@ hypernetworks (ComfyUI's "loaders" and "advanced/loaders" menus). The maths they
 
 from __future__ import annotations
 
-from . import hypernetwork, vae
+from . import hypernetwork, parts, vae
 
-NODES = (*vae.NODES, *hypernetwork.NODES)
+NODES = (*vae.NODES, *parts.NODES, *hypernetwork.NODES)
