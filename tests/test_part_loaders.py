@@ -4,6 +4,7 @@ checkpoints: each part loaded alone computes exactly what the checkpoint's part 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -103,8 +104,6 @@ def test_unet_fp8_storage_upcasts_per_layer(models):
             for layer in rounded.modules():
                 if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
                     layer.weight.copy_(layer.weight.to(dtype).float())
-        from dataclasses import replace
-
         expected = _denoise(replace(default, unet_ref=rounded))
         torch.testing.assert_close(_denoise(model), expected, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(_denoise(model), _denoise(default), atol=1e-6)
@@ -148,9 +147,15 @@ def test_dual_clip_loader_gives_a_checkpoints_sdxl_clip(models):
     assert (clip.family, clip.layer_idx, len(clip.encoder_refs)) == (reference.family, reference.layer_idx, 2)
     assert [type(e) for e in clip.encoders] == [type(e) for e in reference.encoders]
     assert [t.pad_token_id for t in clip.tokenizers] == [t.pad_token_id for t in reference.tokenizers]
+    assert replace(clip, encoder_refs=(), source="") == replace(reference, encoder_refs=(), source="")
     ours, theirs = encode(clip, PROMPT), encode(reference, PROMPT)
     torch.testing.assert_close(ours.embeds, theirs.embeds, atol=0, rtol=0)
     torch.testing.assert_close(ours.pooled, theirs.pooled, atol=0, rtol=0)
+    (on_cpu,) = DualCLIPLoader.execute(_ctx(root), names[0], names[1], "sdxl", "cpu")
+    encoder = on_cpu.encoders[1]
+    assert isinstance(encoder, type(reference.encoders[1])) and encoder.to("meta") is encoder  # moves are ignored
+    assert next(encoder.parameters()).device.type == "cpu"
+    torch.testing.assert_close(encode(on_cpu, PROMPT).pooled, theirs.pooled, atol=0, rtol=0)
 
 
 def test_other_families_and_mismatched_sets_are_refused_by_name(models):

@@ -58,7 +58,7 @@ class UNETLoader(Node):
 
 def load_text_encoders(ctx: NodeContext, names: list[str], clip_type: str, device: str) -> ClipHandle:
     """A CLIP handle from one (SD1/SD2) or two (SDXL) text-encoder files, shaped as a checkpoint's."""
-    from ..sd.clip_only import (TextEncoderSource, clip_layer_default, inspect_text_encoder, sdxl_order,
+    from ..sd.clip_only import (TextEncoderSource, clip_layer_default, inspect_text_encoder, pin_to_cpu, sdxl_order,
                                 stable_diffusion_roles)
     from ..sd.loading.files import file_signature
     from ..sd.loading.handles import tokenizer_for
@@ -75,9 +75,13 @@ def load_text_encoders(ctx: NodeContext, names: list[str], clip_type: str, devic
     sources = [TextEncoderSource(file, role) for file, role in zip(files, roles)]
     if device == "cpu":
         dtype = torch.float32
+
+    def build(source: Any, target: str) -> torch.nn.Module:
+        return pin_to_cpu(source.build(device="cpu", dtype=dtype)) if device == "cpu" else source.build(device=target,
+                                                                                                          dtype=dtype)
+
     refs = [manager.ref((file_signature(s.source.path), "text_encoder", s.role, str(dtype), device),
-                        lambda d, s=s: s.build(device="cpu" if device == "cpu" else d, dtype=dtype),
-                        name=_label(s.source.path, "text encoder", dtype)) for s in sources]
+                        lambda d, s=s: build(s, d), name=_label(s.source.path, "text encoder", dtype)) for s in sources]
     embedding_dirs = tuple(str(d) for d in ctx.env.models.folder_dirs("embeddings"))
     return ClipHandle(encoder_refs=tuple(refs), tokenizers=tuple(tokenizer_for(s.open_clip_tokenizer) for s in sources),
                       family=family, layer_idx=clip_layer_default(family), embedding_dirs=embedding_dirs,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MethodType
 from typing import Any, Literal
 
 import torch
@@ -169,3 +170,18 @@ def sdxl_order(files: Sequence[TextEncoderFile]) -> list[TextEncoderFile]:
 
 def clip_layer_default(family: Family) -> int:
     return int(family_defaults(family)["clip_layer_idx"])
+
+
+def _to_keeping_cpu(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+    """`Module.to` that applies a dtype and ignores a device."""
+    _, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+    return type(self).to(self, dtype=dtype) if dtype is not None else self
+
+
+def pin_to_cpu(module: torch.nn.Module) -> torch.nn.Module:
+    """Make a freshly built encoder ignore moves to another device (CLIPLoader's device "cpu": the model manager
+    moves models to the compute device, and this one must stay and run on the CPU). Dtype changes still apply.
+    Only this instance changes (its class, which transformers inspects, stays the same)."""
+    object.__setattr__(module, "to", MethodType(_to_keeping_cpu, module))
+    object.__setattr__(module, "cuda", MethodType(lambda self, *args, **kwargs: self, module))
+    return module
