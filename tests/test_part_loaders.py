@@ -186,3 +186,39 @@ def test_unclip_loader_outputs_clip_vision_only_when_the_file_has_a_tower(models
     name = _save(root, "checkpoints", "unclip_unet.safetensors", label, config)
     with pytest.raises(ValueError, match="unCLIP UNet"):
         unCLIPCheckpointLoader.execute(_ctx(root), name)
+
+
+def test_the_embedded_model_split_into_parts_draws_the_same_picture(tmp_path):
+    """UNETLoader + CLIPLoader + VAELoader on the embedded model's parts, saved as separate files, sample and
+    decode exactly the image its checkpoint gives."""
+    from nodes.model_loaders.vae import VAELoader
+    from nodes.models.embedded import EMBEDDED_NAME, EMBEDDED_PATH, add_embedded_checkpoint
+    from nodes.sd.ksampler import sample
+    from nodes.sd.types import Latent
+    from nodes.sd.vae import decode
+
+    tensors, metadata = read_weights(EMBEDDED_PATH)
+    config = json.loads(metadata[METADATA_KEY])
+    unet = _save(tmp_path, "diffusion_models", "shapes_unet.safetensors",
+                 {k: v for k, v in tensors.items() if k.startswith(UNET)}, config)
+    text = _save(tmp_path, "clip", "shapes_clip.safetensors",
+                 {k: v for k, v in tensors.items() if k.startswith(TEXT_PREFIXES["sd1"][0])}, config)
+    env = _env(tmp_path)
+    add_embedded_checkpoint(env)
+    ctx = NodeContext("1", "test", env)
+    (model,) = UNETLoader.execute(ctx, unet, "default")
+    (clip,) = CLIPLoader.execute(ctx, text, "stable_diffusion")
+    (vae,) = VAELoader.execute(ctx, EMBEDDED_NAME)
+    reference = CheckpointLoaderSimple.execute(ctx, EMBEDDED_NAME)
+
+    def picture(model, clip, vae):
+        positive, negative = (encode(clip, "a red circle on a blue background"),), (encode(clip, ""),)
+        latent = Latent(torch.zeros(1, 4, 16, 16))
+        out = sample(model, seed=3, steps=8, cfg=5.0, sampler_name="euler", scheduler="normal", positive=positive,
+                     negative=negative, latent=latent)
+        return decode(vae, out.samples)
+
+    image = picture(model, clip, vae)
+    torch.testing.assert_close(image, picture(*reference), atol=0, rtol=0)
+    red, blue = image[0, 56:72, 56:72].mean((0, 1)), image[0, :6, :6].mean((0, 1))  # centre vs a corner
+    assert red[0] > red[2] and blue[2] > blue[0]
