@@ -89,6 +89,6 @@ class CLIPSetLastLayer(Node):
         return (replace(clip, layer_idx=stop_at_clip_layer),)
 
 
-from .model_loaders.vae import VAELoader  # noqa: E402 (declared with the other part loaders; kept importable here)
+from .model_loaders.vae import VAELoader  # noqa: E402, F401 (declared with the other part loaders; kept importable here)
 
 NODES = (CheckpointLoaderSimple, CLIPSetLastLayer)

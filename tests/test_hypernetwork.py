@@ -103,7 +103,8 @@ def test_patched_attention_keys_and_values_follow_the_formula(tmp_path, tiny, la
     data = _file_dict((32, 64), layer_norm=layer_norm)
     name = _write(tmp_path, data)
     base = _handle(tiny.unet)
-    (patched,) = HypernetworkLoader.execute(NodeContext("1", "HypernetworkLoader", _env(tmp_path)), base, name, STRENGTH)
+    ctx = NodeContext("1", "HypernetworkLoader", _env(tmp_path))
+    (patched,) = HypernetworkLoader.execute(ctx, base, name, STRENGTH)
     assert base.patches == () and len(patched.patches) == 1  # a new handle; the input is unchanged
     g = torch.Generator().manual_seed(1)
     x, text, sigma = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 5, 32, generator=g), torch.tensor([3.0])
@@ -116,7 +117,8 @@ def test_patched_attention_keys_and_values_follow_the_formula(tmp_path, tiny, la
         context = text if layer.endswith("attn2") else query  # self-attention's context is its own input
         width = context.shape[-1]
         widths_seen.add((layer[-5:], width))
-        expected_k, expected_v = _formula(data[width][0], context, layer_norm), _formula(data[width][1], context, layer_norm)
+        expected_k = _formula(data[width][0], context, layer_norm)
+        expected_v = _formula(data[width][1], context, layer_norm)
         torch.testing.assert_close(patched_inputs[f"{layer}.to_k"], expected_k, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(patched_inputs[f"{layer}.to_v"], expected_v, atol=1e-5, rtol=1e-5)
     assert {("attn1", 32), ("attn2", 32), ("attn1", 64)} <= widths_seen

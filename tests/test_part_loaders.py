@@ -78,7 +78,9 @@ def test_unet_loader_matches_the_checkpoints_model(models, family, layout):
     else:
         part = dict(modules.unet.state_dict())
     folder = "unet" if family == "sd1" else "diffusion_models"  # ComfyUI's legacy folder name lists too
-    meta = None if (family, layout) == ("sd1", "diffusers") else {k: config[k] for k in ("family", "unet", "prediction")}
+    meta = {k: config[k] for k in ("family", "unet", "prediction")}
+    if (family, layout) == ("sd1", "diffusers"):
+        meta = None  # SD1's structure and head rule need no metadata
     name = _save(root, folder, f"{family}_{layout}_unet.safetensors", part, meta)
     assert name in UNETLoader.schema.input_map["unet_name"].options(_env(root))
     (model,) = UNETLoader.execute(_ctx(root), name, "default")
@@ -91,7 +93,8 @@ def test_unet_loader_matches_the_checkpoints_model(models, family, layout):
 def test_unet_fp8_storage_upcasts_per_layer(models):
     root, found = models
     _, modules, tensors, config = found["sd1"]
-    name = _save(root, "diffusion_models", "sd1_fp8.safetensors", {k: v for k, v in tensors.items() if k.startswith(UNET)})
+    part = {k: v for k, v in tensors.items() if k.startswith(UNET)}
+    name = _save(root, "diffusion_models", "sd1_fp8.safetensors", part)
     (default,) = UNETLoader.execute(_ctx(root), name, "default")
     for choice, dtype in (("fp8_e4m3fn", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)):
         (model,) = UNETLoader.execute(_ctx(root), name, choice)

@@ -32,7 +32,8 @@ def test_the_embedded_vae_is_listed_first_and_is_the_checkpoints_vae(env):
     assert vae_names(env)[0] == EMBEDDED_NAME
     assert env.models.resolve("vae", EMBEDDED_NAME) == EMBEDDED_PATH  # a view of the checkpoint: no bytes twice
     (vae,) = VAELoader.execute(_ctx(env), EMBEDDED_NAME)
-    _, _, checkpoint_vae = CheckpointLoaderSimple.execute(NodeContext("2", "CheckpointLoaderSimple", env), EMBEDDED_NAME)
+    ctx = NodeContext("2", "CheckpointLoaderSimple", env)
+    _, _, checkpoint_vae = CheckpointLoaderSimple.execute(ctx, EMBEDDED_NAME)
     assert (vae.scaling_factor, vae.shift_factor) == (checkpoint_vae.scaling_factor, checkpoint_vae.shift_factor)
     latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(decode(vae, latents), decode(checkpoint_vae, latents), atol=0, rtol=0)

@@ -13,7 +13,8 @@ from ..sd.types import ModelHandle
 class HypernetworkLoader(Node):
     schema = NodeSchema(
         type_id="HypernetworkLoader", display_name="HypernetworkLoader", category="loaders",
-        description="Adds a hypernetwork's key/value MLPs to every attention layer (a new MODEL; the input is unchanged).",
+        description="Adds a hypernetwork's key/value MLPs to every attention layer (a new MODEL; the input is "
+                    "unchanged).",
         inputs=(Socket("model", "MODEL"), Combo("hypernetwork_name", _folder("hypernetworks")),
                 Float("strength", 1.0, min=-10.0, max=10.0, step=0.01)),
         outputs=(Out("MODEL"),),

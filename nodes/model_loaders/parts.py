@@ -123,7 +123,7 @@ class DualCLIPLoader(Node):
 
     @classmethod
     def fingerprint(cls, ctx: NodeContext, clip_name1: str, clip_name2: str, **_: Any) -> Any:
-        return (_file_fingerprint(ctx, "text_encoders", clip_name1), _file_fingerprint(ctx, "text_encoders", clip_name2))
+        return tuple(_file_fingerprint(ctx, "text_encoders", name) for name in (clip_name1, clip_name2))
 
 
 @dataclass(frozen=True)

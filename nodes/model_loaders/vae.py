@@ -52,7 +52,8 @@ class VAELoader(Node):
             from ..sd.taesd import TAESD_KINDS, find_files
 
             kind, stems = TAESD_KINDS[vae_name], find_files(ctx.env.models.list("vae_approx"))
-            return tuple(_file_fingerprint(ctx, "vae_approx", stems.get(stem, "")) for stem in (kind.encoder, kind.decoder))
+            halves = (stems.get(kind.encoder, ""), stems.get(kind.decoder, ""))
+            return tuple(_file_fingerprint(ctx, "vae_approx", name) for name in halves)
         return _file_fingerprint(ctx, "vae", vae_name)
 
 

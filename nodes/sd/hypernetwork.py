@@ -51,7 +51,8 @@ def build_mlp(state: Mapping[str, Tensor], options: Mapping[str, Any], what: str
     """One key or value MLP from its state dict and the file's options (A1111's HypernetworkModule layout)."""
     activation = str(options.get("activation_func", "linear"))
     if activation not in ACTIVATIONS:
-        raise ValueError(f"{what}: unsupported activation_func {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+        expected = ", ".join(ACTIVATIONS)
+        raise ValueError(f"{what}: unsupported activation_func {activation!r}; expected one of {expected}")
     layer_norm, activate_output = bool(options.get("is_layer_norm", False)), bool(options.get("activate_output", False))
     names = _ordered_layers(state)
     linears = names[::2] if layer_norm else names
@@ -61,7 +62,8 @@ def build_mlp(state: Mapping[str, Tensor], options: Mapping[str, Any], what: str
     for position, name in enumerate(linears):
         weight, bias = state[f"{name}.weight"], state.get(f"{name}.bias")
         if weight.dim() != 2 or bias is None:
-            raise ValueError(f"{what}: {name} is not a Linear layer (weight {tuple(weight.shape)}, bias {bias is not None})")
+            raise ValueError(f"{what}: {name} is not a Linear layer (weight {tuple(weight.shape)}, "
+                             f"bias {'present' if bias is not None else 'missing'})")
         linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
         linear.load_state_dict({"weight": weight, "bias": bias})
         layers.append(linear)
@@ -93,7 +95,8 @@ def build_hypernetwork(data: Mapping[Any, Any], name: str = "hypernetwork") -> t
             continue  # options and bookkeeping (name, step, sd_checkpoint, layer_structure, ...)
         if not isinstance(value, (list, tuple)) or len(value) < 2 or not all(isinstance(v, Mapping) for v in value[:2]):
             raise ValueError(f"{name}: width {width} must hold [key state dict, value state dict]")
-        pair = [build_mlp(value[index], data, f"{name} width {width} {side}") for index, side in ((0, "key"), (1, "value"))]
+        pair = [build_mlp(value[index], data, f"{name} width {width} {side}")
+                for index, side in ((0, "key"), (1, "value"))]
         for mlp in pair:
             if mlp[0].in_features != width:
                 raise ValueError(f"{name}: width {width} holds an MLP for width {mlp[0].in_features}")

@@ -147,7 +147,8 @@ def _ldm_names(keys: list[str]) -> tuple[dict[str, str], str]:
         rules = unet_rules(inner, diffusers_skeleton(inner))
         return {rule.source: prefix + rule.target for rule in rules}, "diffusers"
     shown = ", ".join(sorted(keys)[:5]) or "none"
-    raise ValueError(f"not a UNet file: neither LDM (input_blocks.*) nor diffusers (down_blocks.*) keys (found e.g. {shown})")
+    raise ValueError(f"not a UNet file: neither LDM (input_blocks.*) nor diffusers (down_blocks.*) keys "
+                     f"(found e.g. {shown})")
 
 
 def family_from_structure(ldm: Mapping[str, torch.Tensor]) -> Family:
@@ -177,8 +178,8 @@ class UnetFile:
             self.config = unet_config_from_ldm(shapes, self.family, overrides, self._pooled_dim(shapes, overrides))
             rules = unet_rules(list(new_unet(self.config).state_dict()), self.config)
             check_keys({rule.source for rule in rules}, self.names, f"UNet ({path.name})")
-            probe = {UNET_PREFIX + key: weights[self.names[key]] for key in
-                     ("input_blocks.0.0.weight", "output_blocks.11.1.transformer_blocks.0.norm1.bias") if key in self.names}
+            tells = ("input_blocks.0.0.weight", "output_blocks.11.1.transformer_blocks.0.norm1.bias")
+            probe = {UNET_PREFIX + key: weights[self.names[key]] for key in tells if key in self.names}
             probe.update({key: weights[key] for key in ("v_pred",) if key in weights})
             self.prediction: Prediction = detect_prediction(probe, self.metadata, self.family, config)
             self.schedule = config.get("schedule") or family_defaults(self.family)["schedule"]
