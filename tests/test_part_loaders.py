@@ -225,3 +225,27 @@ def test_the_embedded_model_split_into_parts_draws_the_same_picture(tmp_path):
     torch.testing.assert_close(image, picture(*reference), atol=0, rtol=0)
     red, blue = image[0, 56:72, 56:72].mean((0, 1)), image[0, :6, :6].mean((0, 1))  # centre vs a corner
     assert red[0] > red[2] and blue[2] > blue[0]
+
+
+def test_a_comfyui_prompt_with_the_part_loaders_runs_in_the_engine(models, tmp_path):
+    """Validation takes the part loaders' names from the aliased folders, and a None CLIP_VISION is a result."""
+    from nodegraph.formats.api import from_api
+    from nodes.models.embedded import EMBEDDED_NAME
+    from tiny_models import engine_at
+
+    _, found = models
+    _, _, tensors, config = found["sd1"]
+    unet = _save(tmp_path, "unet", "u.safetensors", {k: v for k, v in tensors.items() if k.startswith(UNET)}, config)
+    text = _save(tmp_path, "clip", "c.safetensors",
+                 {k: v for k, v in tensors.items() if k.startswith(TEXT_PREFIXES["sd1"][0])}, config)
+    engine = engine_at(tmp_path)
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "fp8_e5m2"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": text, "type": "stable_diffusion"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["2", 0]}},
+        "4": {"class_type": "unCLIPCheckpointLoader", "inputs": {"ckpt_name": EMBEDDED_NAME}},
+        "5": {"class_type": "VAELoader", "inputs": {"vae_name": EMBEDDED_NAME}},
+    }
+    values = engine.run(from_api(prompt), outputs=["1", "3", "4", "5"]).values
+    assert values["1"][0].unet.conv_in.weight.dtype == torch.float8_e5m2
+    assert values["3"][0][0].embeds.shape[-1] == 32 and values["4"][3] is None
