@@ -114,6 +114,7 @@ def test_unet_fp8_storage_upcasts_per_layer(models):
             return sum(p.numel() * p.element_size() for p in unet.parameters())
 
         assert stored(model.unet) < 0.5 * stored(default.unet)
+        assert model.unet_ref.size_hint == stored(model.unet)  # the manager makes room for what it will hold
 
 
 @pytest.mark.parametrize(("family", "layout"), [("sd1", "original"), ("sd1", "transformers"), ("sd1", "text_model"),

@@ -46,7 +46,7 @@ class UNETLoader(Node):
         source = manager.ref((key, "unet_only_header"), lambda device: UnetFile(path), name=f"{path.name} header").get()
         ref = manager.ref((key, "unet_only", weight_dtype, str(dtype)),
                           lambda device: source.build(device=device, dtype=dtype, weight_dtype=weight_dtype),
-                          name=_label(path, "UNet", dtype))
+                          name=_label(path, "UNet", dtype), size_hint=source.nbytes(dtype, weight_dtype))
         return (ModelHandle(unet_ref=ref, family=source.family, prediction=source.prediction,
                             alphas_cumprod=alphas_cumprod(source.schedule), dtype=dtype, device=manager.device,
                             source=str(path)),)

@@ -17,6 +17,7 @@ upcast like fp8_e4m3fn (the same numbers, without that speed-up).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -194,9 +195,16 @@ class UnetFile:
                              f"text; store addition_time_embed_dim in the file's nodegraph_config metadata")
         return pooled
 
-    def nbytes(self, dtype: torch.dtype) -> int:
+    def nbytes(self, dtype: torch.dtype, weight_dtype: str = "default") -> int:
+        """What the built UNet will hold: matrices and kernels (every tensor of 2+ dimensions: SD UNets have no
+        embedding tables) in the storage dtype, the rest in `dtype`."""
+        storage = storage_dtype(weight_dtype) or dtype
         with WeightFile(self.path) as weights:
-            return weights.nbytes(self.names.values(), dtype)
+            total = 0
+            for stored in self.names.values():
+                shape = weights.shape(stored)
+                total += math.prod(shape) * (storage if len(shape) >= 2 else dtype).itemsize
+            return total
 
     def build(self, *, device: str, dtype: torch.dtype, weight_dtype: str = "default") -> torch.nn.Module:
         """The UNet2DConditionModel in `dtype` on `device`, its Linear/Conv2d weights stored as weight_dtype says."""
