@@ -153,3 +153,16 @@ def test_previews_decode_with_taesd_when_installed(env, tmp_path):
     env.preview_method = "none"
     step_progress(ctx, "sdxl")(1, 2, latents)
     assert frames[0].shape == (1, 24, 40, 3) and frames[1].shape == (1, 3, 5, 3) and frames[2] is None
+
+
+def test_the_preview_method_option_reaches_the_environment(tmp_path):
+    from nodegraph.app import build_environment
+    from nodegraph.cli import _config, build_parser
+    from nodegraph.registry import NodeRegistry
+
+    args = build_parser().parse_args(["run", "w.json", "--preview-method", "none", "--output-dir",
+                                      str(tmp_path / "o"), "--input-dir", str(tmp_path / "i")])
+    config = _config(args, temp_dir=tmp_path / "t")
+    assert build_environment(config, NodeRegistry()).preview_method == "none"
+    with pytest.raises(ValueError, match="unknown preview method 'fast'"):
+        preview_function(SimpleNamespace(preview_method="fast"), "sd1")
