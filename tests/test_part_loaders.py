@@ -250,3 +250,18 @@ def test_a_comfyui_prompt_with_the_part_loaders_runs_in_the_engine(models, tmp_p
     values = engine.run(from_api(prompt), outputs=["1", "3", "4", "5"]).values
     assert values["1"][0].unet.conv_in.weight.dtype == torch.float8_e5m2
     assert values["3"][0][0].embeds.shape[-1] == 32 and values["4"][3] is None
+
+
+def test_legacy_folder_names_are_aliases(tmp_path):
+    """ComfyUI's folder_paths: `unet` lists and resolves as `diffusion_models`, `clip` as `text_encoders`, files
+    of both directories together (the current name's first)."""
+    paths = ModelPaths(roots=[tmp_path])
+    for folder, name in (("diffusion_models", "a.safetensors"), ("unet", "b.safetensors"),
+                         ("text_encoders", "c.safetensors"), ("clip", "d.safetensors")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes(b"x")
+    paths.add_builtin("clip", "shipped.safetensors", tmp_path / "clip" / "d.safetensors")
+    assert paths.list("unet") == paths.list("diffusion_models") == ["a.safetensors", "b.safetensors"]
+    assert paths.list("clip") == paths.list("text_encoders") == ["shipped.safetensors", "c.safetensors", "d.safetensors"]
+    assert paths.resolve("diffusion_models", "b.safetensors") == paths.resolve("unet", "b.safetensors")
+    assert paths.resolve("clip", "c.safetensors") == tmp_path / "text_encoders" / "c.safetensors"
