@@ -10,8 +10,9 @@ The file is a pickled dict: integer widths -> [key MLP state dict, value MLP sta
 `linear.N.weight/bias` of an `nn.Sequential`, plus options saying how that Sequential was built:
 `activation_func` (after every Linear but the last, unless `activate_output`), `is_layer_norm` (a LayerNorm
 after each Linear, stored as the next `.weight`), `use_dropout`/`last_layer_dropout` (dropout, a training
-device: at inference it is the identity, so we build none). ComfyUI applies the same maths as attn1/attn2
-patches; here it is an "attention" ModelPatch that installs an attention processor on the run's UNet only for
+device: at inference it is the identity, so we build none, as AUTOMATIC1111 infers; ComfyUI's source builds
+Dropout(0.3) layers and never switches them to evaluation mode, so its results with such files can vary from
+run to run). ComfyUI applies the same maths as attn1/attn2 patches; here it is an "attention" ModelPatch that installs an attention processor on the run's UNet only for
 the length of each call (nodes/sd/denoisers.py), so the shared, cached UNet is never changed.
 """
 
