@@ -77,8 +77,9 @@ def load_text_encoders(ctx: NodeContext, names: list[str], clip_type: str, devic
         dtype = torch.float32
 
     def build(source: Any, target: str) -> torch.nn.Module:
-        return pin_to_cpu(source.build(device="cpu", dtype=dtype)) if device == "cpu" else source.build(device=target,
-                                                                                                          dtype=dtype)
+        if device == "cpu":  # ComfyUI's device option: this encoder loads and runs on the CPU, in fp32
+            return pin_to_cpu(source.build(device="cpu", dtype=dtype))
+        return source.build(device=target, dtype=dtype)
 
     refs = [manager.ref((file_signature(s.source.path), "text_encoder", s.role, str(dtype), device),
                         lambda d, s=s: build(s, d), name=_label(s.source.path, "text encoder", dtype)) for s in sources]
