@@ -18,7 +18,7 @@ from tiny_models import engine_at
 
 # Node types of newer model families (and one mask node) that we do not implement.
 NOT_YET = {"ui_native_reroutes.json": {"InvertMask"},
-           "ui_subgraph_text_to_image.json": {"CLIPLoader", "EmptySD3LatentImage", "UNETLoader"}}
+           "ui_subgraph_text_to_image.json": {"EmptySD3LatentImage"}}
 # (its ModelSamplingAuraFlow node is bypassed, so it never needs to exist)
 PIXEL_WIDGETS = {"EmptyLatentImage": ("width", "height"), "LatentUpscale": ("width", "height"),
                  "ImageScale": ("width", "height"), "ConditioningSetArea": ("width", "height", "x", "y"),
