@@ -17,7 +17,7 @@ def vae_names(env: Any) -> list[str]:
     """VAELoader's options: the `vae` folder (the embedded model's VAE first), then each complete TAESD pair."""
     if env is None:
         return []
-    from ..sd.taesd import available
+    from ..sd.taesd_names import available
 
     names = env.models.list("vae")
     return names + [name for name in available(env.models.list("vae_approx")) if name not in names]
@@ -49,7 +49,7 @@ class VAELoader(Node):
     @classmethod
     def fingerprint(cls, ctx: NodeContext, vae_name: str) -> Any:
         if _is_taesd(ctx.env, vae_name):
-            from ..sd.taesd import TAESD_KINDS, find_files
+            from ..sd.taesd_names import TAESD_KINDS, find_files
 
             kind, stems = TAESD_KINDS[vae_name], find_files(ctx.env.models.list("vae_approx"))
             halves = (stems.get(kind.encoder, ""), stems.get(kind.decoder, ""))
