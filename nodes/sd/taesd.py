@@ -1,5 +1,5 @@
-"""TAESD: the tiny autoencoder (Bohan Ou, "Tiny AutoEncoder for Stable Diffusion", github.com/madebyollin/taesd)
-as a VAE and as a fast step-preview decoder.
+"""TAESD, the tiny autoencoder (Ollin Boer Bohan, "Tiny AutoEncoder for Stable Diffusion",
+github.com/madebyollin/taesd), as a VAE and as a fast step-preview decoder.
 
 TAESD distils SD's VAE into a few plain 3x3 convolution blocks (64 channels, ReLU) that run in milliseconds.
 Its encoder maps pixels in 0..1 straight to the latents the UNet sees (already multiplied by the family's
@@ -7,7 +7,7 @@ scaling factor) and its decoder maps those back, with a soft clamp tanh(z/3)*3 f
 the same architecture as `AutoencoderTiny`; we build that and fill it from the files TAESD ships, which are
 two `nn.Sequential` state dicts (`taesd_encoder.*`, `taesd_decoder.*`) in the `vae_approx` model folder,
 keyed by layer index. The decoder's Sequential starts with the clamp (no weights), which diffusers applies in
-`forward` instead, so its layer indices are ours plus one.
+`forward` instead, so its layer indices are diffusers' plus one.
 
 Like ComfyUI, VAELoader lists "taesd" (SD1/SD2 latents) and "taesdxl" (SDXL latents) when both files of a
 pair are present; step previews use the decoder alone when the environment's preview method allows.
