@@ -89,10 +89,21 @@ def inspect_text_encoder(path: Path) -> TextEncoderFile:
                                config.get("family"))
 
 
+TEXT_TOWER_STARTS = {
+    True: ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection"),
+    False: ("text_model.", "embeddings.", "encoder.", "final_layer_norm.", "text_projection."),
+}
+"""What a text tower's keys start with (OpenCLIP, transformers): a whole CLIP model's file also holds its image
+tower (`visual.*`, `vision_model.*`, `visual_projection`) and `logit_scale`, which a text encoder leaves out."""
+
+
 def _part(weights: WeightFile, source: TextEncoderFile, keep_projection: bool, meta: bool) -> dict[str, Any]:
     """The encoder's tensors without the prefix (meta tensors of their shapes when `meta`)."""
+    starts = TEXT_TOWER_STARTS[source.open_clip_layout]
+    names = [key for key in weights if key.startswith(source.prefix) and not is_ignored(key)
+             and key[len(source.prefix):].startswith(starts)]
     part = {key[len(source.prefix):]: torch.empty(weights.shape(key), device="meta") if meta else weights[key]
-            for key in weights if key.startswith(source.prefix) and not is_ignored(key)}
+            for key in names}
     if not keep_projection:
         part.pop("text_projection", None)
         part.pop("text_projection.weight", None)
