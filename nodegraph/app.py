@@ -31,6 +31,9 @@ class AppConfig:
     reserve_vram_gb: float | None = None
     ram_budget_gb: float | None = None
     compile: bool = False
+    preview_method: str = "auto"
+    """Step previews, as ComfyUI's --preview-method: auto (TAESD where installed, else latent2rgb), taesd,
+    latent2rgb, none."""
 
 
 def build_model_manager(config: AppConfig, device: str) -> ModelManager:
@@ -52,7 +55,7 @@ def build_environment(config: AppConfig, registry: NodeRegistry) -> Environment:
         models=ModelPaths(roots=[config.models_dir.resolve(), *(p.resolve() for p in config.extra_model_dirs)]),
         device=device, precision=config.precision, unet_precision=config.unet_precision,
         text_precision=config.text_precision, vae_precision=config.vae_precision, prefer_bf16=config.prefer_bf16,
-        compile=config.compile, model_manager=build_model_manager(config, device),
+        compile=config.compile, preview_method=config.preview_method, model_manager=build_model_manager(config, device),
     )
     return registry.setup_environment(env)
 

@@ -77,7 +77,7 @@ def _config(args: argparse.Namespace, **paths: Any) -> AppConfig:
         extra_model_dirs=[Path(p) for p in args.extra_models_dir], device=args.device, precision=args.precision,
         unet_precision=args.unet_precision, text_precision=args.text_precision, vae_precision=args.vae_precision,
         prefer_bf16=args.bf16, vram_mode=args.vram_mode, reserve_vram_gb=args.reserve_vram,
-        ram_budget_gb=args.ram_budget, compile=args.compile,
+        ram_budget_gb=args.ram_budget, compile=args.compile, preview_method=args.preview_method,
     )
     options.update(paths)
     return AppConfig(**options)
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="RAM loaded models may use (default: what is available at start, less a reserve)")
     common.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet (compiled once per shape, reused across prompts)")
+    common.add_argument("--preview-method", default="auto", choices=["auto", "latent2rgb", "taesd", "none"],
+                        help="step previews: TAESD's decoder when in models/vae_approx (auto, taesd), a linear "
+                             "projection (latent2rgb), or none")
     common.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext, func in (("run", "run a workflow", cmd_run), ("validate", "check a workflow", cmd_validate)):

@@ -17,8 +17,24 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "upscale_models": (".safetensors", ".pt", ".pth"),
     "configs": (".yaml", ".yml"),
     "diffusers": (),  # pipeline folders only: listed by their model_index.json
+    "vae_approx": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "diffusion_models": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "text_encoders": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "clip_vision": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "hypernetworks": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
 }
 """ComfyUI's model folder names and the file types each lists."""
+
+FOLDER_ALIASES: dict[str, str] = {"unet": "diffusion_models", "clip": "text_encoders"}
+"""ComfyUI's legacy folder names: each lists (and resolves in) the same folders as the name it maps to."""
+FOLDER_DIRS: dict[str, tuple[str, ...]] = {"diffusion_models": ("diffusion_models", "unet"),
+                                           "text_encoders": ("text_encoders", "clip")}
+"""Directory names under each models root that one folder reads, the current name first (ComfyUI's order)."""
+
+
+def canonical_folder(folder: str) -> str:
+    """The folder a (possibly legacy) folder name stands for: "unet" -> "diffusion_models", "clip" -> "text_encoders"."""
+    return FOLDER_ALIASES.get(folder, folder)
 
 
 class ModelNotFound(FileNotFoundError):
@@ -34,16 +50,18 @@ class ModelPaths:
     builtin: dict[str, dict[str, Path]] = field(default_factory=dict)
 
     def add_builtin(self, folder: str, name: str, path: Path) -> None:
-        self.builtin.setdefault(folder, {})[name] = Path(path)
+        self.builtin.setdefault(canonical_folder(folder), {})[name] = Path(path)
 
     def folder_dirs(self, folder: str) -> list[Path]:
-        return [root / folder for root in self.roots]
+        folder = canonical_folder(folder)
+        return [root / name for root in self.roots for name in FOLDER_DIRS.get(folder, (folder,))]
 
     def list(self, folder: str) -> list[str]:
         """Names in a model folder: built-ins first, then each root's files, without duplicates.
 
         Folders holding a `model_index.json` (diffusers-format models) are listed by their name too.
         """
+        folder = canonical_folder(folder)
         extensions = MODEL_FOLDERS.get(folder)
         names = list(self.builtin.get(folder, {}))
         for directory in self.folder_dirs(folder):
@@ -54,6 +72,7 @@ class ModelPaths:
 
     def resolve(self, folder: str, name: str) -> Path:
         """The path of a listed model file; refuses names that escape the folder."""
+        folder = canonical_folder(folder)
         if name in self.builtin.get(folder, {}):
             return self.builtin[folder][name]
         for directory in self.folder_dirs(folder):
@@ -86,6 +105,10 @@ class Environment:
     preview_interval_s: float = 0.5
     """Least wall time between two step previews (the last step always gets one): a preview reads the latent
     back from the device, which waits for every queued kernel."""
+    preview_method: str = "auto"
+    """Step previews (ComfyUI's --preview-method): "auto" decodes with TAESD when its decoder for the model's
+    family is in `vae_approx`, else projects the latent linearly ("latent2rgb"); "taesd" the same as auto;
+    "none" sends progress only."""
     model_manager: ModelManager | None = None
     """The one owner of every loaded model; made for `device` when not given."""
 

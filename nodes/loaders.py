@@ -1,4 +1,4 @@
-"""Model loader nodes: checkpoints and VAEs from the model folders, CLIP layer selection."""
+"""Model loader nodes: checkpoints from the model folders, CLIP layer selection (VAELoader: nodes/model_loaders/vae.py)."""
 
 from __future__ import annotations
 
@@ -76,24 +76,6 @@ class CheckpointLoaderSimple(Node):
         return _file_fingerprint(ctx, "checkpoints", ckpt_name)
 
 
-class VAELoader(Node):
-    schema = NodeSchema(
-        type_id="VAELoader", display_name="Load VAE", category="loaders",
-        inputs=(Combo("vae_name", _folder("vae")),), outputs=(Out("VAE"),),
-    )
-
-    @classmethod
-    def execute(cls, ctx: NodeContext, vae_name: str) -> tuple[VaeHandle]:
-        from .sd.loading import load_vae
-
-        dtype = part_dtypes(ctx.env).vae  # force_upcast unknown before reading: fp32 on CUDA unless told
-        return (load_vae(ctx.env.models.resolve("vae", vae_name), manager=ctx.env.manager, dtype=dtype),)
-
-    @classmethod
-    def fingerprint(cls, ctx: NodeContext, vae_name: str) -> Any:
-        return _file_fingerprint(ctx, "vae", vae_name)
-
-
 class CLIPSetLastLayer(Node):
     schema = NodeSchema(
         type_id="CLIPSetLastLayer", display_name="CLIP Set Last Layer", category="conditioning",
@@ -107,4 +89,6 @@ class CLIPSetLastLayer(Node):
         return (replace(clip, layer_idx=stop_at_clip_layer),)
 
 
-NODES = (CheckpointLoaderSimple, VAELoader, CLIPSetLastLayer)
+from .model_loaders.vae import VAELoader  # noqa: E402, F401 (declared with the other part loaders; kept importable here)
+
+NODES = (CheckpointLoaderSimple, CLIPSetLastLayer)

@@ -24,7 +24,7 @@ def _sample(ctx: NodeContext, noise: Noise, guider: Guider, sampler: SamplerSpec
     from ..sd.ksampler import sample_custom
 
     guider = replace(guider, model=run_model(ctx, guider.model))
-    result = sample_custom(noise, guider, sampler, sigmas, latent, callback=step_progress(ctx),
+    result = sample_custom(noise, guider, sampler, sigmas, latent, callback=step_progress(ctx, guider.model.family),
                            should_stop=lambda: ctx.interrupted)
     return result.output, result.denoised
 

@@ -53,12 +53,16 @@ class PreviewPacer:
         return True
 
 
-def step_progress(ctx: NodeContext) -> Callable[[int, int, torch.Tensor | None], None]:
-    """A sampler callback reporting every step to `ctx`, with a preview image when the pacer allows one."""
+def step_progress(ctx: NodeContext, family: str | None = None) -> Callable[[int, int, torch.Tensor | None], None]:
+    """A sampler callback reporting every step to `ctx`, with a preview image when the pacer allows one (TAESD's
+    decoder for the model's `family` where installed and the preview method allows, else a linear projection)."""
     pacer = PreviewPacer(getattr(ctx.env, "preview_interval_s", PREVIEW_INTERVAL_S))  # any env without one
+    from ..sd.taesd import preview_function
+
+    make_preview = preview_function(ctx.env, family) or latent_preview
 
     def callback(step: int, total: int, x0: torch.Tensor | None) -> None:
-        preview = latent_preview(x0) if x0 is not None and pacer.due(step, total) else None
+        preview = make_preview(x0) if x0 is not None and pacer.due(step, total) else None
         ctx.progress(step, total, preview)
 
     return callback
@@ -74,7 +78,7 @@ def run_model(ctx: NodeContext, model: ModelHandle) -> ModelHandle:
 def _run(ctx: NodeContext, model: ModelHandle, **kwargs: Any) -> Latent:
     from ..sd.ksampler import sample
 
-    return sample(run_model(ctx, model), callback=step_progress(ctx), should_stop=lambda: ctx.interrupted, **kwargs)
+    return sample(run_model(ctx, model), callback=step_progress(ctx, model.family), should_stop=lambda: ctx.interrupted, **kwargs)
 
 
 class KSampler(Node):

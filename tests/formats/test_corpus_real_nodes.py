@@ -19,7 +19,7 @@ from tiny_models import engine_at
 # Node types of newer model families (and one mask node) that we do not implement.
 REROUTE_TEST_GRAPHS = ("ui_reroute_nodes.json", "ui_native_reroutes.json")
 """ComfyUI's reroute test graphs: no output node, sockets left open on purpose."""
-NOT_YET = {"ui_subgraph_text_to_image.json": {"CLIPLoader", "EmptySD3LatentImage", "UNETLoader"}}
+NOT_YET = {"ui_subgraph_text_to_image.json": {"EmptySD3LatentImage"}}
 # (its ModelSamplingAuraFlow node is bypassed, so it never needs to exist)
 PIXEL_WIDGETS = {"EmptyLatentImage": ("width", "height"), "LatentUpscale": ("width", "height"),
                  "ImageScale": ("width", "height"), "ConditioningSetArea": ("width", "height", "x", "y"),

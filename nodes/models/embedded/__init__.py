@@ -22,10 +22,13 @@ def default_adapter_path(kind: str) -> Path:
 
 
 def add_embedded_checkpoint(env: Any) -> None:
-    """List the shipped model first under `checkpoints` and its adapters first under `loras`, `controlnet` and
-    `upscale_models`, loaded by the same loaders as any user file."""
+    """List the shipped model first under `checkpoints`, its VAE first under `vae`, and its adapters first under
+    `loras`, `controlnet` and `upscale_models`, loaded by the same loaders as any user file. The VAE entry names the
+    checkpoint itself: VAELoader reads a checkpoint's `first_stage_model.*` tensors alone, so no byte is shipped
+    twice."""
     if EMBEDDED_PATH.is_file():
         env.models.add_builtin("checkpoints", EMBEDDED_NAME, EMBEDDED_PATH)
+        env.models.add_builtin("vae", EMBEDDED_NAME, EMBEDDED_PATH)
     for kind, (folder, name) in ADAPTERS.items():
         if default_adapter_path(kind).is_file():
             env.models.add_builtin(folder, name, default_adapter_path(kind))
