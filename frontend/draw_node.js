@@ -75,7 +75,7 @@ function drawImages(ctx, area, images) {
 function drawErrors(ctx, lay, errors) {
   const lines = errors.flatMap((err) => {
     const where = err.input ? `${err.input}: ` : "";
-    return wrapLines(`${where}${err.message}${err.details ? ` — ${err.details}` : ""}`, lay.w - 12, 3);
+    return wrapLines(`${where}${err.message}${err.details && err.details !== err.input ? ` — ${err.details}` : ""}`, lay.w - 12, 3);
   }).slice(0, 6);
   ctx.font = SMALL_FONT;
   const h = lines.length * 16 + 8;
