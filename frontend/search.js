@@ -8,7 +8,7 @@ const TYPE_FILTER = /^(in|out|type|input|output):(.+)$/i;
 
 /** Whether a node type is internal (test or deprecated): listed last, never preselected. */
 export function isInternal(def) {
-  return INTERNAL_CATEGORY.test(def.category || "") || Boolean(def.deprecated) || Boolean(def.experimental && def.testing);
+  return INTERNAL_CATEGORY.test(def.category || "") || Boolean(def.deprecated) || /\(deprecated\)/i.test(def.displayName);
 }
 
 function isWordStart(text, i) {
