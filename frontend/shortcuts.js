@@ -18,6 +18,7 @@ export const COMMANDS = [
   { id: "queue", keys: ["Ctrl+Enter"], text: "Queue the workflow (batch count from the toolbar)", run: (ed) => ed.actions.queue() },
   { id: "queueFront", keys: ["Ctrl+Shift+Enter"], text: "Queue the workflow at the front of the queue", run: (ed) => ed.actions.queue({ front: true }) },
   { id: "interrupt", keys: ["Ctrl+Alt+Enter"], text: "Cancel the running prompt", run: (ed) => ed.actions.interrupt() },
+  { id: "cancelPending", keys: [], text: "Remove every queued prompt (the running one goes on)", run: (ed) => ed.actions.cancelPending() },
   { id: "undo", keys: ["Ctrl+Z"], text: "Undo", run: (ed) => ed.actions.undo() },
   { id: "redo", keys: ["Ctrl+Y", "Ctrl+Shift+Z"], text: "Redo", run: (ed) => ed.actions.redo() },
   { id: "copy", keys: ["Ctrl+C"], text: "Copy the selected nodes", run: (ed) => ed.actions.copy() },
