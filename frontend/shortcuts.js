@@ -149,7 +149,8 @@ export function installKeymap(editor) {
       return;
     }
     const printable = event.key.length === 1 && event.key !== " " && !ctrl(event) && !event.altKey;
-    if (printable && editor.ready && !editor.palette.isOpen && !editor.menu.isOpen) {
+    const dialogOpen = editor.help.visible || (editor.settingsRoom && editor.settingsRoom.visible);
+    if (printable && editor.ready && !editor.palette.isOpen && !editor.menu.isOpen && !dialogOpen) {
       event.preventDefault();
       editor.actions.openPaletteAtPointer(event.key);
     }
