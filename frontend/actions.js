@@ -5,9 +5,12 @@ import { parseObjectInfo } from "./defs.js";
 import { download, pickFile, readWorkflowFile } from "./files.js";
 import { arrangeGraph, importWorkflow, toApiPrompt } from "./formats.js";
 import { boundsOf, nodeLayout, nodesInGroup } from "./layout.js";
+import { withRandomSeeds } from "./seed_control.js";
 import { closeTextEditor } from "./widgets.js";
 
 const CLIPBOARD_KEY = "nodegraph.clipboard";
+/** The zoom below which node text is no longer drawn (canvas.js draws low detail under 0.55). */
+const READABLE_SCALE = 0.6;
 
 export class Actions {
   constructor(editor) {
@@ -22,8 +25,34 @@ export class Actions {
     return [...this.editor.selection].filter((id) => this.graph.nodes.has(id));
   }
 
-  queue() {
-    return this.editor.execution.queue(this.editor.toolbar.batchCount());
+  /** Queue the workflow; `front: true` puts it before every pending prompt (POST /prompt's `front`). */
+  queue(options = {}) {
+    return this.editor.execution.queue(this.editor.toolbar.batchCount(), options);
+  }
+
+  /** Stop the running prompt (POST /interrupt naming it, so a prompt that started meanwhile is spared). */
+  async interrupt() {
+    const running = this.editor.execution.runningPrompt;
+    try {
+      await this.editor.api.interrupt(running || undefined);
+      this.editor.notify(running ? "Cancelling the running prompt" : "Nothing is running", running ? "info" : "warn");
+    } catch (err) {
+      this.editor.notify(`Cancel failed: ${err.message}`, "error");
+    }
+    this.editor.queuePanel.refresh();
+  }
+
+  /** Remove every prompt still waiting in the queue (POST /queue {"delete": [...]}); the running one goes on. */
+  async cancelPending() {
+    try {
+      const queue = await this.editor.api.getQueue();
+      const ids = (queue.queue_pending || []).map((item) => item[1]);
+      if (ids.length) await this.editor.api.deleteQueued(ids);
+      this.editor.notify(ids.length ? `Removed ${ids.length} queued prompt${ids.length === 1 ? "" : "s"}` : "Nothing is queued");
+    } catch (err) {
+      this.editor.notify(`Cancel failed: ${err.message}`, "error");
+    }
+    this.editor.queuePanel.refresh();
   }
 
   undo() {
@@ -134,8 +163,27 @@ export class Actions {
     this.graph.change(() => (group.bounding = [x - 20, y - 52, w + 40, h + 72]));
   }
 
+  /**
+   * Fit the selection, or the whole graph; a graph too large to read whole is shown at a readable zoom,
+   * centred on the node nearest its middle (never an empty screen of unreadable specks).
+   */
   fitView() {
-    this.editor.canvas.fitRect(boundsOf(this.graph));
+    const canvas = this.editor.canvas;
+    const ids = this.selectedIds();
+    const bounds = boundsOf(this.graph, ids.length ? ids : undefined);
+    canvas.fitRect(bounds);
+    if (!bounds || canvas.scale >= READABLE_SCALE) return;
+    const [mx, my] = [bounds[0] + bounds[2] / 2, bounds[1] + bounds[3] / 2];
+    let centre = [mx, my];
+    let best = Infinity;
+    for (const id of ids.length ? ids : this.graph.nodes.keys()) {
+      const node = this.graph.nodes.get(id);
+      const lay = nodeLayout(this.graph, node);
+      const [cx, cy] = [node.pos[0] + lay.w / 2, node.pos[1] + lay.h / 2];
+      const distance = (cx - mx) ** 2 + (cy - my) ** 2;
+      if (distance < best) [best, centre] = [distance, [cx, cy]];
+    }
+    canvas.setView(READABLE_SCALE, [canvas.width / 2 - centre[0] * READABLE_SCALE, canvas.height / 2 - centre[1] * READABLE_SCALE]);
   }
 
   showNode(id) {
@@ -151,11 +199,12 @@ export class Actions {
     this.fitView();
   }
 
-  openPaletteAtPointer() {
+  /** The node search at the mouse; `query` is what the user started typing on the canvas. */
+  openPaletteAtPointer(query = "") {
     const canvas = this.editor.canvas;
     const [sx, sy] = this.editor.interaction.pointer;
     const rect = canvas.el.getBoundingClientRect();
-    this.editor.openPalette({ at: canvas.toWorld(sx, sy), screen: [rect.left + sx, rect.top + sy] });
+    this.editor.openPalette({ at: canvas.toWorld(sx, sy), screen: [rect.left + sx, rect.top + sy], query });
   }
 
   /** Re-read /object_info: new node packs appear and combo lists (model files) are refreshed. */
@@ -178,7 +227,8 @@ export class Actions {
   }
 
   escape() {
-    if (this.editor.help.visible) this.editor.help.toggle(false);
+    if (this.editor.settingsRoom.visible) this.editor.settingsRoom.toggle(false);
+    else if (this.editor.help.visible) this.editor.help.toggle(false);
     else if (this.editor.palette.isOpen) this.editor.palette.close();
     else this.editor.select([]);
   }
@@ -232,7 +282,7 @@ export class Actions {
   }
 
   loadDefault() {
-    this.loadData(defaultWorkflow(this.graph.defs), "default workflow");
+    this.loadData(withRandomSeeds(defaultWorkflow(this.graph.defs), this.graph.defs), "default workflow");
   }
 
   clear() {

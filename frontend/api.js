@@ -64,9 +64,10 @@ export class Api {
    * Queue an API-format prompt. Our native workflow rides along in extra_pnginfo under `nodegraph_workflow`
    * (SaveImage's chunk of that name); `workflow` is left to ComfyUI's UI format, which the server derives.
    */
-  queuePrompt(prompt, workflow) {
+  queuePrompt(prompt, workflow, { front = false } = {}) {
     return this.postJson("/prompt", {
       prompt, client_id: this.clientId, extra_data: { extra_pnginfo: { nodegraph_workflow: workflow } },
+      ...(front ? { front: true } : {}),
     });
   }
 

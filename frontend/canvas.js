@@ -20,6 +20,9 @@ export class Canvas {
     this.width = 0;
     this.height = 0;
     this.stats = { draws: [], stamps: [] };
+    /** Set by settings.js: the theme's background and grid colours, and "spline" | "straight" | "linear". */
+    this.colours = { background: "#1c1c1c", grid: "#262626" };
+    this.linkStyle = "spline";
     this.frame = this.frame.bind(this);
     new ResizeObserver(() => this.resize()).observe(el);
     this.resize();
@@ -118,7 +121,7 @@ export class Canvas {
     const editor = this.editor;
     const graph = editor.graph;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.fillStyle = "#1c1c1c";
+    ctx.fillStyle = this.colours.background;
     ctx.fillRect(0, 0, this.width, this.height);
     this.drawGrid();
     ctx.setTransform(dpr * scale, 0, 0, dpr * scale, dpr * this.offset[0], dpr * this.offset[1]);
@@ -155,13 +158,14 @@ export class Canvas {
       ctx.fillRect(box.x, box.y, box.w, box.h);
       ctx.strokeRect(box.x, box.y, box.w, box.h);
     }
+    if (editor.minimap) editor.minimap.draw();
   }
 
   drawGrid() {
     const { ctx, scale } = this;
     const spacing = (scale < 0.5 ? 100 : 20) * scale;
     if (spacing < 6) return;
-    ctx.strokeStyle = "#262626";
+    ctx.strokeStyle = this.colours.grid;
     ctx.lineWidth = 1;
     ctx.beginPath();
     const ox = ((this.offset[0] % spacing) + spacing) % spacing;
@@ -203,6 +207,19 @@ export class Canvas {
 
   linkPath(x1, y1, x2, y2) {
     const { ctx } = this;
+    if (this.linkStyle === "linear") {
+      ctx.moveTo(x1, y1);
+      ctx.lineTo(x2, y2);
+      return;
+    }
+    if (this.linkStyle === "straight") {
+      const mid = Math.max((x1 + x2) / 2, x1 + 15);
+      ctx.moveTo(x1, y1);
+      ctx.lineTo(mid, y1);
+      ctx.lineTo(mid, y2);
+      ctx.lineTo(x2, y2);
+      return;
+    }
     const dist = Math.max(40, Math.abs(x2 - x1) * 0.5);
     ctx.moveTo(x1, y1);
     ctx.bezierCurveTo(x1 + dist, y1, x2 - dist, y2, x2, y2);

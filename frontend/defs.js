@@ -80,6 +80,8 @@ export function parseNodeInfo(type, info) {
     description: info.description || "",
     outputNode: Boolean(info.output_node),
     inputIsList: Boolean(info.input_is_list),
+    deprecated: Boolean(info.deprecated),
+    experimental: Boolean(info.experimental),
     inputs,
     outputs,
     inputMap: new Map(inputs.map((spec) => [spec.name, spec])),

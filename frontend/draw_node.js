@@ -1,6 +1,7 @@
 // Drawing one node: body, title, sockets (coloured by type), widgets, progress, images, errors.
 
 import { typeColour } from "./defs.js";
+import { rangeProblem } from "./error_panel.js";
 import { FONT, PAD, SMALL_FONT, SOCKET_R, TITLE_FONT, TITLE_H, textWidth } from "./layout.js";
 import { drawWidget, fitText, wrapLines } from "./widgets.js";
 
@@ -74,7 +75,7 @@ function drawImages(ctx, area, images) {
 function drawErrors(ctx, lay, errors) {
   const lines = errors.flatMap((err) => {
     const where = err.input ? `${err.input}: ` : "";
-    return wrapLines(`${where}${err.message}${err.details ? ` — ${err.details}` : ""}`, lay.w - 12, 3);
+    return wrapLines(`${where}${err.message}${err.details && err.details !== err.input ? ` — ${err.details}` : ""}`, lay.w - 12, 3);
   }).slice(0, 6);
   ctx.font = SMALL_FONT;
   const h = lines.length * 16 + 8;
@@ -140,8 +141,7 @@ export function drawNode(ctx, node, lay, view) {
   ctx.font = TITLE_FONT;
   ctx.textBaseline = "middle";
   ctx.fillStyle = "#eee";
-  let title = lay.title + (lay.missing ? " (missing)" : "");
-  if (node.mode === "bypass") title += " (bypassed)";
+  const title = lay.title + (lay.missing ? " (missing)" : "");
   const steps = view.running && view.progress && view.progress.max > 0 ? view.progress : null;
   const stepText = steps ? `${steps.value}/${steps.max}` : "";
   const stepW = steps ? textWidth(stepText, SMALL_FONT) + 10 : 0;
@@ -186,7 +186,8 @@ export function drawNode(ctx, node, lay, view) {
   for (const widget of lay.widgets) {
     drawWidget(ctx, node, widget, PAD, w - 2 * PAD, {
       lowDetail: view.lowDetail,
-      error: view.errors.some((err) => err.input === widget.name),
+      error: view.errors.some((err) => err.input === widget.name)
+        || (widget.kind === "number" && rangeProblem(widget.spec, node.widgets[widget.name]) !== null),
       highlight: view.socketState("widget", 0, widget).highlight,
     });
   }

@@ -53,13 +53,13 @@ export class Execution {
   }
 
   /** Queue the graph `batchCount` times; seeds move after each queue as their control says. */
-  async queue(batchCount = 1) {
+  async queue(batchCount = 1, options = {}) {
     const editor = this.editor;
     for (let i = 0; i < batchCount; i++) {
       const prompt = toApiPrompt(editor.graph);
       const workflow = editor.graph.serialize();
       try {
-        const result = await editor.api.queuePrompt(prompt, workflow);
+        const result = await editor.api.queuePrompt(prompt, workflow, options);
         this.lastResult = result;
         this.errors.clear();
         editor.errorPanel.render();
@@ -183,7 +183,7 @@ export class Execution {
         break;
       }
       case "b_preview":
-        if (this.runningNode) {
+        if (this.runningNode && editor.previewMode !== "none") {
           const state = this.ensure(this.runningNode);
           const img = new Image();
           img.onload = () => {

@@ -1,6 +1,6 @@
-// The help overlay (? or F1): every keyboard shortcut and mouse action.
+// The help overlay (? or F1): every keyboard shortcut (as currently bound) and mouse action.
 
-import { MOUSE_HELP, SHORTCUTS } from "./keys.js";
+import { MOUSE_HELP } from "./keys.js";
 
 function table(title, rows) {
   const section = document.createElement("section");
@@ -21,10 +21,10 @@ function table(title, rows) {
 }
 
 export class Help {
-  constructor(root) {
+  constructor(root, keymap) {
     this.root = root;
-    const body = root.querySelector(".help-body");
-    body.append(table("Keyboard", SHORTCUTS.map(([keys, text]) => [keys, text])), table("Mouse", MOUSE_HELP));
+    this.keymap = keymap;
+    this.body = root.querySelector(".help-body");
     root.addEventListener("click", (event) => {
       if (event.target === root || event.target.dataset.action === "close-help") this.toggle(false);
     });
@@ -34,7 +34,9 @@ export class Help {
     return !this.root.hidden;
   }
 
+  /** Rebuilt on every opening, so rebinding a key in the settings shows here at once. */
   toggle(show = !this.visible) {
+    if (show) this.body.replaceChildren(table("Keyboard", this.keymap.helpRows()), table("Mouse", MOUSE_HELP));
     this.root.hidden = !show;
   }
 }

@@ -45,7 +45,7 @@ export class Interaction {
     this.pointer = pos;
     const [wx, wy] = this.canvas.toWorld(...pos);
     const start = { x: event.clientX, y: event.clientY, moved: false };
-    if (event.button === 1) {
+    if (event.button === 1 || (event.button === 0 && this.editor.panHold)) { // middle-drag or Space+drag
       event.preventDefault();
       this.begin(event, start, this.panDrag());
       return;
@@ -212,7 +212,7 @@ export class Interaction {
         const s = this.canvas.scale;
         for (const [id, [x, y]] of origins) {
           const node = graph.nodes.get(id);
-          if (node) node.pos = [Math.round(x + dx / s), Math.round(y + dy / s)];
+          if (node) node.pos = [this.snap(x + dx / s), this.snap(y + dy / s)];
         }
         graph.emit("move");
       },
@@ -221,6 +221,12 @@ export class Interaction {
         else if (!moved && onClick) onClick();
       },
     };
+  }
+
+  /** A world coordinate on the grid when "snap to grid" is set (settings.js), else to the pixel. */
+  snap(value) {
+    const grid = this.editor.snapGrid;
+    return grid ? Math.round(value / grid) * grid : Math.round(value);
   }
 
   resizeDrag(node, lay) {

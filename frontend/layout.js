@@ -101,11 +101,12 @@ function knownParts(node, def) {
 /** The node's layout, cached until `graph.touch(node)` or its run results change. */
 export function nodeLayout(graph, node) {
   const runtime = runtimeOf(node.id);
-  const key = `${runtime ? runtime.version : 0}|${node.collapsed}|${node.size}|${node.title}|${node.mode}`;
+  const key = `${runtime ? runtime.version : 0}|${node.collapsed}|${node.size}|${node.title}`;
   if (node._lay && node._lay.key === key) return node._lay;
   const def = graph.defs.get(node.type);
   const title = nodeTitle(node, def);
-  const titleW = textWidth(def ? title : `${title} (missing)`, TITLE_FONT) + (node.mode === "bypass" ? textWidth(" (bypassed)", TITLE_FONT) : 0);
+  // The mode (bypass, mute) is shown by colour only: it never changes a node's size (neighbours stay clear).
+  const titleW = textWidth(def ? title : `${title} (missing)`, TITLE_FONT);
   const lay = { key, missing: !def, def, title, collapsed: node.collapsed };
   const parts = def ? knownParts(node, def) : missingParts(graph, node);
   Object.assign(lay, parts);

@@ -15,10 +15,16 @@ import { Interaction } from "./interaction.js";
 import { installShortcuts } from "./keys.js";
 import { nodeLayout, nodeTitle, setRuntimeSource } from "./layout.js";
 import { Menu } from "./menu.js";
+import { Minimap } from "./minimap.js";
 import { Palette } from "./palette.js";
-import { ErrorPanel, QueuePanel } from "./queue_panel.js";
+import { ErrorPanel } from "./error_panel.js";
+import { QueuePanel } from "./queue_panel.js";
+import { withRandomSeeds } from "./seed_control.js";
+import { Settings, SettingsRoom } from "./settings.js";
+import { Keymap } from "./shortcuts.js";
 import { installTestHook } from "./test_hook.js";
 import { Toolbar } from "./toolbar.js";
+import { ToolbarOverflow } from "./toolbar_overflow.js";
 
 const STORAGE_KEY = "nodegraph.workflow";
 
@@ -41,7 +47,14 @@ class Editor {
     this.toolbar = new Toolbar(this, document.getElementById("toolbar"));
     this.queuePanel = new QueuePanel(this, document.getElementById("queue-panel"));
     this.errorPanel = new ErrorPanel(this, document.getElementById("error-panel"));
-    this.help = new Help(document.getElementById("help"));
+    /** Named commands other rooms register (e.g. "workflow.save"); shortcuts call them when present. */
+    this.commands = new Map();
+    this.keymap = new Keymap();
+    this.help = new Help(document.getElementById("help"), this.keymap);
+    this.minimap = new Minimap(this, document.querySelector(".workspace"));
+    this.settings = new Settings(this);
+    this.settingsRoom = new SettingsRoom(this);
+    this.toolbarOverflow = new ToolbarOverflow(this, document.getElementById("toolbar"));
     setRuntimeSource((id) => this.execution.runtime(id));
     installShortcuts(this);
     installDrop(this);
@@ -54,6 +67,7 @@ class Editor {
 
   async start() {
     this.api.connect();
+    const settingsRead = this.settings.load();
     let defs = new Map();
     try {
       defs = parseObjectInfo(await this.api.getObjectInfo());
@@ -61,13 +75,14 @@ class Editor {
       this.notify(`Could not read node definitions from the server: ${err.message}`, "error");
     }
     this.graph.setDefs(defs);
+    await settingsRead;
     const saved = this.restore();
     if (saved) {
       this.graph.fill(saved.workflow);
       if (saved.view) this.canvas.setView(saved.view.scale, saved.view.offset);
       else this.actions.fitView();
     } else {
-      this.graph.fill(defaultWorkflow(defs));
+      this.graph.fill(withRandomSeeds(defaultWorkflow(defs), defs)); // a fresh browser: a seed of its own
       this.actions.fitView();
     }
     this.graph.emit("load");

@@ -2,37 +2,11 @@
 // double-click, Tab, or by dropping a link on empty canvas (then only compatible nodes are listed).
 
 import { canConnect } from "./defs.js";
+import { isInternal, searchScore, signature } from "./search.js";
 
 const MAX_RESULTS = 250;
 
-function termScore(def, term) {
-  const name = def.displayName.toLowerCase();
-  const id = def.type.toLowerCase();
-  if (name === term || id === term) return 100;
-  if (name.startsWith(term)) return 80;
-  if (id.startsWith(term)) return 70;
-  if (name.split(/[\s_/()-]+/).some((word) => word.startsWith(term))) return 60;
-  if (name.includes(term)) return 40;
-  if (id.includes(term)) return 30;
-  if (def.category.toLowerCase().includes(term)) return 20;
-  let i = 0;
-  for (const ch of name) if (ch === term[i]) i++;
-  return i === term.length ? 5 : 0;
-}
-
-/** Search score of a definition for a query (0: no match); every word of the query must match. */
-export function searchScore(def, query) {
-  const lowered = query.toLowerCase().trim();
-  const terms = lowered.split(/\s+/).filter(Boolean);
-  let total = 0;
-  for (const term of terms) {
-    const score = termScore(def, term);
-    if (!score) return 0;
-    total += score;
-  }
-  if (terms.length > 1 && def.displayName.toLowerCase().startsWith(lowered)) total += 50;
-  return total;
-}
+export { searchScore };
 
 /** Whether a definition fits a dropped link: it has an input taking `accepts`, or an output for `produces`. */
 export function fitsFilter(def, filter) {
@@ -54,7 +28,7 @@ export class Palette {
     return this.el !== null;
   }
 
-  open({ at, screen, filter = null, onCreate = null }) {
+  open({ at, screen, filter = null, onCreate = null, query = "" }) {
     this.close();
     const el = document.createElement("div");
     el.className = "palette";
@@ -66,7 +40,8 @@ export class Palette {
       : "Add node";
     const search = document.createElement("input");
     search.className = "palette-search";
-    search.placeholder = "Search nodes…";
+    search.placeholder = "Search by name, category or type (in:LATENT)…";
+    search.value = query;
     search.setAttribute("aria-label", "Search nodes");
     const results = document.createElement("div");
     results.className = "palette-results";
@@ -113,10 +88,12 @@ export class Palette {
         .slice(0, MAX_RESULTS)
         .map((entry) => entry.def);
     } else {
-      items = this.candidates().sort((a, b) => a.category.localeCompare(b.category) || a.displayName.localeCompare(b.displayName));
+      // Browsing: by category, test and deprecated nodes last (and, like every row here, not preselected).
+      items = this.candidates().sort((a, b) => isInternal(a) - isInternal(b) || a.category.localeCompare(b.category)
+        || a.displayName.localeCompare(b.displayName));
     }
     this.state.items = items;
-    this.state.active = 0;
+    this.state.active = -1;
     let category = null;
     items.forEach((def, index) => {
       if (!query && def.category !== category) {
@@ -138,7 +115,10 @@ export class Palette {
         const cat = document.createElement("span");
         cat.className = "palette-item-category";
         cat.textContent = def.category;
-        row.appendChild(cat);
+        const types = document.createElement("span");
+        types.className = "palette-item-types";
+        types.textContent = signature(def);
+        row.append(cat, types);
       }
       if (def.description) row.title = def.description;
       row.addEventListener("pointerdown", (event) => event.preventDefault());
@@ -152,13 +132,16 @@ export class Palette {
       empty.textContent = "No matching nodes";
       results.appendChild(empty);
     }
-    this.setActive(0);
+    // With a query the best match is ready for Enter; a plain list preselects nothing.
+    this.setActive(query ? 0 : -1);
   }
 
   setActive(index) {
     const rows = this.state.results.querySelectorAll(".palette-item");
-    if (!rows.length) return;
-    this.state.active = Math.max(0, Math.min(index, rows.length - 1));
+    this.state.active = -1;
+    rows.forEach((row) => row.classList.remove("active"));
+    if (!rows.length || index < 0) return;
+    this.state.active = Math.min(index, rows.length - 1);
     rows.forEach((row, i) => row.classList.toggle("active", i === this.state.active));
     rows[this.state.active].scrollIntoView({ block: "nearest" });
   }

@@ -59,6 +59,13 @@ export function installTestHook(editor) {
       const x = where === "left" ? 10 + 8 : where === "right" ? lay.w - 18 : lay.w / 2;
       return clientPoint(n.pos[0] + x, n.pos[1] + widget.y + widget.h / 2);
     },
+    /** Client-pixel rectangle of a widget row (to look at what it shows). */
+    widgetRect: (id, name) => {
+      const n = node(id);
+      const widget = nodeLayout(editor.graph, n).widgets.find((w) => w.name === name);
+      const { x, y } = clientPoint(n.pos[0] + 10, n.pos[1] + widget.y);
+      return { x, y, w: (nodeLayout(editor.graph, n).w - 20) * editor.canvas.scale, h: widget.h * editor.canvas.scale };
+    },
     /** Client-pixel rectangle of a group (by index). */
     groupRect: (index) => {
       const [x, y, w, h] = editor.graph.groups[index].bounding;

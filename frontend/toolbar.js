@@ -10,6 +10,8 @@ export class Toolbar {
     const actions = editor.actions;
     const commands = {
       queue: () => actions.queue(),
+      cancel: () => actions.interrupt(),
+      settings: () => editor.settingsRoom.toggle(),
       "toggle-queue": () => actions.toggleQueuePanel(),
       save: () => actions.save(),
       load: () => actions.openFile(),

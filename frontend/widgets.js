@@ -2,6 +2,7 @@
 // mouse edits them: arrows step, a horizontal drag scrubs a number, a click types or picks.
 
 import { SEED_CONTROLS, normaliseNumber } from "./defs.js";
+import { rangeProblem, typedNumber } from "./error_panel.js";
 import { FONT, SMALL_FONT, shownValue, textWidth } from "./layout.js";
 
 const ARROW_W = 18;
@@ -258,7 +259,9 @@ export function widgetPointerDown(editor, node, hit, lay, event) {
             editor.notify(`${name}: "${text}" is not a number`, "error");
             return;
           }
-          setValue(editor, node, name, normaliseNumber(spec, parsed));
+          const problem = rangeProblem(spec, parsed);
+          if (problem) editor.notify(`${name}: ${problem} (kept as typed; the prompt will not validate)`, "warn");
+          setValue(editor, node, name, typedNumber(spec, parsed));
         },
       });
     },
