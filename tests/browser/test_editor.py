@@ -121,7 +121,8 @@ def test_mismatched_link_is_refused_and_dropping_on_canvas_offers_compatible_nod
     with urllib.request.urlopen(f"{server.url}/object_info") as response:
         info = json.load(response)
     takes_image = {name for name, node in info.items()
-                   if any(entry[0] == "IMAGE" for entry in {**node["input"]["required"], **node["input"].get("optional", {})}.values())}
+                   if any(entry[0] in ("IMAGE", "*")  # a wildcard input (PreviewAny) takes any type
+                          for entry in {**node["input"]["required"], **node["input"].get("optional", {})}.values())}
     assert set(offered) == takes_image and "TestSaveImage" in offered and "CLIPTextEncode" not in offered
     assert "take IMAGE" in editor.page.locator(".palette-heading").inner_text()
     editor.page.locator(".palette-item[data-type='TestSaveImage']").click()
