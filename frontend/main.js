@@ -8,6 +8,7 @@ import { ContextMenu } from "./context_menu.js";
 import { defaultWorkflow } from "./default_graph.js";
 import { parseObjectInfo } from "./defs.js";
 import { Execution } from "./execution.js";
+import { installFiles } from "./files_ui.js";
 import { installDrop, pickFile } from "./files.js";
 import { Graph } from "./graph.js";
 import { Help } from "./help.js";
@@ -166,5 +167,6 @@ class Editor {
 }
 
 const editor = new Editor();
+installFiles(editor);
 installTestHook(editor);
-editor.start();
+editor.start().then(() => editor.files.start());
