@@ -79,8 +79,12 @@ export function installFiles(editor) {
   register("mask.open", "Open the mask editor", (node) => masks.openForNode(node));
   addToolbarButtons(editor);
 
+  let loads = 0;
+  editor.graph.onChange((kind) => kind === "load" && loads++);
   editor.files = { start: () => tabs.start(), tabs, files, store, sidebar, masks, models };
   window.nodegraphFiles = Object.freeze({
+    /** How many times a workflow was put on the canvas (opened, switched to, loaded). */
+    loads: () => loads,
     tabs: () => tabs.tabs.map((tab) => ({ name: tab.name, path: tab.path, dirty: tab.dirty, active: tab === tabs.active })),
     maskOpen: () => masks.isOpen,
     maskCoverage: () => (masks.isOpen ? masks.coverage() : null),

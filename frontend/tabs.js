@@ -97,11 +97,32 @@ export class Tabs {
       this.switchTo(existing);
       return existing;
     }
+    if (this.active && !this.active.path && !path) {
+      this.updateDirty();
+      if (!this.active.dirty) return this.replaceActive(workflow, name); // an untouched new tab: reuse it
+    }
     this.stash();
     const tab = this.makeTab({ name, path });
     tab.workflow = workflow;
     this.tabs.push(tab);
     this.show(tab, true);
+    return tab;
+  }
+
+  /** Show `workflow` in the active tab as one undoable step (as ComfyUI replaces an untouched new workflow). */
+  replaceActive(workflow, name) {
+    const { graph, execution } = this.editor;
+    const tab = this.active;
+    graph.change(() => graph.fill(workflow));
+    execution.states.clear();
+    execution.errors.clear();
+    this.editor.select([]);
+    graph.emit("load");
+    this.editor.actions.fitView();
+    tab.name = name;
+    tab.savedText = this.currentText();
+    tab.dirty = false;
+    this.render();
     return tab;
   }
 

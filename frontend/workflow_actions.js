@@ -39,6 +39,28 @@ export function askName(title, initial = "") {
   });
 }
 
+/**
+ * The converter keeps a seed's "control after generate" mode in each node's `comfyui` entry (the slot after the
+ * seed in widgets_values); the editor keeps it in `control_after_generate`. Copy one way on open ...
+ */
+export function withEditorControls(native) {
+  for (const node of Object.values(native.nodes || {})) {
+    const kept = node.comfyui && node.comfyui.control;
+    if (kept && typeof kept === "object") node.control_after_generate = { ...kept, ...(node.control_after_generate || {}) };
+  }
+  return native;
+}
+
+/** ... and back on save, so a mode changed here is what ComfyUI's editor reads. */
+export function withComfyControls(native) {
+  for (const node of Object.values(native.nodes || {})) {
+    if (!node.control_after_generate || !Object.keys(node.control_after_generate).length) continue;
+    const info = node.comfyui && typeof node.comfyui === "object" ? node.comfyui : {};
+    node.comfyui = { ...info, control: { ...(info.control || {}), ...node.control_after_generate } };
+  }
+  return native;
+}
+
 export class WorkflowActions {
   constructor(editor, store, tabs) {
     this.editor = editor;
@@ -52,7 +74,7 @@ export class WorkflowActions {
 
   /** The active workflow in ComfyUI's UI format, from the server's converter. */
   async uiWorkflow() {
-    return this.store.convert(this.graph.serialize(), "ui");
+    return this.store.convert(withComfyControls(this.graph.serialize()), "ui");
   }
 
   async save() {
@@ -96,7 +118,7 @@ export class WorkflowActions {
     let kind = null;
     if (data && Array.isArray(data.nodes)) {
       try {
-        native = await this.store.convert(data, "native");
+        native = withEditorControls(await this.store.convert(data, "native"));
         kind = `ComfyUI workflow v${data.version ?? "?"}`;
       } catch (err) {
         console.warn("server conversion failed; importing in the page", err);

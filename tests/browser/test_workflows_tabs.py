@@ -3,8 +3,8 @@ template browsers, and exports — each by clicking what a user clicks and check
 
 from __future__ import annotations
 
-import io
 import json
+from pathlib import Path
 
 import pytest
 from files_helpers import files_hook, get_json, saved_workflow, screenshots, wait_files
@@ -57,6 +57,9 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
     wait_files(editor, "f.tabs()[0].dirty")
     assert page.locator(".workflow-tab.active .tab-dirty").inner_text() == "•"
 
+    # A seed's "control after generate" mode set here is what ComfyUI's editor will read.
+    editor.click(editor.widget("3", "seed", "center", "control"))
+    editor.choose_in_menu("increment")
     # Ctrl+S on an unsaved tab asks for a name, then writes ComfyUI's UI format under workflows/.
     editor.click(editor.canvas_point(0.5, 0.97))
     editor.key("Control+s")
@@ -73,6 +76,8 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
          "SaveImage"])
     latent = next(n for n in saved["nodes"] if n["type"] == "EmptyLatentImage")
     assert latent["widgets_values"][:2] == [128, 128]
+    sampler = next(n for n in saved["nodes"] if n["type"] == "KSampler")
+    assert sampler["widgets_values"][1] == "increment"
 
     # A ComfyUI file with a Note, a Reroute and a group opens in a new tab; Save As keeps all three.
     source = tmp_path / "from_comfyui.json"
@@ -116,6 +121,7 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
     wait_files(editor, "f.tabs().length === 2 && f.tabs()[1].name === 'first flow' && f.tabs()[1].active")
     assert len(editor.nodes()) == 7
     assert editor.node("5")["widgets"]["width"] == 128
+    assert editor.node("3")["controls"] == {"seed": "increment"}
 
     # Templates: the shipped workflows with thumbnails; a click opens one in a new tab.
     page.locator(".library-tab[data-section=templates]").click()
@@ -156,8 +162,9 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
     workflow = to_workflow(json.loads(chunks["workflow"]), registry)
     assert {n.type for n in workflow.nodes.values()} >= {"KSampler", "SaveImage"}
     # ... and dropping that PNG on the canvas opens its workflow in a new tab.
+    # (the template's tab is untouched and unsaved, so the PNG's workflow replaces it, as in ComfyUI)
     editor.drop_file(png_path, "image/png")
-    wait_files(editor, "f.tabs().length === 4 && f.tabs()[3].active")
+    wait_files(editor, f"f.tabs().length === 3 && f.tabs()[2].active && f.tabs()[2].name === {json.dumps(Path(png_path).stem)}")
     assert "KSampler" in {n["type"] for n in editor.nodes()}
     listing = get_json(server, "/userdata?dir=workflows&recurse=true&split=false&full_info=true")
     assert sorted(entry["path"] for entry in listing) == ["first flow.json", "with notes.json"]
