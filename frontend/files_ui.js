@@ -3,6 +3,7 @@
 // `window.nodegraphFiles` gives browser tests read-only views of their state.
 
 import { DropPaste } from "./drop_paste.js";
+import { drawNotes, notesOf } from "./editor_notes.js";
 import { MaskEditor } from "./mask_editor.js";
 import { ModelLibrary } from "./model_library.js";
 import { Sidebar } from "./sidebar.js";
@@ -52,6 +53,7 @@ export function installFiles(editor) {
   sidebar.add("models", "Models", models.element, () => models.refresh());
   const dropPaste = new DropPaste(editor, files, models);
   editor.workflowBrowser = browser;
+  editor.drawBehindNodes = (ctx, visible) => drawNotes(ctx, editor.graph, visible);
   editor.dropHandler = (event) => dropPaste.onDrop(event);
   editor.nodeMenuItems = (node) => {
     const def = editor.graph.defs.get(node.type);
@@ -86,6 +88,7 @@ export function installFiles(editor) {
     /** How many times a workflow was put on the canvas (opened, switched to, loaded). */
     loads: () => loads,
     tabs: () => tabs.tabs.map((tab) => ({ name: tab.name, path: tab.path, dirty: tab.dirty, active: tab === tabs.active })),
+    notes: () => notesOf(editor.graph).map((note) => ({ type: note.type, text: note.text })),
     maskOpen: () => masks.isOpen,
     maskCoverage: () => (masks.isOpen ? masks.coverage() : null),
     maskCanvasRect: () => {

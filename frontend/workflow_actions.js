@@ -5,6 +5,7 @@
 
 import { download, pickFile, readWorkflowFile } from "./files.js";
 import { arrangeGraph, importWorkflow, toApiPrompt } from "./formats.js";
+import { TITLE_H } from "./layout.js";
 import { withTextChunks } from "./png.js";
 import { cleanName } from "./workflow_store.js";
 
@@ -40,20 +41,26 @@ export function askName(title, initial = "") {
 }
 
 /**
- * The converter keeps a seed's "control after generate" mode in each node's `comfyui` entry (the slot after the
- * seed in widgets_values); the editor keeps it in `control_after_generate`. Copy one way on open ...
+ * The bridge between the editor's native workflow and the server converter's. Two things differ: a seed's
+ * "control after generate" mode (the converter keeps it in each node's `comfyui` entry, the editor in
+ * `control_after_generate`), and positions (the converter keeps ComfyUI's, where `pos` is below the title bar;
+ * the editor's `pos` is the node's top-left, title included, as comfy_ui.js imports).
  */
-export function withEditorControls(native) {
+export function fromServerNative(native) {
   for (const node of Object.values(native.nodes || {})) {
     const kept = node.comfyui && node.comfyui.control;
     if (kept && typeof kept === "object") node.control_after_generate = { ...kept, ...(node.control_after_generate || {}) };
+    if (Array.isArray(node.pos)) node.pos = [node.pos[0], node.pos[1] - TITLE_H];
+    if (Array.isArray(node.size)) node.size = [node.size[0], node.size[1] + TITLE_H];
   }
   return native;
 }
 
-/** ... and back on save, so a mode changed here is what ComfyUI's editor reads. */
-export function withComfyControls(native) {
+/** The inverse, before the server converts the editor's workflow to ComfyUI's format. */
+export function toServerNative(native) {
   for (const node of Object.values(native.nodes || {})) {
+    if (Array.isArray(node.pos)) node.pos = [node.pos[0], node.pos[1] + TITLE_H];
+    if (Array.isArray(node.size)) node.size = [node.size[0], Math.max(0, node.size[1] - TITLE_H)];
     if (!node.control_after_generate || !Object.keys(node.control_after_generate).length) continue;
     const info = node.comfyui && typeof node.comfyui === "object" ? node.comfyui : {};
     node.comfyui = { ...info, control: { ...(info.control || {}), ...node.control_after_generate } };
@@ -74,7 +81,7 @@ export class WorkflowActions {
 
   /** The active workflow in ComfyUI's UI format, from the server's converter. */
   async uiWorkflow() {
-    return this.store.convert(withComfyControls(this.graph.serialize()), "ui");
+    return this.store.convert(toServerNative(this.graph.serialize()), "ui");
   }
 
   async save() {
@@ -118,7 +125,7 @@ export class WorkflowActions {
     let kind = null;
     if (data && Array.isArray(data.nodes)) {
       try {
-        native = withEditorControls(await this.store.convert(data, "native"));
+        native = fromServerNative(await this.store.convert(data, "native"));
         kind = `ComfyUI workflow v${data.version ?? "?"}`;
       } catch (err) {
         console.warn("server conversion failed; importing in the page", err);

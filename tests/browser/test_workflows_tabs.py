@@ -88,14 +88,18 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
     wait_files(editor, "f.tabs().length === 2 && f.tabs()[1].active")
     assert tab_labels(editor) == ["first flow", "from_comfyui"]
     assert sorted(n["type"] for n in editor.nodes()) == ["EmptyLatentImage", "VAEDecode"]
+    assert editor.node("1")["pos"] == [0, -30]  # ComfyUI's pos is below the title bar; ours is the top-left
     assert [(l["from_node"], l["to_node"]) for l in editor.links()] == [("1", "3")]  # through the Reroute
     assert editor.hook("h.groups()")[0]["title"] == "Latents"
+    assert files_hook(editor, "f.notes()") == [{"type": "Note", "text": "Keep me: a note for whoever opens this"}]
+    screenshots(editor, artifacts, "comfyui_file_with_note")
     save_as(editor, "with notes")
     kept = saved_workflow(server, "with notes")
     types = sorted(n["type"] for n in kept["nodes"])
     assert types == ["EmptyLatentImage", "Note", "Reroute", "VAEDecode"]
     note = next(n for n in kept["nodes"] if n["type"] == "Note")
     assert note["widgets_values"] == ["Keep me: a note for whoever opens this"]
+    assert next(n for n in kept["nodes"] if n["type"] == "EmptyLatentImage")["pos"] == [0, 0]  # back where it was
     assert kept["groups"][0]["title"] == "Latents" and kept["groups"][0]["color"] == "#8A8"
 
     # Switching tabs shows each tab's own graph.
