@@ -58,7 +58,10 @@ export function installFiles(editor) {
   editor.nodeMenuItems = (node) => {
     const def = editor.graph.defs.get(node.type);
     const upload = def ? def.inputs.find((spec) => spec.imageUpload) : null;
-    return upload ? [{ label: "Open in mask editor", action: () => masks.openForNode(node, upload.name) }] : [];
+    if (upload) return [{ label: "Open in mask editor", action: () => masks.openForNode(node, upload.name) }];
+    const state = editor.execution.runtime(node.id);
+    const image = state && state.images && state.images[0];
+    return image ? [{ label: "Open image in mask editor", action: () => masks.openForImage(node, image) }] : [];
   };
 
   const actions = editor.actions;

@@ -45,6 +45,25 @@ export class MaskEditor {
     });
   }
 
+  /**
+   * Open on an image a node shows (an output): the masked picture is saved to the input folder and a LoadImage
+   * node holding it appears beside the node, ready for an inpainting graph.
+   */
+  async openForImage(node, image) {
+    const ref = { filename: image.filename, subfolder: image.subfolder || "", type: image.type || "output" };
+    await this.open(ref, (saved) => {
+      const { graph } = this.editor;
+      if (!graph.defs.has("LoadImage")) return;
+      const name = saved.subfolder ? `${saved.subfolder}/${saved.name}` : saved.name;
+      const spec = graph.defs.get("LoadImage").inputMap.get("image");
+      if (spec && spec.options && !spec.options.includes(name)) spec.options.push(name);
+      const created = graph.makeNode("LoadImage", [node.pos[0] + 40, node.pos[1] + 40]);
+      created.widgets.image = name;
+      graph.change(() => graph.addNode(created));
+      this.editor.select([created.id]);
+    });
+  }
+
   async open(ref, onSaved) {
     this.close();
     this.ref = ref;
@@ -118,6 +137,12 @@ export class MaskEditor {
     this.view.addEventListener("pointerup", () => (this.last = null));
     this.view.addEventListener("pointerleave", () => (this.last = null));
     this.view.focus();
+    this.onResize = () => {
+      if (!this.overlay) return;
+      this.fit();
+      this.redraw();
+    };
+    window.addEventListener("resize", this.onResize);
   }
 
   /** A picture saved by the mask editor before: its transparency is the mask to start from. */
@@ -266,6 +291,7 @@ export class MaskEditor {
   }
 
   close() {
+    if (this.onResize) window.removeEventListener("resize", this.onResize);
     if (this.overlay) this.overlay.remove();
     this.overlay = null;
     this.last = null;

@@ -119,12 +119,32 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
     assert entries.evaluate_all("els => els.map(e => e.dataset.path)") == ["with notes.json"]
     page.locator(".library-search").first.fill("")
     screenshots(editor, artifacts, "workflow_browser")
+    # Ctrl+S on a saved tab writes its file again without asking.
+    page.locator(".workflow-tab", has_text="first flow").click()
+    wait_files(editor, "f.tabs()[0].active")
+    editor.type_into_widget("5", "width", "192")
+    wait_files(editor, "f.tabs()[0].dirty")
+    editor.click(editor.canvas_point(0.5, 0.97))
+    editor.key("Control+s")
+    wait_files(editor, "!f.tabs()[0].dirty")
+    assert page.locator(".name-dialog").count() == 0
+    resaved = next(n for n in saved_workflow(server, "first flow")["nodes"] if n["type"] == "EmptyLatentImage")
+    assert resaved["widgets_values"][:2] == [192, 128]
+    # Closing a tab with unsaved changes asks first: dismissed, it stays; accepted, it closes.
+    start = editor.point("h.titlePoint('9')")
+    editor.drag(start, (start[0] + 30, start[1] + 30))
+    wait_files(editor, "f.tabs()[0].dirty")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator(".workflow-tab", has_text="first flow").locator(".tab-close").click()
+    page.wait_for_timeout(200)
+    assert len(files_hook(editor, "f.tabs()")) == 2
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator(".workflow-tab", has_text="first flow").locator(".tab-close").click()
     wait_files(editor, "f.tabs().length === 1")
     page.locator(".workflow-entry[data-path='first flow.json']").click()
     wait_files(editor, "f.tabs().length === 2 && f.tabs()[1].name === 'first flow' && f.tabs()[1].active")
     assert len(editor.nodes()) == 7
-    assert editor.node("5")["widgets"]["width"] == 128
+    assert editor.node("5")["widgets"]["width"] == 192  # as saved, not as left unsaved
     assert editor.node("3")["controls"] == {"seed": "increment"}
 
     # Templates: the shipped workflows with thumbnails; a click opens one in a new tab.
@@ -170,6 +190,10 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
     editor.drop_file(png_path, "image/png")
     wait_files(editor, f"f.tabs().length === 3 && f.tabs()[2].active && f.tabs()[2].name === {json.dumps(Path(png_path).stem)}")
     assert "KSampler" in {n["type"] for n in editor.nodes()}
+    # Save As an existing name asks before replacing that file.
+    page.once("dialog", lambda dialog: dialog.accept())
+    save_as(editor, "with notes")
+    assert "KSampler" in {n["type"] for n in saved_workflow(server, "with notes")["nodes"]}
     listing = get_json(server, "/userdata?dir=workflows&recurse=true&split=false&full_info=true")
     assert sorted(entry["path"] for entry in listing) == ["first flow.json", "with notes.json"]
     screenshots(editor, artifacts, "workflow_tabs")
