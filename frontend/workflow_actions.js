@@ -5,7 +5,7 @@
 
 import { download, pickFile, readWorkflowFile } from "./files.js";
 import { arrangeGraph, importWorkflow, toApiPrompt } from "./formats.js";
-import { TITLE_H } from "./layout.js";
+import { nodeLayout, TITLE_H } from "./layout.js";
 import { withTextChunks } from "./png.js";
 import { cleanName } from "./workflow_store.js";
 
@@ -81,7 +81,13 @@ export class WorkflowActions {
 
   /** The active workflow in ComfyUI's UI format, from the server's converter. */
   async uiWorkflow() {
-    return this.store.convert(toServerNative(this.graph.serialize()), "ui");
+    const native = this.graph.serialize();
+    for (const [id, node] of Object.entries(native.nodes)) {
+      // ComfyUI's editor draws a node at its saved size: give it the size shown here, not a stock one.
+      const lay = nodeLayout(this.graph, this.graph.nodes.get(id));
+      if (!node.size || !node.size[1]) node.size = [Math.round(lay.w), Math.round(lay.h)];
+    }
+    return this.store.convert(toServerNative(native), "ui");
   }
 
   async save() {
