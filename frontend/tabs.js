@@ -3,6 +3,7 @@
 // (or, for a new tab, from what it opened with).
 
 let nextKey = 1;
+const STORAGE_KEY = "nodegraph.tabs";
 
 export class Tabs {
   constructor(editor) {
@@ -15,15 +16,48 @@ export class Tabs {
     document.getElementById("toolbar").after(this.bar);
     this.dirtyTimer = null;
     editor.graph.onChange(() => this.scheduleDirtyCheck());
+    window.addEventListener("beforeunload", () => this.persist());
   }
 
-  /** Adopt the graph the editor started with as the first tab. */
+  /**
+   * Adopt the graph the editor started with as the active tab, with the other tabs of the last visit (kept in
+   * localStorage: names, saved paths, unsaved changes).
+   */
   start() {
-    const tab = this.makeTab({ name: null, path: null });
-    tab.savedText = this.currentText();
-    this.tabs.push(tab);
-    this.active = tab;
+    let kept = null;
+    try {
+      kept = JSON.parse(localStorage.getItem(STORAGE_KEY) || "null");
+    } catch {
+      kept = null;
+    }
+    const current = this.currentText();
+    const entries = kept && Array.isArray(kept.tabs) ? kept.tabs : [];
+    const activeIndex = entries.length ? Math.min(Math.max(0, Number(kept.active) || 0), entries.length - 1) : 0;
+    entries.forEach((entry, index) => {
+      const tab = this.makeTab({ name: entry.name || null, path: entry.path || null });
+      tab.savedText = typeof entry.savedText === "string" ? entry.savedText : null;
+      tab.workflow = index === activeIndex ? null : entry.workflow || null;
+      this.tabs.push(tab);
+    });
+    if (!this.tabs.length) this.tabs.push(this.makeTab({ name: null, path: null }));
+    this.active = this.tabs[activeIndex] || this.tabs[0];
+    if (this.active.savedText === null) this.active.savedText = current;
+    this.active.dirty = current !== this.active.savedText;
+    for (const tab of this.tabs) if (tab !== this.active) tab.dirty = JSON.stringify(tab.workflow) !== tab.savedText;
     this.render();
+  }
+
+  /** Keep the open tabs for the next visit (the active graph itself is kept by main.js). */
+  persist() {
+    if (!this.active) return;
+    const tabs = this.tabs.map((tab) => ({
+      name: tab.name, path: tab.path, savedText: tab.savedText, workflow: tab === this.active ? null : tab.workflow,
+    }));
+    try {
+      localStorage.setItem(STORAGE_KEY, JSON.stringify({ tabs, active: this.tabs.indexOf(this.active) }));
+    } catch (err) {
+      console.warn("could not keep the open tabs in localStorage", err);
+    }
   }
 
   makeTab({ name, path }) {
@@ -158,6 +192,8 @@ export class Tabs {
   }
 
   render() {
+    clearTimeout(this.persistTimer);
+    this.persistTimer = setTimeout(() => this.persist(), 300);
     this.bar.replaceChildren();
     for (const tab of this.tabs) {
       const item = document.createElement("div");

@@ -196,4 +196,13 @@ def test_tabs_save_open_templates_and_exports(editor, server, artifacts, tmp_pat
     assert "KSampler" in {n["type"] for n in saved_workflow(server, "with notes")["nodes"]}
     listing = get_json(server, "/userdata?dir=workflows&recurse=true&split=false&full_info=true")
     assert sorted(entry["path"] for entry in listing) == ["first flow.json", "with notes.json"]
+    # A reload brings the same tabs back, with their names, files and unsaved markers.
+    start = editor.point("h.titlePoint('3')")
+    editor.drag(start, (start[0] + 20, start[1] + 20))  # an unsaved change in the active tab
+    wait_files(editor, "f.tabs().find(t => t.active).dirty")
+    before = files_hook(editor, "f.tabs()")
+    editor.open()
+    wait_files(editor, f"f.tabs().length === {len(before)}")
+    assert files_hook(editor, "f.tabs()") == before
+    assert editor.page.locator(".workflow-tab.active .tab-dirty").inner_text() == "•"
     screenshots(editor, artifacts, "workflow_tabs")
