@@ -46,4 +46,8 @@ async def post_convert(request: web.Request) -> web.Response:
         converted = await asyncio.to_thread(convert, body["workflow"], target, registry)
     except WorkflowFormatError as exc:
         raise ApiError(400, "invalid_workflow", "Not a workflow this server reads", str(exc)) from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        # The exporters trust the shapes our importers keep; a hand-made native file may break them.
+        raise ApiError(400, "invalid_workflow", f"Could not convert the workflow to {target}",
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     return json_response(converted)

@@ -56,3 +56,16 @@ async def test_api_target_and_refusals(tmp_path):
         assert status == 400 and "'to' must be one of" in body["error"]["message"]
         status, body = await post(client, {"workflow": {"nodes": [{"type": "Number"}], "links": []}, "to": "native"})
         assert status == 400 and "id" in body["error"]["details"]
+
+
+async def test_a_malformed_kept_entry_is_a_400_not_a_crash(tmp_path):
+    native = {"format": "nodegraph", "version": 1, "links": [], "groups": [],
+              "nodes": {"1": {"type": "Number", "widgets": {"value": 1}, "comfyui": {"inputs": 5}}},
+              "extra": {"comfyui": {"editor_nodes": "not a list of nodes"}}}
+    async with serve(tmp_path) as client:
+        status, body = await post(client, {"workflow": native, "to": "ui"})
+        assert status == 400 and body["error"]["type"] == "invalid_workflow"
+        assert body["error"]["message"] == "Could not convert the workflow to ui"
+        del native["nodes"]["1"]["comfyui"], native["extra"]["comfyui"]
+        status, body = await post(client, {"workflow": native, "to": "ui"})
+        assert status == 200 and [n["type"] for n in body["nodes"]] == ["Number"]
