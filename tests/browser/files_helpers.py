@@ -40,3 +40,19 @@ def screenshots(editor, artifacts: Path, stem: str) -> None:
         page.wait_for_timeout(120)
         page.screenshot(path=str(artifacts / f"{stem}_{width}.png"))
     page.set_viewport_size(size)
+
+
+def drop_at(editor, name: str, mime: str, data: bytes, point: tuple[float, float]) -> None:
+    """A file dropped at a client point (the DragEvent a real drop sends, with its coordinates)."""
+    editor.page.evaluate(
+        """([name, mime, bytes, x, y]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
+            const canvas = document.getElementById("canvas");
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                canvas.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true,
+                                                           clientX: x, clientY: y }));
+            }
+        }""",
+        [name, mime, list(data), point[0], point[1]],
+    )

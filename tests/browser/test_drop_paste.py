@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from files_helpers import screenshots, wait_files
+from files_helpers import drop_at, screenshots, wait_files
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -18,22 +18,6 @@ def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (24, 16), fm
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, fmt)
     return buffer.getvalue()
-
-
-def drop_at(editor, name: str, mime: str, data: bytes, point: tuple[float, float]) -> None:
-    """A file dropped at a client point (the DragEvent a real drop sends, with its coordinates)."""
-    editor.page.evaluate(
-        """([name, mime, bytes, x, y]) => {
-            const transfer = new DataTransfer();
-            transfer.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
-            const canvas = document.getElementById("canvas");
-            for (const type of ["dragenter", "dragover", "drop"]) {
-                canvas.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true,
-                                                           clientX: x, clientY: y }));
-            }
-        }""",
-        [name, mime, list(data), point[0], point[1]],
-    )
 
 
 def new_nodes(editor, before: set[str], count: int = 1) -> list[dict]:
