@@ -233,7 +233,23 @@ export class Actions {
     else this.editor.select([]);
   }
 
+  /** Commands other modules provide under stable names (e.g. "workflow.save"), for keys and menus. */
+  register(name, run, label = name) {
+    (this.registry ||= new Map()).set(name, { run, label });
+  }
+
+  run(name, ...args) {
+    const found = this.registry && this.registry.get(name);
+    if (!found) throw new Error(`no action named ${name}`);
+    return found.run(...args);
+  }
+
+  has(name) {
+    return Boolean(this.registry && this.registry.has(name));
+  }
+
   save() {
+    if (this.has("workflow.save")) return this.run("workflow.save");
     download("workflow.json", JSON.stringify(this.graph.serialize(), null, 2));
   }
 
@@ -242,6 +258,7 @@ export class Actions {
   }
 
   async openFile() {
+    if (this.has("workflow.open")) return this.run("workflow.open");
     const file = await pickFile(document.getElementById("file-input"), ".json,.png,application/json,image/png");
     if (file) await this.loadFile(file);
   }

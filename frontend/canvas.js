@@ -129,6 +129,7 @@ export class Canvas {
     const [vx1, vy1] = this.toWorld(this.width, this.height);
     const visible = (x, y, w, h) => x + w >= vx0 && x <= vx1 && y + h >= vy0 && y <= vy1;
     for (const group of graph.groups) if (visible(...group.bounding)) this.drawGroup(group);
+    if (editor.drawBehindNodes) editor.drawBehindNodes(ctx, visible);
     this.drawLinks(visible);
     const drag = editor.interaction.linkDrag;
     const linkedOutputs = new Set();

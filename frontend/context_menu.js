@@ -55,6 +55,7 @@ export class ContextMenu {
         })),
       },
       { label: "Reset size", disabled: !node.size, action: () => graph.change(() => { node.size = null; graph.touch(node); }) },
+      ...(this.editor.nodeMenuItems ? this.editor.nodeMenuItems(node) : []),
       { separator: true },
       { label: "Copy (Ctrl+C)", action: () => actions.copy() },
       { label: "Clone", action: () => actions.clone() },

@@ -52,6 +52,7 @@ export function installDrop(editor) {
   target.addEventListener("drop", (event) => {
     event.preventDefault();
     target.classList.remove("dropping");
+    if (editor.dropHandler && editor.dropHandler(event)) return;
     const file = event.dataTransfer && event.dataTransfer.files && event.dataTransfer.files[0];
     if (file) editor.actions.loadFile(file);
   });

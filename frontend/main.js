@@ -8,6 +8,7 @@ import { ContextMenu } from "./context_menu.js";
 import { defaultWorkflow } from "./default_graph.js";
 import { parseObjectInfo } from "./defs.js";
 import { Execution } from "./execution.js";
+import { installFiles } from "./files_ui.js";
 import { installDrop, pickFile } from "./files.js";
 import { Graph } from "./graph.js";
 import { Help } from "./help.js";
@@ -47,8 +48,6 @@ class Editor {
     this.toolbar = new Toolbar(this, document.getElementById("toolbar"));
     this.queuePanel = new QueuePanel(this, document.getElementById("queue-panel"));
     this.errorPanel = new ErrorPanel(this, document.getElementById("error-panel"));
-    /** Named commands other rooms register (e.g. "workflow.save"); shortcuts call them when present. */
-    this.commands = new Map();
     this.keymap = new Keymap();
     this.help = new Help(document.getElementById("help"), this.keymap);
     this.minimap = new Minimap(this, document.querySelector(".workspace"));
@@ -181,5 +180,6 @@ class Editor {
 }
 
 const editor = new Editor();
+installFiles(editor);
 installTestHook(editor);
-editor.start();
+editor.start().then(() => editor.files.start());

@@ -67,3 +67,46 @@ export async function workflowFromPng(buffer) {
   }
   return null;
 }
+
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A PNG with tEXt chunks {keyword: text} added before IEND (text as UTF-8, as ComfyUI writes its JSON). */
+export function withTextChunks(buffer, texts) {
+  const bytes = new Uint8Array(buffer);
+  if (bytes.length < 8 || SIGNATURE.some((b, i) => bytes[i] !== b)) throw new Error("not a PNG file");
+  const iend = bytes.length - 12;
+  const encoder = new TextEncoder();
+  const chunks = [];
+  for (const [keyword, text] of Object.entries(texts)) {
+    const body = new Uint8Array([...encoder.encode(`tEXt${keyword}`), 0, ...encoder.encode(text)]);
+    const chunk = new Uint8Array(body.length + 8);
+    new DataView(chunk.buffer).setUint32(0, body.length - 4);
+    chunk.set(body, 4);
+    new DataView(chunk.buffer).setUint32(body.length + 4, crc32(body));
+    chunks.push(chunk);
+  }
+  const total = bytes.length + chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+  const out = new Uint8Array(total);
+  out.set(bytes.subarray(0, iend), 0);
+  let offset = iend;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  out.set(bytes.subarray(iend), offset);
+  return out;
+}

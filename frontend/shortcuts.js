@@ -4,10 +4,9 @@
 
 const ctrl = (event) => event.ctrlKey || event.metaKey;
 
-/** The save command the "files" room registers (`editor.commands`), else the plain JSON download. */
+/** A named action another room registers (`editor.actions.register`, e.g. "workflow.save"), else `fallback`. */
 function runNamed(editor, name, fallback) {
-  const command = editor.commands && editor.commands.get(name);
-  return command ? command() : fallback();
+  return editor.actions.has(name) ? editor.actions.run(name) : fallback();
 }
 
 /**

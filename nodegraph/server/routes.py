@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import BaseModel
 
-from . import comfy_frontend, files, jobs, logs, prompts, system, templates, userdata
+from . import comfy_frontend, convert, files, jobs, logs, prompts, system, templates, userdata
 from .models import (ClearOrDelete, ErrorResponse, FreeRequest, HistoryEntry, InterruptRequest, ObjectInfoNode,
                      PromptErrorResponse, PromptInfo, PromptRequest, PromptResponse, QueueResponse, SystemStats,
                      UploadResponse)
@@ -127,6 +127,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/free", system.post_free, "Free cached outputs and loaded models", FreeRequest, "object"),
     Route("GET", "/ws", prompts.websocket,
           "WebSocket of events (?clientId=, ?previews=1, ?nodegraph_events=1, ?token=)", errors={400: ErrorResponse}),
+    Route("POST", "/nodegraph/workflow/convert", convert.post_convert,
+          "Convert a workflow ({workflow, to}: native, ui or api)", "object", "object", {400: ErrorResponse}),
     *USER_ROUTES,
     *FRONTEND_ROUTES,
 )

@@ -129,12 +129,13 @@ class EditorPage:
 
     def load_file(self, path: Path) -> None:
         """Use the toolbar's Load button and its file dialog; returns once the graph is replaced."""
-        depth = self.hook("h.undoDepth()")
+        loads = "(window.nodegraphFiles ? window.nodegraphFiles.loads() : 0)"  # a file may open in a new tab
+        depth = self.hook(f"[h.undoDepth(), {loads}]")
         with self.page.expect_file_chooser() as chooser:
             self.page.locator("[data-action=load]").click()
         chooser.value.set_files(str(path))
         try:
-            self.wait_until("h.undoDepth() > args[0]", depth, timeout=10)
+            self.wait_until(f"h.undoDepth() > args[0][0] || {loads} > args[0][1]", depth, timeout=10)
         except AssertionError:
             raise AssertionError(f"{path.name} was not loaded; the editor said: {self.toasts()}") from None
 

@@ -396,8 +396,9 @@ def test_save_load_and_export_api_format(editor, tmp_path):
     assert prompt[save]["inputs"] == {"images": [source, 0], "filename_prefix": "editor_test"}
     assert prompt[source]["inputs"]["width"] == 128
 
+    editor.page.locator("[data-command='workflow.export']").click()  # Save writes to the server; see test_workflows_tabs
     with editor.page.expect_download() as download:
-        editor.page.locator("[data-action=save]").click()
+        editor.choose_in_menu("nodegraph workflow")
     saved = json.loads(Path(download.value.path()).read_text())
     assert saved["format"] == "nodegraph" and saved["nodes"][saver]["mode"] == "never"
     editor.clear_canvas()
