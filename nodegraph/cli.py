@@ -212,21 +212,25 @@ def load_node_packs(specs: list[str]) -> NodeRegistry:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import ServerConfig, run_server  # only `serve` needs aiohttp
 
+    from .server.comfy_frontend import FrontEndMissing
+    from .server.queue_store import StoreLocked, check_not_locked
+
     data_dir = Path(args.data_dir)
-    config = _config(args, input_dir=Path(args.input_dir) if args.input_dir else data_dir / "input",
-                     temp_dir=data_dir / "temp")
-    engine = build_engine(config, load_node_packs(args.nodes_module) if args.nodes_module else None)
-    for pack, error in engine.registry.load_errors.items():
-        print(f"warning: node pack {pack!r} failed to load: {error}", file=sys.stderr)
     if args.port < 0 or args.port > 65535:
         raise CliError(f"--port {args.port}: not a TCP port")
     token = args.token or os.environ.get("NODEGRAPH_TOKEN") or None
     server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                           max_upload_pixels=int(args.max_upload_megapixels * 1_000_000), front_end=args.front_end)
-    from .server.comfy_frontend import FrontEndMissing
-    from .server.queue_store import StoreLocked
-
+    try:
+        check_not_locked(server.database_path)  # before loading the node packs, which takes seconds
+    except StoreLocked as exc:
+        raise CliError(f"{exc} (use another --data-dir)") from None
+    config = _config(args, input_dir=Path(args.input_dir) if args.input_dir else data_dir / "input",
+                     temp_dir=data_dir / "temp")
+    engine = build_engine(config, load_node_packs(args.nodes_module) if args.nodes_module else None)
+    for pack, error in engine.registry.load_errors.items():
+        print(f"warning: node pack {pack!r} failed to load: {error}", file=sys.stderr)
     try:
         run_server(engine, server, access_log=args.verbose)
     except StoreLocked as exc:

@@ -266,6 +266,13 @@ class _Transaction:
             self._db.execute("PRAGMA synchronous=FULL")
 
 
+def check_not_locked(path: str | Path) -> None:
+    """Raise StoreLocked now if another server holds the store at `path` (the lock is let go again at once), so
+    a second server fails in a moment instead of after loading every node pack."""
+    if str(path) != ":memory:" and Path(path).parent.is_dir():
+        _exclusive_lock(Path(f"{path}.lock")).close()
+
+
 def _exclusive_lock(path: Path) -> Any:
     """Hold an exclusive advisory lock on `path` for as long as the returned file stays open."""
     handle = open(path, "a+")
