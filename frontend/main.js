@@ -11,12 +11,17 @@ import { Execution } from "./execution.js";
 import { installDrop, pickFile } from "./files.js";
 import { Graph } from "./graph.js";
 import { Help } from "./help.js";
+import { Gallery } from "./gallery.js";
 import { Interaction } from "./interaction.js";
 import { installShortcuts } from "./keys.js";
 import { nodeLayout, nodeTitle, setRuntimeSource } from "./layout.js";
 import { Menu } from "./menu.js";
+import { Lightbox } from "./lightbox.js";
 import { Palette } from "./palette.js";
+import { Previews } from "./previews.js";
 import { ErrorPanel, QueuePanel } from "./queue_panel.js";
+import { installResultsHook } from "./results_hook.js";
+import { SidePanel } from "./side_panel.js";
 import { installTestHook } from "./test_hook.js";
 import { Toolbar } from "./toolbar.js";
 
@@ -41,6 +46,10 @@ class Editor {
     this.toolbar = new Toolbar(this, document.getElementById("toolbar"));
     this.queuePanel = new QueuePanel(this, document.getElementById("queue-panel"));
     this.errorPanel = new ErrorPanel(this, document.getElementById("error-panel"));
+    this.previews = new Previews(this);
+    this.sidePanel = new SidePanel(this, document.getElementById("queue-panel"));
+    this.gallery = new Gallery(this, document.getElementById("queue-panel"));
+    this.lightbox = new Lightbox(this);
     this.help = new Help(document.getElementById("help"));
     setRuntimeSource((id) => this.execution.runtime(id));
     installShortcuts(this);
@@ -167,4 +176,5 @@ class Editor {
 
 const editor = new Editor();
 installTestHook(editor);
+installResultsHook(editor);
 editor.start();

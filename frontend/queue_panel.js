@@ -1,6 +1,8 @@
 // The queue/history side panel: running and pending prompts (each with Cancel), finished ones with
 // their status and images, and a button to load a finished prompt's workflow back into the editor.
 
+import { imagesOfEntry, restoreRun } from "./run_results.js";
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -66,21 +68,21 @@ export class QueuePanel {
       const number = entry.prompt ? entry.prompt[0] : "?";
       const status = (entry.status && entry.status.status_str) || "done";
       row.appendChild(el("span", `queue-label status-${status}`, `#${number} ${status}`));
-      const images = Object.values(entry.outputs || {}).flatMap((output) => output.images || []);
+      const images = imagesOfEntry(promptId, entry);
       const thumbs = el("span", "queue-thumbs");
-      for (const image of images.slice(0, 4)) {
+      images.slice(0, 4).forEach((image, index) => {
         const img = el("img", "queue-thumb");
         img.src = this.editor.api.viewUrl(image);
         img.alt = image.filename;
+        img.title = "Open in the viewer";
+        img.addEventListener("click", () => this.editor.lightbox.open(images, index));
         thumbs.appendChild(img);
-      }
+      });
       row.appendChild(thumbs);
-      const pnginfo = (entry.prompt && entry.prompt[3] && entry.prompt[3].extra_pnginfo) || {};
-      const workflow = pnginfo.nodegraph_workflow || pnginfo.workflow || (entry.prompt && entry.prompt[2]);
-      if (workflow) {
+      if (entry.prompt) {
         const load = el("button", "small", "Load");
-        load.title = "Load this prompt's workflow";
-        load.addEventListener("click", () => this.editor.actions.loadData(workflow, `prompt #${number}`));
+        load.title = "Load this prompt's workflow, with its images on its nodes";
+        load.addEventListener("click", () => restoreRun(this.editor, promptId, entry));
         row.appendChild(load);
       }
       this.history.appendChild(row);
