@@ -23,6 +23,7 @@ export class Gallery {
     this.history = [];
     this.tab = "session";
     this.loading = false;
+    this.historyLoaded = false;
     this.root = el("section", "gallery");
     const heading = el("h4", "", "Results");
     const tabs = el("div", "gallery-tabs");
@@ -77,6 +78,7 @@ export class Gallery {
     try {
       const history = (await this.editor.api.getHistory(HISTORY_ITEMS)) || {};
       this.history = Object.entries(history).reverse().flatMap(([promptId, entry]) => imagesOfEntry(promptId, entry));
+      this.historyLoaded = true;
     } catch (err) {
       this.editor.notify(`History unavailable: ${err.message}`, "error");
     } finally {
@@ -104,7 +106,7 @@ export class Gallery {
   render() {
     for (const [tab, tabButton] of Object.entries(this.tabButtons)) {
       tabButton.classList.toggle("active", tab === this.tab);
-      const count = tab === "session" ? this.session.length : this.history.length;
+      const count = tab === "session" ? `${this.session.length}` : this.historyLoaded ? `${this.history.length}` : "…";
       tabButton.textContent = `${tab === "session" ? "This session" : "All history"} (${count})`;
     }
     const items = this.items;

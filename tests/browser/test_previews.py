@@ -59,3 +59,34 @@ def test_sampler_preview_changes_during_a_multi_step_run(editor, server, artifac
     editor.wait_until("h.running().node === null", timeout=30)
     wait_results(editor, "r.gallery().liveSeq === null")  # the live tile goes once the run ends
     assert results(editor, "r.preview(args[0])", sampler) is not None  # the last preview stays on the node
+
+
+def test_preview_frames_of_both_kinds_are_read(editor):
+    """ComfyUI's two binary preview frames, built byte by byte: type 1 (format id, image) and type 4
+    (metadata length, metadata JSON naming the node, image); both give the image, type 4 its node too."""
+    parsed = editor.page.evaluate("""async () => {
+        const { parsePreviewFrame } = await import("/previews.js");
+        const canvas = document.createElement("canvas");
+        canvas.width = 12; canvas.height = 7;
+        const png = new Uint8Array(await (await new Promise((ok) => canvas.toBlob(ok, "image/png"))).arrayBuffer());
+        const meta = new TextEncoder().encode(JSON.stringify({ node_id: "17", display_node_id: "17", prompt_id: "p1", image_type: "image/png" }));
+        const frame = (head, body) => {
+            const bytes = new Uint8Array(8 + body.length);
+            new DataView(bytes.buffer).setUint32(0, head[0]);
+            new DataView(bytes.buffer).setUint32(4, head[1]);
+            bytes.set(body, 8);
+            return bytes.buffer;
+        };
+        const withMeta = new Uint8Array(meta.length + png.length);
+        withMeta.set(meta); withMeta.set(png, meta.length);
+        const size = async (blob) => { const b = await createImageBitmap(blob); return [b.width, b.height]; };
+        const one = parsePreviewFrame(frame([1, 2], png));
+        const four = parsePreviewFrame(frame([4, meta.length], withMeta));
+        return { one: { mime: one.mime, meta: one.meta, size: await size(one.blob) },
+                 four: { mime: four.mime, meta: four.meta, size: await size(four.blob) },
+                 text: parsePreviewFrame(frame([3, 0], png)), short: parsePreviewFrame(new ArrayBuffer(4)) };
+    }""")
+    assert parsed["one"] == {"mime": "image/png", "meta": None, "size": [12, 7]}
+    assert parsed["four"]["mime"] == "image/png" and parsed["four"]["size"] == [12, 7]
+    assert parsed["four"]["meta"]["node_id"] == "17" and parsed["four"]["meta"]["prompt_id"] == "p1"
+    assert parsed["text"] is None and parsed["short"] is None  # not previews: ignored
