@@ -15,7 +15,7 @@ export class SidePanel {
     this.handle = document.createElement("div");
     this.handle.className = "side-resizer";
     this.handle.title = "Drag to resize the panel";
-    panel.prepend(this.handle);
+    this.workspace.appendChild(this.handle); // beside the panel, not in it: it stays put when the panel scrolls
     this.installDrag();
     // QueuePanel shows and hides the panel through its `hidden` attribute: follow it
     new MutationObserver(() => this.apply()).observe(panel, { attributes: true, attributeFilter: ["hidden"] });
