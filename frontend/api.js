@@ -1,5 +1,7 @@
 // The server's ComfyUI-compatible API over HTTP, and its WebSocket of run events.
 
+import { parsePreviewFrame } from "./previews.js";
+
 function newClientId() {
   if (crypto.randomUUID) return crypto.randomUUID().replaceAll("-", "");
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -91,6 +93,10 @@ export class Api {
     return this.request(`/history?max_items=${maxItems}`);
   }
 
+  getHistoryEntry(promptId) {
+    return this.request(`/history/${encodeURIComponent(promptId)}`);
+  }
+
   getModels(folder) {
     return this.request(`/models/${encodeURIComponent(folder)}`);
   }
@@ -125,8 +131,9 @@ export class Api {
   /** Connect the WebSocket (reconnecting with backoff); messages are {type, data}, previews are binary. */
   connect() {
     const base = this.base || `${location.protocol}//${location.host}`;
-    // nodegraph_events=1: our own event types (nodegraph.progress) come only to clients that ask for them.
-    const wsUrl = `${base.replace(/^http/, "ws")}/ws?clientId=${encodeURIComponent(this.clientId)}&nodegraph_events=1`;
+    // nodegraph_events=1: our own event types (nodegraph.progress) come only to clients that ask for them;
+    // previews=1: binary step-preview frames (previews.js shows them).
+    const wsUrl = `${base.replace(/^http/, "ws")}/ws?clientId=${encodeURIComponent(this.clientId)}&nodegraph_events=1&previews=1`;
     const socket = new WebSocket(wsUrl);
     socket.binaryType = "arraybuffer";
     this.socket = socket;
@@ -154,12 +161,10 @@ export class Api {
     });
   }
 
-  /** ComfyUI's binary preview frame: uint32 event type (1 = preview), uint32 image format, then the image. */
+  /** ComfyUI's binary frames: uint32 event type, then 1 = uint32 image format + image, 4 = uint32 metadata
+   * length + metadata JSON + image (see previews.js). */
   onBinary(buffer) {
-    if (!(buffer instanceof ArrayBuffer) || buffer.byteLength < 8) return;
-    const view = new DataView(buffer);
-    if (view.getUint32(0) !== 1) return;
-    const mime = view.getUint32(4) === 2 ? "image/png" : "image/jpeg";
-    this.emit("b_preview", new Blob([buffer.slice(8)], { type: mime }));
+    const frame = parsePreviewFrame(buffer);
+    if (frame) this.emit("preview_frame", frame);
   }
 }

@@ -199,9 +199,9 @@ export function drawNode(ctx, node, lay, view) {
     ctx.font = SMALL_FONT;
     area.lines.forEach((line, i) => ctx.fillText(fitText(String(line), w - 2 * PAD - 10, SMALL_FONT), PAD + 5, area.y + 13 + i * 16));
   }
-  if (lay.imageArea && view.runtime) drawImages(ctx, lay.imageArea, view.runtime.images);
-  if (view.runtime && view.runtime.preview && view.running) {
-    drawImages(ctx, lay.imageArea || { x: PAD, y: lay.h - 140, w: w - 2 * PAD, h: 130 }, [view.runtime.preview]);
+  if (lay.imageArea && view.runtime) {
+    const { images, preview } = view.runtime;
+    drawImages(ctx, lay.imageArea, images.length || !preview ? images : [preview]);
   }
   // resize handle
   ctx.strokeStyle = "#666";

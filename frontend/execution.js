@@ -127,7 +127,7 @@ export class Execution {
 
   onMessage(type, data) {
     const editor = this.editor;
-    if (type !== "status" && type !== "connection" && type !== "b_preview") {
+    if (type !== "status" && type !== "connection" && type !== "preview_frame") {
       this.events.push({ type, node: data.node ?? data.node_id ?? null, value: data.value, max: data.max });
       if (this.events.length > EVENTS_KEPT) this.events.splice(0, this.events.length - EVENTS_KEPT);
     }
@@ -182,17 +182,6 @@ export class Execution {
         editor.queuePanel.refresh();
         break;
       }
-      case "b_preview":
-        if (this.runningNode && editor.previewMode !== "none") {
-          const state = this.ensure(this.runningNode);
-          const img = new Image();
-          img.onload = () => {
-            state.preview = { element: img, width: img.naturalWidth, height: img.naturalHeight };
-            editor.canvas.setDirty();
-          };
-          img.src = URL.createObjectURL(data);
-        }
-        break;
       case "connection":
         editor.toolbar.setConnected(data.connected);
         break;

@@ -143,7 +143,8 @@ export function nodeLayout(graph, node) {
     lay.textArea = { y: y + 2, h: textLines.length * TEXT_LINE_H + 10, lines: textLines };
     y += lay.textArea.h + 6;
   }
-  const images = runtime && runtime.images ? runtime.images : [];
+  // a sampler's step preview takes the place of images until the node has real ones (previews.js)
+  const images = !runtime ? [] : runtime.images.length || !runtime.preview ? runtime.images : [runtime.preview];
   const first = images.find((img) => img.width);
   const aspect = first ? first.height / first.width : 1;
   if (first) w = Math.max(w, Math.min(IMAGE_MAX_W, IMAGE_TARGET_H / aspect) + 2 * PAD); // room to see the image

@@ -1,6 +1,8 @@
 // The queue/history side panel: running and pending prompts (each with Cancel), finished ones with
 // their status and images, and a button to load a finished prompt's workflow back into the editor.
 
+import { imagesOfEntry, restoreRun } from "./run_results.js";
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -66,21 +68,21 @@ export class QueuePanel {
       const number = entry.prompt ? entry.prompt[0] : "?";
       const status = (entry.status && entry.status.status_str) || "done";
       row.appendChild(el("span", `queue-label status-${status}`, `#${number} ${status}`));
-      const images = Object.values(entry.outputs || {}).flatMap((output) => output.images || []);
+      const images = imagesOfEntry(promptId, entry);
       const thumbs = el("span", "queue-thumbs");
-      for (const image of images.slice(0, 4)) {
+      images.slice(0, 4).forEach((image, index) => {
         const img = el("img", "queue-thumb");
         img.src = this.editor.api.viewUrl(image);
         img.alt = image.filename;
+        img.title = "Open in the viewer";
+        img.addEventListener("click", () => this.editor.lightbox.open(images, index));
         thumbs.appendChild(img);
-      }
+      });
       row.appendChild(thumbs);
-      const pnginfo = (entry.prompt && entry.prompt[3] && entry.prompt[3].extra_pnginfo) || {};
-      const workflow = pnginfo.nodegraph_workflow || pnginfo.workflow || (entry.prompt && entry.prompt[2]);
-      if (workflow) {
+      if (entry.prompt) {
         const load = el("button", "small", "Load");
-        load.title = "Load this prompt's workflow";
-        load.addEventListener("click", () => this.editor.actions.loadData(workflow, `prompt #${number}`));
+        load.title = "Load this prompt's workflow, with its images on its nodes";
+        load.addEventListener("click", () => restoreRun(this.editor, promptId, entry));
         row.appendChild(load);
       }
       this.history.appendChild(row);
@@ -119,41 +121,5 @@ export class QueuePanel {
       this.editor.notify(`Clear failed: ${err.message}`, "error");
     }
     this.refresh();
-  }
-}
-
-/** The list of the last queue's validation errors; clicking one shows its node. */
-export class ErrorPanel {
-  constructor(editor, root) {
-    this.editor = editor;
-    this.root = root;
-    this.summary = "";
-    root.querySelector("[data-action=close-errors]").addEventListener("click", () => {
-      this.summary = "";
-      this.editor.execution.errors.clear();
-      this.render();
-      this.editor.canvas.setDirty();
-    });
-    this.list = root.querySelector(".error-list");
-    this.heading = root.querySelector(".error-summary");
-  }
-
-  render(summary = null) {
-    if (summary !== null) this.summary = summary;
-    const errors = this.editor.execution.errors;
-    this.list.textContent = "";
-    for (const [nodeId, list] of errors) {
-      const node = this.editor.graph.nodes.get(nodeId);
-      const title = node ? this.editor.titleOf(node) : `node ${nodeId}`;
-      for (const err of list) {
-        const row = el("div", "error-item");
-        row.dataset.nodeId = nodeId;
-        row.textContent = `#${nodeId} ${title}${err.input ? ` · ${err.input}` : ""}: ${err.message}${err.details ? ` (${err.details})` : ""}`;
-        row.addEventListener("click", () => this.editor.actions.showNode(nodeId));
-        this.list.appendChild(row);
-      }
-    }
-    this.heading.textContent = this.summary;
-    this.root.hidden = !this.summary && errors.size === 0;
   }
 }

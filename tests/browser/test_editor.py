@@ -52,6 +52,8 @@ def test_default_graph_queues_and_shows_the_image(editor, server, artifacts):
         editor.wait_until("h.images('9').some(img => img.loaded)", timeout=90)
     except AssertionError:
         raise AssertionError(f"no image on SaveImage; the editor said {editor.toasts()}") from None
+    # the image can load before the server, having written the history, says the run is over
+    editor.wait_until("h.events().filter(e => e.type === 'executing').pop().node === null")
     events = editor.hook("h.events()")
     assert [e["node"] for e in events if e["type"] == "executing"][-1] is None  # the run is over
     assert [e["value"] for e in events if e["type"] == "progress" and e["node"] == "3"] == [1, 2, 3, 4]
