@@ -158,9 +158,19 @@ def model_merge_save() -> dict[str, Any]:
     return graph
 
 
+def separate_vae() -> dict[str, Any]:
+    """The image decoded by a VAE loaded on its own (VAELoader): here the embedded model's VAE, which VAELoader lists
+    under the checkpoint's name; any SD1/SDXL VAE file in models/vae takes its place."""
+    graph = base("a white triangle on a green background")
+    graph["10"] = {"class_type": "VAELoader", "inputs": {"vae_name": EMBEDDED_NAME}}
+    graph["8"]["inputs"]["vae"] = ["10", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "separate_vae"
+    return graph
+
+
 GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "lora": lora,
           "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model,
-          "model_merge_save": model_merge_save}
+          "model_merge_save": model_merge_save, "separate_vae": separate_vae}
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
