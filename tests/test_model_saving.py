@@ -214,13 +214,13 @@ def test_merge_and_save_workflow_writes_the_merged_embedded_model(tmp_path):
 
 def test_a_save_that_fails_midway_leaves_no_file(env, monkeypatch):
     """The tensors go to a hidden temporary file that is linked under its name only once complete."""
-    import nodes.model_merging.save as save_nodes
+    import nodes.sd.saving as saving
 
     def broken(path, tensors, metadata, config):
         Path(path).write_bytes(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(save_nodes, "write_safetensors", broken)
+    monkeypatch.setattr(saving, "write_safetensors", broken)
     handles = _handles(sd1_modules(0))
     with pytest.raises(OSError, match="disk full"):
         ModelSave.execute(_ctx(env), handles.model, "diffusion_models/broken")

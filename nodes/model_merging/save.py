@@ -20,16 +20,15 @@ from nodegraph.paths import next_counter, output_prefix_problem, save_new_file
 
 from ..image.files import extra_info
 from ..sd.lora_extract import LORA_TYPES, extracted_lora
-from ..sd.saving import (
-    checkpoint_tensors,
-    model_spec,
-    run_metadata,
-    text_encoder_files,
-    unet_tensors,
-    vae_tensors,
-    write_safetensors,
-)
 from ..sd.types import ClipHandle, ModelHandle, VaeHandle
+
+
+def _saving():
+    """nodes.sd.saving, imported when a node first saves: it pulls in the loaders (diffusers, transformers), which
+    listing the node types must not wait for."""
+    from ..sd import saving
+
+    return saving
 
 CATEGORY = "advanced/model_merging"
 
@@ -47,7 +46,7 @@ def _saved(ctx: NodeContext, prefix: str, write: Any) -> dict[str, str]:
 
 
 def _metadata(ctx: NodeContext) -> dict[str, str]:
-    return run_metadata(ctx.metadata.get("prompt"), extra_info(ctx))
+    return _saving().run_metadata(ctx.metadata.get("prompt"), extra_info(ctx))
 
 
 def _title(ctx: NodeContext, prefix: str) -> str:
@@ -57,7 +56,7 @@ def _title(ctx: NodeContext, prefix: str) -> str:
 
 def _save_model_file(ctx: NodeContext, prefix: str, tensors: Any, config: Any, extra: dict[str, str]) -> NodeResult:
     metadata = {**extra, **_metadata(ctx)}
-    saved = _saved(ctx, prefix, lambda path: write_safetensors(path, tensors, metadata, config))
+    saved = _saved(ctx, prefix, lambda path: _saving().write_safetensors(path, tensors, metadata, config))
     return NodeResult(ui={"models": [saved]})
 
 
@@ -74,8 +73,8 @@ class CheckpointSave(Node):
     @classmethod
     def execute(cls, ctx: NodeContext, model: ModelHandle, clip: ClipHandle, vae: VaeHandle,
                 filename_prefix: str) -> NodeResult:
-        tensors, config = checkpoint_tensors(model, clip, vae)
-        return _save_model_file(ctx, filename_prefix, tensors, config, model_spec(model, _title(ctx, filename_prefix)))
+        tensors, config = _saving().checkpoint_tensors(model, clip, vae)
+        return _save_model_file(ctx, filename_prefix, tensors, config, _saving().model_spec(model, _title(ctx, filename_prefix)))
 
 
 class ModelSave(Node):
@@ -88,8 +87,8 @@ class ModelSave(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, model: ModelHandle, filename_prefix: str) -> NodeResult:
-        tensors, config = unet_tensors(model)
-        return _save_model_file(ctx, filename_prefix, tensors, config, model_spec(model, _title(ctx, filename_prefix)))
+        tensors, config = _saving().unet_tensors(model)
+        return _save_model_file(ctx, filename_prefix, tensors, config, _saving().model_spec(model, _title(ctx, filename_prefix)))
 
 
 class VAESave(Node):
@@ -102,7 +101,7 @@ class VAESave(Node):
 
     @classmethod
     def execute(cls, ctx: NodeContext, vae: VaeHandle, filename_prefix: str) -> NodeResult:
-        tensors, config = vae_tensors(vae)
+        tensors, config = _saving().vae_tensors(vae)
         return _save_model_file(ctx, filename_prefix, tensors, config, {})
 
 
@@ -119,8 +118,8 @@ class CLIPSave(Node):
     def execute(cls, ctx: NodeContext, clip: ClipHandle, filename_prefix: str) -> NodeResult:
         metadata = {"format": "pt", **_metadata(ctx)}
         saved = []
-        for name, tensors, config in text_encoder_files(clip):
-            write = (lambda t, c: lambda path: write_safetensors(path, t, metadata, c))(tensors, config)
+        for name, tensors, config in _saving().text_encoder_files(clip):
+            write = (lambda t, c: lambda path: _saving().write_safetensors(path, t, metadata, c))(tensors, config)
             saved.append(_saved(ctx, f"{filename_prefix}_{name}", write))
         return NodeResult(ui={"models": saved})
 

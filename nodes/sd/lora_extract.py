@@ -25,8 +25,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nodes.sd.loading.keymap import clip_rules, unet_rules
-from nodes.sd.saving import TEXT_ENCODER_NAMES
 from nodes.sd.types import ClipHandle, ModelHandle
 
 logger = logging.getLogger(__name__)
@@ -87,6 +85,8 @@ def unet_diff_names(model: ModelHandle) -> list[tuple[str, Tensor]]:
     """A difference UNet's tensors under ComfyUI's LoRA names: `diffusion_model.` + the LDM name."""
     unet = model.unet
     state = _floating(unet)
+    from nodes.sd.loading.keymap import unet_rules  # the loaders: imported on first use
+
     rules = unet_rules(list(state), unet.config)
     return [("diffusion_model." + rule.source, state[rule.target]) for rule in rules]
 
@@ -94,6 +94,9 @@ def unet_diff_names(model: ModelHandle) -> list[tuple[str, Tensor]]:
 def text_diff_names(clip: ClipHandle) -> list[tuple[str, Tensor]]:
     """Difference text encoders' tensors as `text_encoders.<clip_l|clip_h|clip_g>.transformer.<name>`."""
     named = []
+    from nodes.sd.loading.keymap import clip_rules
+    from nodes.sd.saving import TEXT_ENCODER_NAMES
+
     for name, encoder in zip(TEXT_ENCODER_NAMES[clip.family], clip.encoders):
         state = _floating(encoder)
         for rule in clip_rules(list(state)):

@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from nodegraph.models import ModelRef, as_ref
-from nodes.sd.loading.keymap import unet_rules
 from nodes.sd.types import ClipHandle, ModelHandle
 
 logger = logging.getLogger(__name__)
@@ -166,6 +165,8 @@ def merge_modules(module1: torch.nn.Module, module2: torch.nn.Module, recipe: Me
 def unet_ldm_names(unet: torch.nn.Module) -> dict[str, str]:
     """diffusers UNet keys -> their names in the LDM layout ComfyUI's block prefixes refer to."""
     try:
+        from nodes.sd.loading.keymap import unet_rules  # the loaders: imported on first use
+
         return {rule.target: rule.source for rule in unet_rules(list(unet.state_dict()), unet.config)}
     except (KeyError, ValueError, TypeError, AttributeError) as error:
         raise ValueError(f"block merging needs a UNet with an SD (LDM) layout: {error}") from error
