@@ -72,3 +72,15 @@ def test_every_installed_node_passes_the_signature_check():
 
     for node in default_registry():
         check_execute_signature(node)
+
+
+def test_registering_the_node_library_imports_no_model_library():
+    """Listing node types (`nodegraph nodes`, /object_info, a server's start) must not wait for diffusers,
+    transformers or scipy: node modules import the loaders when a node first runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from nodegraph.registry import default_registry; default_registry(); "
+            "print(sorted(m for m in ('diffusers', 'transformers', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
