@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -142,3 +143,32 @@ def adapter_hint(hint: Tensor, adapter: torch.nn.Module, height: int, width: int
 def adapter_features(adapter: torch.nn.Module, hint: Tensor, strength: float) -> list[Tensor]:
     """The adapter's per-level features for `hint`, times `strength` (diffusers' adapter_conditioning_scale)."""
     return [feature * strength for feature in adapter(hint)]
+
+
+def original_state_dict(adapter: torch.nn.Module) -> dict[str, Tensor]:
+    """A diffusers T2IAdapter's tensors in TencentARC's key layout (the inverse of `adapter_layout`'s rules)."""
+    blocks = int(adapter.config.num_res_blocks)
+    light = adapter.config.adapter_type == "light_adapter"
+    out: dict[str, Tensor] = {}
+    for key, value in adapter.state_dict().items():
+        parts = key.removeprefix("adapter.").split(".")
+        if parts[0] == "body":
+            level = int(parts[1])
+            if light and parts[2] == "resnets":
+                parts = ["body", str(level), "body", *parts[3:]]
+            elif not light and parts[2] == "resnets":
+                parts = ["body", str(level * blocks + int(parts[3])), *parts[4:]]
+            elif not light:  # a level's in_conv sits on its first block
+                parts = ["body", str(level * blocks), *parts[2:]]
+        out[".".join(parts)] = value.detach().cpu().contiguous()
+    return out
+
+
+def save_adapter_original(adapter: torch.nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a diffusers T2IAdapter in TencentARC's original layout (as ComfyUI reads it)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(original_state_dict(adapter), str(path), metadata=dict(metadata or {}))
+    return path
