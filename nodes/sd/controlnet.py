@@ -57,7 +57,8 @@ class ControlNetHandle:
     device: str = "cpu"
     source: str = ""
     kind: str = "controlnet"
-    """"controlnet" (residuals per UNet call) or "t2i_adapter" (features added inside the down blocks)."""
+    """"controlnet" or "controlnet_union" (residuals per UNet call) or "t2i_adapter" (features added inside the
+    down blocks)."""
     extra: tuple[tuple[str, Any], ...] = ()
     """Per-use options set by nodes (ComfyUI's set_extra_arg), e.g. ("control_type", (3,)) for a union model."""
 
@@ -199,7 +200,9 @@ def new_controlnet(config: Mapping[str, Any]) -> torch.nn.Module:
     return empty_module(lambda: ControlNetModel.from_config(dict(config)))
 
 
-def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
+def _build(path: Path, device: str, dtype: torch.dtype) -> Any:
+    from nodes.sd import control_lora, controlnet_union, t2i_adapter
+
     what = f"ControlNet {path.name}"
     if path.is_dir():
         config = read_json(path / "config.json")
@@ -207,6 +210,8 @@ def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
             from diffusers import T2IAdapter
 
             module = empty_module(lambda: T2IAdapter.from_config(config))
+        elif config.get("_class_name") == "ControlNetUnionModel":
+            module = controlnet_union.new_union(config)
         else:
             module = new_controlnet(config)
         rules = [KeyRule(key, key) for key in module.state_dict()]
@@ -216,15 +221,18 @@ def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
     except Exception as error:
         raise ValueError(f"{what}: cannot read the file: {error}") from error
     overrides = nodegraph_config(metadata).get("controlnet", {})
+    if control_lora.is_control_lora(tensors):  # a ControlNet as deltas: built with the sampling model's UNet
+        return control_lora.control_lora_weights(tensors)
     tensors.pop("difference", None)  # a diff ControlNet's marker (DiffControlNetLoader adds the UNet's weights)
     if any(key.startswith(LDM_PREFIX) for key in tensors):  # v1.0 files may carry a whole SD model too
         tensors = {key[len(LDM_PREFIX):]: value for key, value in tensors.items() if key.startswith(LDM_PREFIX)}
-    from nodes.sd import t2i_adapter
-
     if "input_hint_block.0.weight" in tensors:
         config = config_from_ldm(tensors, overrides)
         module = new_controlnet(config)
         rules = controlnet_rules(list(module.state_dict()), config)
+    elif controlnet_union.is_union(tensors):
+        module = controlnet_union.new_union(controlnet_union.union_config(tensors, overrides))
+        rules = [KeyRule(key, key) for key in module.state_dict()]
     elif "controlnet_cond_embedding.conv_in.weight" in tensors:
         module = new_controlnet(config_from_diffusers(tensors, overrides))
         rules = [KeyRule(key, key) for key in module.state_dict()]
@@ -260,7 +268,8 @@ def load_controlnet(path: str | Path, *, manager: ModelManager | None = None, de
     ref = manager.ref((signature, "controlnet", str(dtype)), partial(_build, path, dtype=dtype),
                       name=f"ControlNet {path.name} ({str(dtype).removeprefix('torch.')})")
     module = ref.get()  # build now, so a broken file fails in its loader node
-    kind = "t2i_adapter" if type(module).__name__ == "T2IAdapter" else "controlnet"
+    kind = {"T2IAdapter": "t2i_adapter", "ControlNetUnionModel": "controlnet_union",
+            "ControlLoraWeights": "control_lora"}.get(type(module).__name__, "controlnet")
     return ControlNetHandle(ref, dtype, manager.device, str(path), kind)
 
 
@@ -352,17 +361,34 @@ class ControlApplied:
         scaled = x / (sigma_b**2 + 1) ** 0.5  # the UNet's own input scaling (UNetDenoiser.__call__)
         extra = {k: _moved(v, net.device, net.dtype) for k, v in kwargs.items()
                  if k in ("encoder_hidden_states", "added_cond_kwargs")}  # fmt: skip
-        if net.option("union"):
+        hint = hint.to(net.device, net.dtype)
+        module = net.model if net.kind != "control_lora" else self._control_lora(model)
+        if net.kind == "controlnet_union":
             from nodes.sd.controlnet_union import union_kwargs
 
-            extra.update(union_kwargs(net.model, net.option("control_type", ()), hint.shape[0], net.device))
-        down, mid = net.model(
-            scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
-            controlnet_cond=[hint.to(net.device, net.dtype)] if extra.get("control_type") is not None
-            else hint.to(net.device, net.dtype), conditioning_scale=float(self.strength), return_dict=False, **extra,
-        )
+            extra.update(union_kwargs(net.model, tuple(net.option("control_type", ())), hint.shape[0], net.device))
+            down, mid = net.model(scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
+                                  controlnet_cond=[hint], conditioning_scale=[float(self.strength)], return_dict=False,
+                                  **extra)  # fmt: skip
+        else:
+            down, mid = module(scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
+                                  controlnet_cond=hint, conditioning_scale=float(self.strength), return_dict=False,
+                                  **extra)  # fmt: skip
         return {"down_block_additional_residuals": [d.to(x.dtype) for d in down],
                 "mid_block_additional_residual": [mid.to(x.dtype)]}
+
+    def _control_lora(self, model: Any) -> torch.nn.Module:
+        """The ControlNet this control-lora makes with the sampling model's UNet, built once per run (kept by
+        the denoiser, which lives for one run)."""
+        from nodes.sd.control_lora import build_control_lora
+
+        key = ("control_lora", id(self.control_net.model), id(model.unet))
+        built = model.cond_plans.get(key)
+        if built is None:
+            net = self.control_net
+            built = model.cond_plans[key] = build_control_lora(net.model, model.unet, device=net.device,
+                                                               dtype=net.dtype)
+        return built
 
     def _adapter(self, x: Tensor, entries: int) -> dict[str, list[Tensor]]:
         from nodes.sd.t2i_adapter import adapter_features, adapter_hint
