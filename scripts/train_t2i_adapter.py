@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 nice -n 10 python scripts/train_t2i_adapter.py --minutes 30 --threads 1
 
 Trains against the shipped checkpoint (loaded by the node layer's own loader) and writes
-nodes/models/embedded/nodegraph-tiny-shapes-silhouette-t2i.safetensors (listed under `controlnet`). Exit status
+nodes/models/embedded/nodegraph-tiny-shapes-silhouette-t2i.safetensors (listed under `controlnet`). Measure it
+(`--evaluate 6`: IoU of the drawn shape with the silhouette over 6 shapes x 4 images). Exit status
 3: the budget ran out before the schedule finished; re-run the same command to continue.
 """
 
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--evaluate", type=int, metavar="SHAPES", help="only measure the shipped adapter's IoU "
+                        "on SHAPES evaluation shapes (4 images each) and print it")
     return parser.parse_args(argv)
 
 
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.evaluate:
+        return evaluate(args.evaluate)
     device = pick_device(args.device)
     output = args.output or default_adapter_path("t2i_adapter")
     overrides = json.loads(args.settings.read_text()) if args.settings else {}
@@ -67,6 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     (Path(args.run_dir) / "record.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record))
     return 0 if result.done else 3
+
+
+def evaluate(shapes: int) -> int:
+    import tempfile
+
+    from nodegraph.app import AppConfig, build_engine
+    from training.t2i_adapter import card_line
+    from training.t2i_adapter import evaluate as measure
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        (scratch / "input").mkdir()
+        engine = build_engine(AppConfig(output_dir=scratch / "output", input_dir=scratch / "input",
+                                        temp_dir=scratch / "temp", models_dir=scratch / "models"))  # fmt: skip
+        found = measure(engine, shapes)
+    print(card_line(found))
+    print(json.dumps({"seconds": round(time.perf_counter() - started, 1), **{k: v for k, v in found.items()}}))
+    return 0
 
 
 if __name__ == "__main__":

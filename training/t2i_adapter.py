@@ -132,3 +132,51 @@ def train_t2i_adapter(
 
     return train_and_write(phase, run_dir / "t2i_adapter.safetensors", steps=settings.steps, seconds=seconds,
                            progress=progress, output=output, write=write)  # fmt: skip
+
+
+# -- measuring what it draws ----------------------------------------------------------------------------------
+
+
+def write_silhouette(spec: data.ShapeSpec, folder: Path) -> str:
+    """Save a spec's silhouette as a control image in `folder`; returns its file name (LoadImage's widget)."""
+    import hashlib
+
+    name = f"silhouette_{hashlib.sha1(repr(spec).encode()).hexdigest()[:12]}.png"
+    render(spec)[1].convert("RGB").save(folder / name)
+    return name
+
+
+def silhouette_iou(engine, spec: data.ShapeSpec, input_dir: Path, seed: int, **apply: float) -> list[float]:
+    """IoU of each generated shape with `spec`'s mask, steered by its silhouette through the shipped ControlNet
+    workflow with the adapter loaded instead (ControlNetApplyAdvanced widgets in `apply`), prompted with its
+    colours and shape."""
+    from nodes.models.embedded import ADAPTERS
+    from training import adapter_eval as ae
+
+    graph = ae.workflow(engine, "controlnet").with_widget("11", "control_net_name", ADAPTERS["t2i_adapter"][1])
+    graph = graph.with_widget("10", "image", write_silhouette(spec, input_dir))
+    graph = graph.with_widget("6", "text", f"a {spec.fg} {spec.shape} on a {spec.bg} background")
+    graph = graph.with_widget("3", "seed", seed)
+    for name, value in apply.items():
+        graph = graph.with_widget("12", name, value)
+    truth = np.asarray(render(spec)[1]) >= 128
+    return [ae.iou(ae.shape_mask(image), truth) for image in ae.images(engine, graph)]
+
+
+def evaluate(engine, shapes: int) -> dict[str, list[float]]:
+    """IoUs at strength 1, strength 0 and over the first half of the steps, for `shapes` evaluation shapes
+    (4 images each: the workflow's batch)."""
+    from training import adapter_eval as ae
+
+    found: dict[str, list[float]] = {"strength 1": [], "strength 0": [], "first half only": []}
+    settings = {"strength 1": {}, "strength 0": {"strength": 0.0}, "first half only": {"end_percent": 0.5}}
+    for index, spec in enumerate(ae.control_specs(shapes)):
+        for name, apply in settings.items():
+            found[name] += silhouette_iou(engine, spec, engine.env.input_dir, index, **apply)
+    return found
+
+
+def card_line(found: dict[str, list[float]]) -> str:
+    parts = [f"{name}: mean {np.mean(v):.2f}, {100 * np.mean(np.asarray(v) >= 0.7):.0f} % of {len(v)} images at "
+             f">= 0.7" for name, v in found.items()]
+    return "- Silhouette T2I-Adapter, IoU of the generated shape with the silhouette " + "; ".join(parts) + "."
