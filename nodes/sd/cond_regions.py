@@ -125,8 +125,8 @@ def concat_map(item: CondItem, extra_channels: int, batch: int, height: int, wid
     if item.concat is None:
         raise ValueError(
             f"this UNet takes {extra_channels} input channels besides the latent (an inpainting or InstructPix2Pix "
-            "model, or the x4 upscaler); give it conditioning from InpaintModelConditioning, InstructPixToPixConditioning or "
-            "SD_4XUpscale_Conditioning")
+            "model, or the x4 upscaler); give it conditioning from InpaintModelConditioning, "
+            "InstructPixToPixConditioning or SD_4XUpscale_Conditioning")
     latent = item.concat.latent.to(torch.float32)
     if tuple(latent.shape[-2:]) != (height, width):
         latent = resize(latent, width, height, "bilinear", "center")

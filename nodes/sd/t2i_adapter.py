@@ -17,6 +17,9 @@ Layouts (TencentARC's `Adapter` / `Adapter_light` and diffusers' `FullAdapter` /
 Full SD1 and SDXL adapters have the same keys; as ComfyUI does, a pixel-unshuffle input width of 256 or
 768 (1 or 3 channels at factor 16) marks SDXL. Originals with learned downsampling (`down_opt.op`) have no
 diffusers class and are refused by name.
+
+Features beyond the UNet's down blocks are unused, as in diffusers (an SDXL adapter's fourth; ComfyUI adds that
+one to the middle block's output instead). A one-channel adapter gets the hint's channel mean, as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def _count(keys: set[str], pattern: str) -> int:
     return len(_levels(keys, pattern))
 
 
-def adapter_layout(tensors: Tensors, overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[KeyRule]]:
+def adapter_layout(
+    tensors: Tensors, overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[KeyRule]]:
     """A diffusers `T2IAdapter` config and the rules mapping its keys to the file's keys.
 
     Raises:
@@ -164,7 +169,9 @@ def original_state_dict(adapter: torch.nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def save_adapter_original(adapter: torch.nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None) -> Path:
+def save_adapter_original(
+    adapter: torch.nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write a diffusers T2IAdapter in TencentARC's original layout (as ComfyUI reads it)."""
     from safetensors.torch import save_file
 
