@@ -2,7 +2,7 @@
 
 - Union: a tiny random ControlNetUnionModel in diffusers' layout loads exactly; the chosen type reaches the model
   as diffusers' one-hot control_type / control_type_idx (residuals equal a direct call); types differ; "auto"
-  is refused by name; the node graph runs with it.
+  equals ComfyUI's no-type path (a plain ControlNet with the union's weights); the node graph runs with it.
 - Control-lora: a file built in the control-lora layout (full hint/zero convs/biases, up/down deltas for the
   encoder's weights, `lora_controlnet` marker) makes the ControlNet "UNet weight + up @ down", and images equal
   diffusers' StableDiffusionControlNetPipeline with that ControlNet (max abs pixel difference < 1e-4).
@@ -177,8 +177,22 @@ def test_union_loads_exactly_and_the_type_reaches_the_model(setup):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     other = ControlApplied(depth, hint, strength=0.7).residuals(model, x, sigma, kwargs, 1)
     assert (other["mid_block_additional_residual"][0] - found["mid_block_additional_residual"][0]).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="SetUnionControlNetType"):
-        ControlApplied(auto, hint).residuals(model, x, sigma, kwargs, 1)
+
+    # "auto" (no type), as ComfyUI: a zero kind vector and the hint's embedding added after conv_in, no task mixing.
+    # That is a plain ControlNet with the union's shared weights and the constant kind embedding in its time bias.
+    shared = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim",
+              "attention_head_dim", "norm_num_groups", "conditioning_embedding_out_channels")
+    plain = ControlNetModel(**{name: union.config[name] for name in shared})
+    plain.load_state_dict({k: v for k, v in union.state_dict().items() if k in plain.state_dict()})
+    with torch.no_grad():
+        kind = union.control_add_embedding(union.control_type_proj(torch.zeros(8)).reshape(1, -1))
+        plain.time_embedding.linear_2.bias += kind[0]
+        down, mid = plain(x / (sigma.reshape(-1, 1, 1, 1) ** 2 + 1) ** 0.5, model.timestep(sigma),
+                          encoder_hidden_states=embeds, controlnet_cond=hint.expand(2, -1, -1, -1),
+                          conditioning_scale=0.7, return_dict=False)
+        found = ControlApplied(auto, hint, strength=0.7).residuals(model, x, sigma, kwargs, 1)
+    for got, ref in zip(found["down_block_additional_residuals"] + found["mid_block_additional_residual"], [*down, mid]):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_union_steers_the_graph(setup):
@@ -187,6 +201,9 @@ def test_union_steers_the_graph(setup):
     canny = ours(engine, graph("union.safetensors", union_type="canny/lineart/anime_lineart/mlsd"))
     depth = ours(engine, graph("union.safetensors", union_type="depth"))
     assert (canny - plain).abs().max() > 0.02 and (canny - depth).abs().max() > 1e-4
+    auto = ours(engine, graph("union.safetensors", union_type="auto"))
+    assert torch.equal(ours(engine, graph("union.safetensors")), auto)  # no type set is "auto", as in ComfyUI
+    assert (auto - plain).abs().max() > 0.02 and (auto - canny).abs().max() > 1e-4
 
 
 # -- control-lora ----------------------------------------------------------------------------------------------------

@@ -364,16 +364,14 @@ class ControlApplied:
         hint = hint.to(net.device, net.dtype)
         module = net.model if net.kind != "control_lora" else self._control_lora(model)
         if net.kind == "controlnet_union":
-            from nodes.sd.controlnet_union import union_kwargs
+            from nodes.sd.controlnet_union import union_residuals
 
-            extra.update(union_kwargs(net.model, tuple(net.option("control_type", ())), hint.shape[0], net.device))
-            down, mid = net.model(scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
-                                  controlnet_cond=[hint], conditioning_scale=[float(self.strength)], return_dict=False,
-                                  **extra)  # fmt: skip
+            down, mid = union_residuals(module, scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
+                                        hint, tuple(net.option("control_type", ())), float(self.strength), **extra)
         else:
             down, mid = module(scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
-                                  controlnet_cond=hint, conditioning_scale=float(self.strength), return_dict=False,
-                                  **extra)  # fmt: skip
+                               controlnet_cond=hint, conditioning_scale=float(self.strength), return_dict=False,
+                               **extra)  # fmt: skip
         return {"down_block_additional_residuals": [d.to(x.dtype) for d in down],
                 "mid_block_additional_residual": [mid.to(x.dtype)]}
 

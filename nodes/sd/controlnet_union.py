@@ -56,15 +56,34 @@ def new_union(config: Mapping[str, Any]) -> torch.nn.Module:
     return empty_module(lambda: ControlNetUnionModel.from_config(dict(config)))
 
 
-def union_kwargs(model: torch.nn.Module, control_type: tuple[int, ...], batch: int, device: str) -> dict[str, Any]:
-    """The union forward's control-kind arguments: a one-hot [batch, kinds] vector and the kind indices.
+def union_residuals(
+    model: torch.nn.Module, sample: Tensor, timestep: Tensor, hint: Tensor, control_type: tuple[int, ...],
+    strength: float, **extra: Any,
+) -> tuple[list[Tensor], Tensor]:
+    """A union ControlNet's (down, mid) residuals for `hint` read as `control_type` (ComfyUI's numbering).
 
-    Raises:
-        ValueError: no kind chosen ("auto"): diffusers' union model needs one; name it with SetUnionControlNetType.
+    With a type, diffusers' ControlNetUnionModel runs as its pipelines call it. With none ("auto"), as ComfyUI:
+    an all-zero kind vector and the hint's embedding added to conv_in's output with no task mixing; diffusers'
+    forward would drop the hint then, so it is added by a hook on conv_in for this call only.
     """
-    if not control_type:
-        raise ValueError("union ControlNet: choose its control type with SetUnionControlNetType (\"auto\" has "
-                         "no diffusers equivalent)")
+    if control_type:
+        down, mid = model(sample, timestep, controlnet_cond=[hint], conditioning_scale=[strength], return_dict=False,
+                          **union_kwargs(model, control_type, sample.shape[0], sample.device), **extra)  # fmt: skip
+        return list(down), mid
+    guided = model.controlnet_cond_embedding(hint)
+    hook = model.conv_in.register_forward_hook(lambda _module, _args, output: output + guided)
+    try:
+        down, mid = model(sample, timestep, controlnet_cond=[], conditioning_scale=[], return_dict=False,
+                          control_type=torch.zeros(sample.shape[0], int(model.config.num_control_type),
+                                                   device=sample.device, dtype=sample.dtype),
+                          control_type_idx=[], **extra)  # fmt: skip
+    finally:
+        hook.remove()
+    return [d * strength for d in down], mid * strength
+
+
+def union_kwargs(model: torch.nn.Module, control_type: tuple[int, ...], batch: int, device: Any) -> dict[str, Any]:
+    """The union forward's control-kind arguments: a one-hot [batch, kinds] vector and the kind indices."""
     kinds = int(model.config.num_control_type)
     if any(not 0 <= kind < kinds for kind in control_type):
         raise ValueError(f"union ControlNet: control type {list(control_type)} is outside its {kinds} types")
