@@ -24,7 +24,8 @@ from nodes.sd.tokenizer import clip_bpe_tokenizer
 
 TOLERANCE = 1e-4
 PROMPT = "a red circle on a blue background"
-MIN_IOU, MIN_GAIN = 0.0, 0.0  # set from the shipped adapter's measurement (model card)
+MIN_IOU, MIN_GAIN = 0.65, 0.25
+"""The shipped adapter's bar: measured mean IoU 0.76 with it, 0.33 without, over 24 images (model card)."""
 
 
 def tiny_adapter(adapter_type: str, seed: int, *, in_channels: int = 3, channels=(32, 64), blocks: int = 2,
@@ -247,10 +248,9 @@ def test_shipped_adapter_puts_the_shape_on_its_silhouette(tmp_path):
     engine = tm.engine_at(tmp_path, input_dir=tmp_path / "input")
     assert ADAPTERS["t2i_adapter"][1] in engine.env.models.list("controlnet")
     assert load_controlnet(default_adapter_path("t2i_adapter")).kind == "t2i_adapter"
-    on, off = [], []
-    for index, spec in enumerate(ae.control_specs(2)):
-        on += silhouette_iou(engine, spec, engine.env.input_dir, index)
-        off += silhouette_iou(engine, spec, engine.env.input_dir, index, strength=0.0)
+    spec = ae.control_specs(2)[1]  # the second evaluation shape (seed 1), 4 images: one shape keeps the test short
+    on = silhouette_iou(engine, spec, engine.env.input_dir, 1)
+    off = silhouette_iou(engine, spec, engine.env.input_dir, 1, strength=0.0)
     print(f"IoU with the silhouette: strength 1 {np.mean(on):.2f}, strength 0 {np.mean(off):.2f}")
     assert np.mean(on) >= MIN_IOU
     assert np.mean(on) >= np.mean(off) + MIN_GAIN
