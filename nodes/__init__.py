@@ -5,11 +5,45 @@ from __future__ import annotations
 from nodegraph.registry import NodeRegistry
 
 from .models.embedded import add_embedded_checkpoint
-from . import (conditioning, controlnet_nodes, image, latent, loaders, loaders_advanced, lora_nodes, mask, model_loaders,
-               model_merging, model_patches, rebatch, sampling, upscaling, utils, vae_nodes)
+from . import (  # one family per line: node packs of a family are added beside it
+    conditioning,
+    control,
+    controlnet_nodes,
+    image,
+    latent,
+    loaders,
+    loaders_advanced,
+    lora_nodes,
+    mask,
+    model_loaders,
+    model_merging,
+    model_patches,
+    rebatch,
+    sampling,
+    upscaling,
+    utils,
+    vae_nodes,
+)
 
-NODE_MODULES = (loaders, loaders_advanced, model_loaders, lora_nodes, conditioning, controlnet_nodes, latent, sampling,
-                model_patches, vae_nodes, image, mask, utils, rebatch, upscaling, model_merging)
+NODE_MODULES = (
+    loaders,
+    loaders_advanced,
+    model_loaders,
+    lora_nodes,
+    conditioning,
+    controlnet_nodes,
+    control,
+    latent,
+    sampling,
+    model_patches,
+    vae_nodes,
+    image,
+    mask,
+    utils,
+    rebatch,
+    upscaling,
+    model_merging,
+)
 
 
 def register(registry: NodeRegistry) -> None:

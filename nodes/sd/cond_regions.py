@@ -32,6 +32,7 @@ Region = tuple[int, int, int, int]
 
 INPAINT_EXTRA_CHANNELS = 5
 IP2P_EXTRA_CHANNELS = 4
+X4_UPSCALE_EXTRA_CHANNELS = 3
 REFINER_TIME_IDS = 5
 DEFAULT_AESTHETIC_SCORE = {0: 6.0, 1: 2.5}
 """ComfyUI's refiner defaults when no score is given: 6 for the positive prompt, 2.5 for the negative."""
@@ -124,12 +125,13 @@ def concat_map(item: CondItem, extra_channels: int, batch: int, height: int, wid
     if item.concat is None:
         raise ValueError(
             f"this UNet takes {extra_channels} input channels besides the latent (an inpainting or InstructPix2Pix "
-            "model); give it conditioning from InpaintModelConditioning or InstructPixToPixConditioning")
+            "model, or the x4 upscaler); give it conditioning from InpaintModelConditioning, "
+            "InstructPixToPixConditioning or SD_4XUpscale_Conditioning")
     latent = item.concat.latent.to(torch.float32)
     if tuple(latent.shape[-2:]) != (height, width):
         latent = resize(latent, width, height, "bilinear", "center")
     latent = to_batch(latent, batch)
-    if extra_channels == IP2P_EXTRA_CHANNELS:
+    if extra_channels in (IP2P_EXTRA_CHANNELS, X4_UPSCALE_EXTRA_CHANNELS):  # x4 upscaler: the low-res image
         return latent
     if extra_channels != INPAINT_EXTRA_CHANNELS:
         raise ValueError(f"a UNet taking {extra_channels} extra input channels is neither an inpainting (5) "

@@ -21,7 +21,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,18 @@ class ControlNetHandle:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     source: str = ""
+    kind: str = "controlnet"
+    """"controlnet" or "controlnet_union" (residuals per UNet call) or "t2i_adapter" (features added inside the
+    down blocks)."""
+    extra: tuple[tuple[str, Any], ...] = ()
+    """Per-use options set by nodes (ComfyUI's set_extra_arg), e.g. ("control_type", (3,)) for a union model."""
+
+    def with_extra(self, name: str, value: Any) -> ControlNetHandle:
+        """A new handle with option `name` set (the model is shared, never copied)."""
+        return replace(self, extra=tuple((k, v) for k, v in self.extra if k != name) + ((name, value),))
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.extra).get(name, default)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -188,10 +200,20 @@ def new_controlnet(config: Mapping[str, Any]) -> torch.nn.Module:
     return empty_module(lambda: ControlNetModel.from_config(dict(config)))
 
 
-def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
+def _build(path: Path, device: str, dtype: torch.dtype) -> Any:
+    from nodes.sd import control_lora, controlnet_union, t2i_adapter
+
     what = f"ControlNet {path.name}"
     if path.is_dir():
-        module = new_controlnet(read_json(path / "config.json"))
+        config = read_json(path / "config.json")
+        if "adapter_type" in config:  # diffusers' T2IAdapter folder
+            from diffusers import T2IAdapter
+
+            module = empty_module(lambda: T2IAdapter.from_config(config))
+        elif config.get("_class_name") == "ControlNetUnionModel":
+            module = controlnet_union.new_union(config)
+        else:
+            module = new_controlnet(config)
         rules = [KeyRule(key, key) for key in module.state_dict()]
         return fill(module, rules, folder_weights(path), what, device=device, dtype=dtype)
     try:
@@ -199,6 +221,8 @@ def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
     except Exception as error:
         raise ValueError(f"{what}: cannot read the file: {error}") from error
     overrides = nodegraph_config(metadata).get("controlnet", {})
+    if control_lora.is_control_lora(tensors):  # a ControlNet as deltas: built with the sampling model's UNet
+        return control_lora.control_lora_weights(tensors)
     tensors.pop("difference", None)  # a diff ControlNet's marker (DiffControlNetLoader adds the UNet's weights)
     if any(key.startswith(LDM_PREFIX) for key in tensors):  # v1.0 files may carry a whole SD model too
         tensors = {key[len(LDM_PREFIX):]: value for key, value in tensors.items() if key.startswith(LDM_PREFIX)}
@@ -206,13 +230,20 @@ def _build(path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
         config = config_from_ldm(tensors, overrides)
         module = new_controlnet(config)
         rules = controlnet_rules(list(module.state_dict()), config)
+    elif controlnet_union.is_union(tensors):
+        module = controlnet_union.new_union(controlnet_union.union_config(tensors, overrides))
+        rules = [KeyRule(key, key) for key in module.state_dict()]
     elif "controlnet_cond_embedding.conv_in.weight" in tensors:
         module = new_controlnet(config_from_diffusers(tensors, overrides))
         rules = [KeyRule(key, key) for key in module.state_dict()]
+    elif t2i_adapter.is_t2i_adapter(tensors):
+        return t2i_adapter.build_adapter(tensors, what, overrides=nodegraph_config(metadata).get("t2i_adapter"),
+                                         device=device, dtype=dtype)
     else:
         shown = ", ".join(sorted(tensors)[:5]) or "none"
-        raise ValueError(f"{what}: not a ControlNet: expected control_model.*/input_hint_block (original layout) "
-                         f"or controlnet_cond_embedding.* (diffusers layout) keys; found e.g. {shown}")
+        raise ValueError(f"{what}: not a ControlNet: expected control_model.*/input_hint_block (original layout), "
+                         f"controlnet_cond_embedding.* (diffusers layout) or T2I-Adapter (conv_in/body.N) keys; "
+                         f"found e.g. {shown}")
     return fill(module, rules, tensors, what, device=device, dtype=dtype)
 
 
@@ -236,8 +267,10 @@ def load_controlnet(path: str | Path, *, manager: ModelManager | None = None, de
     manager = manager if manager is not None else ModelManager(device, ram_budget=sys.maxsize)
     ref = manager.ref((signature, "controlnet", str(dtype)), partial(_build, path, dtype=dtype),
                       name=f"ControlNet {path.name} ({str(dtype).removeprefix('torch.')})")
-    ref.get()  # build now, so a broken file fails in its loader node
-    return ControlNetHandle(ref, dtype, manager.device, str(path))
+    module = ref.get()  # build now, so a broken file fails in its loader node
+    kind = {"T2IAdapter": "t2i_adapter", "ControlNetUnionModel": "controlnet_union",
+            "ControlLoraWeights": "control_lora"}.get(type(module).__name__, "controlnet")
+    return ControlNetHandle(ref, dtype, manager.device, str(path), kind)
 
 
 # -- applying a control while sampling ------------------------------------------------------------------
@@ -297,34 +330,87 @@ class ControlApplied:
 
     def residuals(
         self, model: Any, x: Tensor, sigma: Tensor, kwargs: dict[str, Any], entries: int
-    ) -> tuple[list[Tensor], Tensor] | None:
-        """This chain's summed (down, mid) residuals for rows x at sigma, or None when no control is active."""
+    ) -> dict[str, list[Tensor]] | None:
+        """This chain's summed UNet residuals for rows x at sigma, by UNet kwarg (ControlNets: down and mid;
+        T2I-Adapters: intrablock), or None when no control is active."""
         before = self.previous.residuals(model, x, sigma, kwargs, entries) if self.previous is not None else None
         if not self.active(float(sigma.reshape(-1)[0]), model.sigmas):
             return before
-        net = self.control_net
-        rows = x.shape[0]
-        hint = resize_hint(self.hint.to(torch.float32), x.shape[-2] * 8, x.shape[-1] * 8)
+        own = self._adapter(x, entries) if self.control_net.kind == "t2i_adapter" else self._controlnet(
+            model, x, sigma, kwargs, entries)
+        if before is None:
+            return own
+        merged = dict(before)
+        for name, tensors in own.items():
+            previous = merged.get(name)
+            merged[name] = tensors if previous is None else [a + b for a, b in zip(previous, tensors)]
+        return merged
+
+    def _rows(self, hint: Tensor, rows: int, entries: int) -> Tensor:
+        """The hint's batch spread over `rows` made of `entries` equal blocks (ComfyUI's broadcast_image_to)."""
         per_entry = rows // entries
-        hint = hint.repeat(math.ceil(per_entry / hint.shape[0]), 1, 1, 1)[:per_entry].repeat(entries, 1, 1, 1)
+        return hint.repeat(math.ceil(per_entry / hint.shape[0]), 1, 1, 1)[:per_entry].repeat(entries, 1, 1, 1)
+
+    def _controlnet(
+        self, model: Any, x: Tensor, sigma: Tensor, kwargs: dict[str, Any], entries: int
+    ) -> dict[str, list[Tensor]]:
+        net = self.control_net
+        hint = resize_hint(self.hint.to(torch.float32), x.shape[-2] * 8, x.shape[-1] * 8)
+        hint = self._rows(hint, x.shape[0], entries)
         sigma_b = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
         scaled = x / (sigma_b**2 + 1) ** 0.5  # the UNet's own input scaling (UNetDenoiser.__call__)
         extra = {k: _moved(v, net.device, net.dtype) for k, v in kwargs.items()
                  if k in ("encoder_hidden_states", "added_cond_kwargs")}  # fmt: skip
-        down, mid = net.model(
-            scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
-            controlnet_cond=hint.to(net.device, net.dtype), conditioning_scale=float(self.strength),
-            return_dict=False, **extra,
-        )
-        if before is None:
-            return list(down), mid
-        return [a + b for a, b in zip(before[0], down)], before[1] + mid
+        hint = hint.to(net.device, net.dtype)
+        module = net.model if net.kind != "control_lora" else self._control_lora(model)
+        if net.kind == "controlnet_union":
+            from nodes.sd.controlnet_union import union_residuals
+
+            down, mid = union_residuals(module, scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
+                                        hint, tuple(net.option("control_type", ())), float(self.strength), **extra)
+        else:
+            down, mid = module(scaled.to(net.device, net.dtype), model.timestep(sigma).to(net.device),
+                               controlnet_cond=hint, conditioning_scale=float(self.strength), return_dict=False,
+                               **extra)  # fmt: skip
+        return {"down_block_additional_residuals": [d.to(x.dtype) for d in down],
+                "mid_block_additional_residual": [mid.to(x.dtype)]}
+
+    def _control_lora(self, model: Any) -> torch.nn.Module:
+        """The ControlNet this control-lora makes with the sampling model's UNet, built once per run (kept by
+        the denoiser, which lives for one run)."""
+        from nodes.sd.control_lora import build_control_lora
+
+        key = ("control_lora", id(self.control_net.model), id(model.unet))
+        built = model.cond_plans.get(key)
+        if built is None:
+            net = self.control_net
+            built = model.cond_plans[key] = build_control_lora(net.model, model.unet, device=net.device,
+                                                               dtype=net.dtype)
+        return built
+
+    def _adapter(self, x: Tensor, entries: int) -> dict[str, list[Tensor]]:
+        from nodes.sd.t2i_adapter import adapter_features, adapter_hint
+
+        net = self.control_net
+        adapter = net.model
+        hint = adapter_hint(self.hint.to(torch.float32), adapter, x.shape[-2] * 8, x.shape[-1] * 8)
+        features = adapter_features(adapter, hint.to(net.device, net.dtype), float(self.strength))
+        return {"down_intrablock_additional_residuals": [self._rows(f, x.shape[0], entries).to(x.dtype)
+                                                         for f in features]}
 
     def unet_kwargs(
         self, model: Any, x: Tensor, sigma: Tensor, kwargs: dict[str, Any], entries: int
     ) -> dict[str, Any]:
-        """denoisers.RowKwargs: the residuals as the UNet's additional-residual kwargs (none when inactive)."""
+        """denoisers.RowKwargs: the residuals as the UNet's additional-residual kwargs (none when inactive).
+
+        Adapter features go as a fresh list each call: diffusers' UNet pops them as it uses them."""
         found = self.residuals(model, x, sigma, kwargs, entries)
         if found is None:
             return {}
-        return {"down_block_additional_residuals": tuple(found[0]), "mid_block_additional_residual": found[1]}
+        out: dict[str, Any] = {}
+        if "down_block_additional_residuals" in found:
+            out["down_block_additional_residuals"] = tuple(found["down_block_additional_residuals"])
+            out["mid_block_additional_residual"] = found["mid_block_additional_residual"][0]
+        if "down_intrablock_additional_residuals" in found:
+            out["down_intrablock_additional_residuals"] = list(found["down_intrablock_additional_residuals"])
+        return out

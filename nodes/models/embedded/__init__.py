@@ -10,10 +10,12 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "lora": ("loras", "nodegraph-tiny-shapes-striped.safetensors"),
     "controlnet": ("controlnet", "nodegraph-tiny-shapes-outline.safetensors"),
     "upscale": ("upscale_models", "nodegraph-tiny-shapes-2x.safetensors"),
+    "t2i_adapter": ("controlnet", "nodegraph-tiny-shapes-silhouette-t2i.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py, and the 2x upscaler
-(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py."""
+(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py, and the silhouette T2I-Adapter
+(scripts/train_t2i_adapter.py)."""
 
 
 def default_adapter_path(kind: str) -> Path:
