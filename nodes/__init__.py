@@ -6,10 +6,10 @@ from nodegraph.registry import NodeRegistry
 
 from .models.embedded import add_embedded_checkpoint
 from . import (conditioning, controlnet_nodes, image, latent, loaders, loaders_advanced, lora_nodes, mask, model_merging,
-               model_patches, rebatch, sampling, upscaling, utils, vae_nodes)
+               model_patches, rebatch, sampling, upscaling, utils, vae_nodes, vision)
 
 NODE_MODULES = (loaders, loaders_advanced, lora_nodes, conditioning, controlnet_nodes, latent, sampling, model_patches,
-                vae_nodes, image, mask, utils, rebatch, upscaling, model_merging)
+                vae_nodes, image, mask, utils, rebatch, upscaling, model_merging, vision)
 
 
 def register(registry: NodeRegistry) -> None:

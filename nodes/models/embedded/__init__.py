@@ -10,10 +10,13 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "lora": ("loras", "nodegraph-tiny-shapes-striped.safetensors"),
     "controlnet": ("controlnet", "nodegraph-tiny-shapes-outline.safetensors"),
     "upscale": ("upscale_models", "nodegraph-tiny-shapes-2x.safetensors"),
+    "clip_vision": ("clip_vision", "nodegraph-tiny-shapes-clip-vision.safetensors"),
+    "style_model": ("style_models", "nodegraph-tiny-shapes-style.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py, and the 2x upscaler
-(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py."""
+(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py; the CLIP vision tower and
+its T2I-Adapter style model, trained against the embedded text encoder by scripts/train_clip_vision.py."""
 
 
 def default_adapter_path(kind: str) -> Path:
@@ -23,7 +26,7 @@ def default_adapter_path(kind: str) -> Path:
 
 def add_embedded_checkpoint(env: Any) -> None:
     """List the shipped model first under `checkpoints` and its adapters first under `loras`, `controlnet` and
-    `upscale_models`, loaded by the same loaders as any user file."""
+    `upscale_models`, `clip_vision` and `style_models`, loaded by the same loaders as any user file."""
     if EMBEDDED_PATH.is_file():
         env.models.add_builtin("checkpoints", EMBEDDED_NAME, EMBEDDED_PATH)
     for kind, (folder, name) in ADAPTERS.items():
