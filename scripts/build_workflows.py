@@ -158,9 +158,26 @@ def model_merge_save() -> dict[str, Any]:
     return graph
 
 
+def style_model() -> dict[str, Any]:
+    """An image prompt: the shipped CLIP vision tower reads example.png (a blue square on yellow) and the shipped
+    style model appends what it saw to an empty prompt."""
+    graph = base("")
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+    graph["11"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": ADAPTERS["clip_vision"][1]}}
+    graph["12"] = {"class_type": "CLIPVisionEncode",
+                   "inputs": {"clip_vision": ["11", 0], "image": ["10", 0], "crop": "center"}}
+    graph["13"] = {"class_type": "StyleModelLoader", "inputs": {"style_model_name": ADAPTERS["style_model"][1]}}
+    graph["14"] = {"class_type": "StyleModelApply", "inputs": {
+        "conditioning": ["6", 0], "style_model": ["13", 0], "clip_vision_output": ["12", 0], "strength": 1.0,
+        "strength_type": "multiply"}}
+    graph["3"]["inputs"]["positive"] = ["14", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "style_model"
+    return graph
+
+
 GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "lora": lora,
           "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model,
-          "model_merge_save": model_merge_save}
+          "model_merge_save": model_merge_save, "style_model": style_model}
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
