@@ -183,3 +183,35 @@ def test_denoiser_feeds_noise_augmented_image_embeds_as_class_labels(unclip_chec
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(without, zeros, atol=1e-5, rtol=1e-4)  # no image: zeros, as ComfyUI
     assert (got - without).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(not (default_adapter_path("clip_vision").is_file() and default_adapter_path("style_model").is_file()),
+                    reason="the tiny CLIP vision tower and style model are not trained yet")
+def test_shipped_style_model_draws_the_references_colour_from_an_empty_prompt():
+    """The model card's measurement on its first 4 references: with the style tokens the embedded model draws the
+    reference's foreground colour (the card: 16 of 16), from the same empty prompt and seed it rarely does."""
+    from nodes.models.embedded import EMBEDDED_PATH
+    from nodes.sd import clip_vision as cv, text
+    from nodes.sd.shapes import COLOURS
+    from training.classifier import classify
+    from training.clip_vision import images_of
+    from training.clip_vision_eval import generate, styled
+    from training.data import EVALUATION_STREAM, stream_specs
+
+    manager = ModelManager("cpu")
+    tower = cv.load_clip_vision(default_adapter_path("clip_vision"), manager=manager).model
+    adapter = sm.load_style_model(default_adapter_path("style_model"), manager=manager).model
+    loaded = load_checkpoint(EMBEDDED_PATH)
+    empty = (text.encode(loaded.clip, ""),)
+    specs = stream_specs(0, EVALUATION_STREAM, 1000, 4)
+    with_style = without = 0
+    for index, spec in enumerate(specs):
+        assert spec.fg in COLOURS
+        for conditioning in (styled(empty, tower, adapter, images_of([spec], 128)), empty):
+            image = generate(loaded, conditioning, empty, seed=index)
+            found = classify((image[0].clamp(0, 1).numpy() * 255).round().astype("uint8")).fg == spec.fg
+            if conditioning is empty:
+                without += found
+            else:
+                with_style += found
+    assert with_style >= 3 and with_style > without + 1
