@@ -142,7 +142,7 @@ def test_nodes_load_and_encode_with_crop_choice(tmp_path):
 @pytest.mark.skipif(not default_adapter_path("clip_vision").is_file(), reason="the tiny tower is not trained yet")
 def test_shipped_tower_retrieves_captions_of_fresh_shapes():
     """The card's figure, re-measured on the first 128 of its 512 renders (foreground and background 1.0, shape
-    0.54 there; chance is 0.1 for a colour and 0.2 for a shape): colours are read reliably, shapes only partly."""
+    0.77 there; chance is 0.1 for a colour and 0.2 for a shape): colours are read reliably, shapes mostly."""
     from nodes.models.embedded import EMBEDDED_PATH
     from nodes.sd.loading import load_checkpoint
     from training.clip_vision import ClipVisionSettings, retrieval
@@ -150,5 +150,5 @@ def test_shipped_tower_retrieves_captions_of_fresh_shapes():
     model = cv.load_clip_vision(default_adapter_path("clip_vision"), manager=ModelManager("cpu")).model
     encoder = load_checkpoint(EMBEDDED_PATH).clip.encoders[0]
     figures = retrieval(model, encoder, ClipVisionSettings(), count=128)
-    assert figures["fg_accuracy"] >= 0.8 and figures["bg_accuracy"] >= 0.8 and figures["shape_accuracy"] >= 0.45
+    assert figures["fg_accuracy"] >= 0.8 and figures["bg_accuracy"] >= 0.8 and figures["shape_accuracy"] >= 0.65
     assert ADAPTERS["clip_vision"][0] == "clip_vision" and default_adapter_path("clip_vision").stat().st_size < 3 * 2**20

@@ -50,7 +50,7 @@ class ClipVisionSettings:
     images: int = 4096
     render_resolution: int = 128
     batch_size: int = 64
-    steps: int = 1200
+    steps: int = 2400
     learning_rate: float = 2e-3
     style_weight: float = 4.0
     seed: int = 0
