@@ -152,3 +152,19 @@ def test_shipped_tower_retrieves_captions_of_fresh_shapes():
     figures = retrieval(model, encoder, ClipVisionSettings(), count=128)
     assert figures["fg_accuracy"] >= 0.8 and figures["bg_accuracy"] >= 0.8 and figures["shape_accuracy"] >= 0.65
     assert ADAPTERS["clip_vision"][0] == "clip_vision" and default_adapter_path("clip_vision").stat().st_size < 3 * 2**20
+
+
+@pytest.mark.parametrize(("width", "layout", "heads", "act"), [
+    (1024, "transformers", 16, "quick_gelu"), (1280, "transformers", 16, "gelu"), (1280, "open_clip", 16, "gelu"),
+    (1664, "open_clip", 16, "gelu"), (96, "open_clip", 1, "gelu"), (128, "transformers", 2, "quick_gelu")])
+def test_released_towers_get_their_heads_and_activation_by_width(width, layout, heads, act):
+    """ComfyUI's clip_vision_l/h/g configs: 16 heads each; ViT-L uses quick-GELU, ViT-H and bigG GELU."""
+    shapes = {"vision_model.embeddings.patch_embedding.weight": (width, 3, 14, 14),
+              "vision_model.embeddings.position_embedding.weight": (257, width),
+              "vision_model.encoder.layers.0.mlp.fc1.weight": (4 * width, width),
+              "visual_projection.weight": (32, width)}
+    config = cv.vision_config({k: torch.empty(v, device="meta") for k, v in shapes.items()}, layout)
+    assert (config.num_attention_heads, config.hidden_act, config.image_size) == (heads, act, 224)
+    overridden = cv.vision_config({k: torch.empty(v, device="meta") for k, v in shapes.items()}, layout,
+                                  {"num_attention_heads": 1})
+    assert overridden.num_attention_heads == 1

@@ -10,9 +10,10 @@ CLIPVisionModelWithProjection:
   ViT-bigG and as SD2.1-unCLIP checkpoints embed theirs (under `embedder.model.`), mapped here key by key
   (open_clip's fused attention `in_proj` split into q, k, v; `proj` is the transpose of `visual_projection`).
 
-The architecture is read from the shapes; the head count cannot be (CLIP uses 64-wide heads, the default) and
-the activation neither (OpenAI's towers use quick-GELU, open_clip's GELU): a file may state both in its
-`nodegraph_config` metadata. Outputs follow ComfyUI's CLIP_VISION_OUTPUT: `last_hidden_state` (the last layer's
+The architecture is read from the shapes; the head count cannot be and the activation neither: the released
+towers' values are known by width (ViT-L: 16 heads, quick-GELU; ViT-H and bigG: 16 heads, GELU), other widths
+get 64-wide heads and their layout's usual activation (OpenAI's quick-GELU, open_clip's GELU), and a file may
+state both in its `nodegraph_config` metadata. Outputs follow ComfyUI's CLIP_VISION_OUTPUT: `last_hidden_state` (the last layer's
 tokens, before the final layer norm), `penultimate_hidden_states` (the layer before) and `image_embeds` (the
 class token after the final norm, projected).
 """
@@ -36,6 +37,13 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 """The per-channel mean and deviation CLIP was trained with (OpenAI's preprocessing, which ComfyUI uses)."""
 METADATA_KEY = "nodegraph_config"
+KNOWN_WIDTHS: dict[int, tuple[int, str]] = {
+    768: (12, "quick_gelu"),  # OpenAI ViT-B
+    1024: (16, "quick_gelu"),  # OpenAI ViT-L/14 (ComfyUI's clip_vision_l, SD2.1-unCLIP-L)
+    1280: (16, "gelu"),  # open_clip ViT-H/14 (clip_vision_h, SD2.1-unCLIP-H)
+    1664: (16, "gelu"),  # open_clip ViT-bigG/14 (clip_vision_g)
+}
+"""Heads and activation of the released towers by width (neither shows in the weights' shapes)."""
 PREFIXES = ("", "clip_vision.", "embedder.model.", "cond_stage_model.model.", "conditioner.embedders.0.model.")
 """Where a vision tower can sit in a file: alone, under ComfyUI's `clip_vision.` or inside an unCLIP checkpoint."""
 
@@ -204,6 +212,8 @@ def vision_config(tensors: Mapping[str, Tensor], layout: str, overrides: Mapping
         projection_dim=int(projection.shape[0]) if projection is not None else hidden,
         hidden_act="gelu" if layout == "open_clip" else "quick_gelu", layer_norm_eps=1e-5,
     )
+    if hidden in KNOWN_WIDTHS:
+        config["num_attention_heads"], config["hidden_act"] = KNOWN_WIDTHS[hidden]
     config.update(overrides or {})
     return CLIPVisionConfig(**config)
 
