@@ -15,6 +15,8 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "embeddings": (".safetensors", ".pt", ".pth", ".bin"),
     "upscale_models": (".safetensors", ".pt", ".pth"),
+    "clip_vision": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "style_models": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "configs": (".yaml", ".yml"),
     "diffusers": (),  # pipeline folders only: listed by their model_index.json
     "vae_approx": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),

@@ -23,6 +23,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     upscaling,
     utils,
     vae_nodes,
+    vision,
 )
 
 NODE_MODULES = (
@@ -43,6 +44,7 @@ NODE_MODULES = (
     rebatch,
     upscaling,
     model_merging,
+    vision,
 )
 
 

@@ -122,6 +122,17 @@ def controlnet() -> dict[str, Any]:
     return graph
 
 
+def t2i_adapter() -> dict[str, Any]:
+    """The embedded model's silhouette T2I-Adapter (loaded by ControlNetLoader, applied by ControlNetApplyAdvanced):
+    the shape fills example_silhouette.png's white area."""
+    graph = controlnet()
+    graph["6"]["inputs"]["text"] = "a yellow circle on a purple background"
+    graph["10"]["inputs"]["image"] = "example_silhouette.png"
+    graph["11"]["inputs"]["control_net_name"] = ADAPTERS["t2i_adapter"][1]
+    graph["9"]["inputs"]["filename_prefix"] = "t2i_adapter"
+    return graph
+
+
 def sega() -> dict[str, Any]:
     graph = base("a circle on a blue background")
     graph["20"] = {"class_type": "SemanticGuidance", "inputs": {
@@ -168,12 +179,33 @@ def separate_vae() -> dict[str, Any]:
     return graph
 
 
+def style_model() -> dict[str, Any]:
+    """An image prompt: the shipped CLIP vision tower reads example.png (a blue square on yellow) and the shipped
+    style model appends what it saw to an empty prompt."""
+    graph = base("")
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+    graph["11"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": ADAPTERS["clip_vision"][1]}}
+    graph["12"] = {"class_type": "CLIPVisionEncode",
+                   "inputs": {"clip_vision": ["11", 0], "image": ["10", 0], "crop": "center"}}
+    graph["13"] = {"class_type": "StyleModelLoader", "inputs": {"style_model_name": ADAPTERS["style_model"][1]}}
+    graph["14"] = {"class_type": "StyleModelApply", "inputs": {
+        "conditioning": ["6", 0], "style_model": ["13", 0], "clip_vision_output": ["12", 0], "strength": 1.0,
+        "strength_type": "multiply"}}
+    graph["3"]["inputs"]["positive"] = ["14", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "style_model"
+    return graph
+
+
 GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "lora": lora,
           "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model,
-          "model_merge_save": model_merge_save, "separate_vae": separate_vae}
+          "model_merge_save": model_merge_save, "separate_vae": separate_vae, "style_model": style_model,
+          "t2i_adapter": t2i_adapter}
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
+SILHOUETTE_SPEC = dict(shape="circle", fg="yellow", bg="purple", size="large", horizontal="right", vertical="bottom",
+                       cx=0.64, cy=0.62, radius=0.28, rotation=0.0)
+"""The shape whose white silhouette example_silhouette.png shows (a large circle down and to the right)."""
 
 
 def laid_out(workflow: Workflow) -> Workflow:
@@ -216,6 +248,7 @@ def example_images() -> None:
     rgba.putalpha(alpha)
     rgba.save(WORKFLOWS / "input" / "example_inpaint.png")
     render(ShapeSpec(**OUTLINE_SPEC))[2].convert("RGB").save(WORKFLOWS / "input" / "example_outline.png")
+    render(ShapeSpec(**SILHOUETTE_SPEC))[1].convert("RGB").save(WORKFLOWS / "input" / "example_silhouette.png")
 
 
 def build() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:

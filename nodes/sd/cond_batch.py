@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from nodes.sd import cond_regions
+from nodes.sd import cond_regions, unclip
 from nodes.sd.types import CondItem
 
 if TYPE_CHECKING:
@@ -155,6 +155,9 @@ def _build_plan(model: UNetDenoiser, cond_sets: Sequence[Sequence[CondItem] | No
         kwargs: dict[str, Any] = {
             "encoder_hidden_states": torch.cat([p.item.embeds.expand(batch, -1, -1) for p in pieces]),
         }
+        if unclip.needs_class_labels(model.unet):  # unCLIP: image embeddings as class labels, zeros without
+            kwargs["class_labels"] = torch.cat([unclip.class_labels(p.item, model.unet).expand(batch, -1)
+                                                for p in pieces])
         if model.needs_added_cond:
             kwargs["added_cond_kwargs"] = {
                 "text_embeds": torch.cat([p.item.pooled.expand(batch, -1) for p in pieces]),  # type: ignore[union-attr]

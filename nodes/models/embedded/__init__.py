@@ -11,11 +11,14 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "controlnet": ("controlnet", "nodegraph-tiny-shapes-outline.safetensors"),
     "upscale": ("upscale_models", "nodegraph-tiny-shapes-2x.safetensors"),
     "t2i_adapter": ("controlnet", "nodegraph-tiny-shapes-silhouette-t2i.safetensors"),
+    "clip_vision": ("clip_vision", "nodegraph-tiny-shapes-clip-vision.safetensors"),
+    "style_model": ("style_models", "nodegraph-tiny-shapes-style.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
-outline ControlNet, both trained for the embedded model by scripts/train_adapters.py, and the 2x upscaler
-(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py, and the silhouette T2I-Adapter
-(scripts/train_t2i_adapter.py)."""
+outline ControlNet, both trained for the embedded model by scripts/train_adapters.py; the 2x upscaler (a tiny
+SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py; the silhouette T2I-Adapter
+(scripts/train_t2i_adapter.py); the CLIP vision tower and its T2I-Adapter style model, trained against the embedded
+text encoder by scripts/train_clip_vision.py."""
 
 
 def default_adapter_path(kind: str) -> Path:
@@ -25,9 +28,9 @@ def default_adapter_path(kind: str) -> Path:
 
 def add_embedded_checkpoint(env: Any) -> None:
     """List the shipped model first under `checkpoints`, its VAE first under `vae`, and its adapters first under
-    `loras`, `controlnet` and `upscale_models`, loaded by the same loaders as any user file. The VAE entry names the
-    checkpoint itself: VAELoader reads a checkpoint's `first_stage_model.*` tensors alone, so no byte is shipped
-    twice."""
+    their folders (`loras`, `controlnet`, `upscale_models`, `clip_vision`, `style_models`), loaded by the same loaders
+    as any user file. The VAE entry names the checkpoint itself: VAELoader reads a checkpoint's `first_stage_model.*`
+    tensors alone, so no byte is shipped twice."""
     if EMBEDDED_PATH.is_file():
         env.models.add_builtin("checkpoints", EMBEDDED_NAME, EMBEDDED_PATH)
         env.models.add_builtin("vae", EMBEDDED_NAME, EMBEDDED_PATH)

@@ -128,7 +128,12 @@ def unet_config_from_ldm(
     config["use_linear_projection"] = state_dict[proj_in].dim() == 2
     time_embed_dim = int(_require(state_dict, "time_embed.0.weight", "UNet").shape[0])
     config["time_embedding_dim"] = None if time_embed_dim == 4 * channels[0] else time_embed_dim
-    if "label_emb.0.0.weight" in state_dict:
+    if "label_emb.0.0.weight" in state_dict and family != "sdxl":  # SD2.1-unCLIP: image embeds + noise level
+        config["class_embed_type"] = "projection"
+        config["projection_class_embeddings_input_dim"] = int(state_dict["label_emb.0.0.weight"].shape[1])
+        for key in ("addition_embed_type", "addition_time_embed_dim"):
+            config.pop(key, None)
+    elif "label_emb.0.0.weight" in state_dict:
         if pooled_dim is None:
             raise ValueError("UNet has SDXL's label_emb but no pooled text size was given")
         added = int(state_dict["label_emb.0.0.weight"].shape[1])

@@ -166,7 +166,12 @@ class SingleFileCheckpoint:
         unet = new_unet(self.unet_config)
         with WeightFile(self.path) as weights:
             part = PrefixView(weights, UNET_PREFIX, is_ignored)
-            return fill(unet, unet_rules(list(unet.state_dict()), self.unet_config), part, "UNet", device=device, dtype=dtype)
+            unet = fill(unet, unet_rules(list(unet.state_dict()), self.unet_config), part, "UNet", device=device, dtype=dtype)
+            if "noise_augmentor.data_mean" in weights:  # unCLIP: the image embeddings' statistics
+                from nodes.sd.unclip import attach_stats
+
+                attach_stats(unet, weights["noise_augmentor.data_mean"], weights["noise_augmentor.data_std"])
+            return unet
 
     def build_text_encoder(self, index: int, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
         with WeightFile(self.path) as weights:
