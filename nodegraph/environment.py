@@ -15,6 +15,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "embeddings": (".safetensors", ".pt", ".pth", ".bin"),
     "upscale_models": (".safetensors", ".pt", ".pth"),
+    "gligen": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "configs": (".yaml", ".yml"),
     "diffusers": (),  # pipeline folders only: listed by their model_index.json
 }

@@ -5,11 +5,12 @@ from __future__ import annotations
 from nodegraph.registry import NodeRegistry
 
 from .models.embedded import add_embedded_checkpoint
-from . import (conditioning, controlnet_nodes, image, latent, loaders, loaders_advanced, lora_nodes, mask, model_merging,
+from . import (conditioning, controlnet_nodes, gligen, image, latent, loaders, loaders_advanced, lora_nodes, mask, model_merging,
                model_patches, rebatch, sampling, upscaling, utils, vae_nodes)
 
 NODE_MODULES = (loaders, loaders_advanced, lora_nodes, conditioning, controlnet_nodes, latent, sampling, model_patches,
-                vae_nodes, image, mask, utils, rebatch, upscaling, model_merging)
+                vae_nodes, image, mask, utils, rebatch, upscaling, model_merging,
+                gligen)
 
 
 def register(registry: NodeRegistry) -> None:
