@@ -136,8 +136,8 @@ def load_gligen(path: str | Path, *, manager: ModelManager | None = None) -> Gli
     check_suffix(path)
     manager = manager if manager is not None else ModelManager("cpu", ram_budget=sys.maxsize)
 
-    def build() -> GligenModel:
-        return gligen_from_state_dict(read_weights(path)[0], path.name).to(manager.device)
+    def build(device: Any) -> GligenModel:
+        return gligen_from_state_dict(read_weights(path)[0], path.name).to(device)
 
     ref = manager.ref((file_signature(path), "gligen"), build, name=f"GLIGEN {path.name}")
     ref.get()  # build now, so a broken file fails in its loader node

@@ -10,10 +10,11 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "lora": ("loras", "nodegraph-tiny-shapes-striped.safetensors"),
     "controlnet": ("controlnet", "nodegraph-tiny-shapes-outline.safetensors"),
     "upscale": ("upscale_models", "nodegraph-tiny-shapes-2x.safetensors"),
+    "gligen": ("gligen", "nodegraph-tiny-shapes-gligen.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py, and the 2x upscaler
-(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py."""
+(a tiny SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py, and the text-box GLIGEN (scripts/train_gligen.py)."""
 
 
 def default_adapter_path(kind: str) -> Path:

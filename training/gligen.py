@@ -1,0 +1,120 @@
+"""A tiny GLIGEN for the embedded model: a named shape is drawn inside a box (Li et al. 2023, arXiv:2301.07093).
+
+The shipped UNet and text encoder stay frozen; a position net and gated self-attention fusers (gates at zero,
+so training starts from the unchanged model, as in the paper) learn from the shapes generator's own ground
+truth: each picture's box is the square around its shape (centre +- radius), its phrase "a <fg> <shape>", and
+the caption leaves out the position words, so only the box can say where the shape goes. To stay under the
+3 MB budget the fusers sit in the down and middle blocks only (the coarse layout is decided there); the
+loader maps fusers by block name, so a file with fewer fusers loads in the same way.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from nodes.sd.gligen import MAX_OBJECTS, GligenModel, fusers_hooked, transformer_blocks
+from nodes.sd.loading.keymap import unet_rules
+from nodes.sd.shapes import ShapeSpec
+from training import data
+from training.adapters import base_modules, caption_tokens, encode_items
+from training.config import UnetSettings
+from training.unet import alphas_cumprod, diffusion_loss
+
+GLIGEN_STREAM = 8
+
+
+@dataclass(frozen=True)
+class GligenSettings:
+    seed: int = 0
+    dataset_size: int = 1024
+    batch_size: int = 16
+    lr: float = 1e-3
+    caption_dropout: float = 0.1
+    seconds: float = 600.0
+    max_steps: int = 4000
+    resolution: int = 128
+    blocks: str = "down,mid"
+    """Which transformer blocks get a fuser: UNet parts by diffusers prefix (down_blocks / mid_block / up_blocks)."""
+
+
+def spec_box(spec: ShapeSpec) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) as fractions of the image: the square around the shape's outer circle, clipped."""
+    clip = lambda v: min(1.0, max(0.0, v))  # noqa: E731
+    return (clip(spec.cx - spec.radius), clip(spec.cy - spec.radius), clip(spec.cx + spec.radius),
+            clip(spec.cy + spec.radius))
+
+
+def phrase(spec: ShapeSpec) -> str:
+    return f"a {spec.fg} {spec.shape}"
+
+
+def plain_caption(spec: ShapeSpec) -> str:
+    """The caption without size or position words: where the shape goes is left to the box."""
+    return f"a {spec.fg} {spec.shape} on a {spec.bg} background"
+
+
+def new_gligen(unet: torch.nn.Module, text_dim: int, blocks: str) -> GligenModel:
+    prefixes = tuple({"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}[p] for p in blocks.split(","))
+    chosen = {name: block for name, block in transformer_blocks(unet).items() if name.startswith(prefixes)}
+    context = int(unet.config.cross_attention_dim)
+    return GligenModel(list(chosen), [int(b.attn1.to_q.in_features) for b in chosen.values()], text_dim, context)
+
+
+def train_gligen(settings: GligenSettings, checkpoint: str | Path, work_dir: str | Path, *, log=print) -> tuple[GligenModel, dict]:
+    """Train for `settings.seconds` (or max_steps); returns the model (diffusers block names) and a record."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    unet, text_encoder, vae = base_modules(checkpoint, "cpu")
+    for module in (unet, text_encoder, vae):
+        module.requires_grad_(False)
+    specs = data.stream_specs(settings.seed, GLIGEN_STREAM, 0, settings.dataset_size)
+    cache = work_dir / f"gligen_latents_{settings.dataset_size}.safetensors"
+    encode_items([(spec, False) for spec in specs], vae, cache, settings.resolution, progress=False)
+    latents = load_file(str(cache))["latents"]
+    torch.manual_seed(settings.seed)
+    model = new_gligen(unet, int(text_encoder.config.hidden_size), settings.blocks).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    alphas, loss_settings = alphas_cumprod(), UnetSettings()
+    rng = random.Random(settings.seed)
+    started, step, losses = time.perf_counter(), 0, []
+    while step < settings.max_steps and time.perf_counter() - started < settings.seconds:
+        generator = torch.Generator().manual_seed(settings.seed * 100_003 + step)
+        rows = [rng.randrange(len(specs)) for _ in range(settings.batch_size)]
+        captions = ["" if rng.random() < settings.caption_dropout else plain_caption(specs[r]) for r in rows]
+        with torch.no_grad():
+            states = text_encoder(caption_tokens(captions, "cpu")).last_hidden_state
+            phrases = text_encoder(caption_tokens([phrase(specs[r]) for r in rows], "cpu")).pooler_output
+        boxes = torch.zeros(len(rows), MAX_OBJECTS, 4)
+        masks = torch.zeros(len(rows), MAX_OBJECTS)
+        embeds = torch.zeros(len(rows), MAX_OBJECTS, phrases.shape[-1])
+        boxes[:, 0] = torch.tensor([spec_box(specs[r]) for r in rows])
+        masks[:, 0] = 1.0
+        embeds[:, 0] = phrases
+        objs = model.grounding_tokens(boxes, masks, embeds)
+        with fusers_hooked(unet, model, objs):
+            loss = diffusion_loss(unet, states, latents[rows], loss_settings, generator, alphas)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss))
+        step += 1
+        if step % 50 == 0:
+            log(f"step {step} loss {sum(losses[-50:]) / 50:.4f} ({time.perf_counter() - started:.0f} s)")
+    record = {"settings": asdict(settings), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
+              "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 4)}
+    return model.eval().requires_grad_(False), record
+
+
+def ldm_state_dict(model: GligenModel, unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under ComfyUI's original-layout names (`input_blocks.N.1.transformer_blocks.0.fuser.*`)."""
+    state = model.state_dict_in_layout()
+    fusers = [key for key in state if ".fuser." in key]
+    rules = {rule.target: rule.source for rule in unet_rules(fusers, unet.config)}
+    return {rules.get(key, key): value.detach().half().contiguous() for key, value in state.items()}
