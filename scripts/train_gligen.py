@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "gligen")
     parser.add_argument("--output", type=Path, help="the weight file (default: the shipped one)")
+    parser.add_argument("--resume", action="store_true", help="go on from the work dir's saved state")
+    parser.add_argument("--lr", type=float, default=2e-3)
     args = parser.parse_args(argv)
     import torch
     from safetensors.torch import save_file
@@ -32,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.gligen import GligenSettings, ldm_state_dict, train_gligen
 
     torch.set_num_threads(args.threads)
-    settings = GligenSettings(seconds=args.minutes * 60)
+    settings = GligenSettings(seconds=args.minutes * 60, lr=args.lr)
     command = "python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]])
-    model, record = train_gligen(settings, EMBEDDED_PATH, args.work_dir, log=lambda m: print(m, flush=True))
+    model, record = train_gligen(settings, EMBEDDED_PATH, args.work_dir, log=lambda m: print(m, flush=True),
+                                 resume=args.resume)
     record.update(command=command, threads=args.threads, torch=torch.__version__)
     unet = load_checkpoint(EMBEDDED_PATH).model.unet
     output = args.output or default_adapter_path("gligen")

@@ -3,7 +3,6 @@ records ComfyUI's boxes; sampling grounds only the entries that carry boxes; the
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -17,6 +16,9 @@ from nodes.sd.gligen import (GligenApplied, GligenBox, GligenHandle, apply_textb
 from nodes.sd.loading.keymap import unet_rules
 from nodes.sd.types import CondItem, ModelHandle
 from tiny_models import randomize
+
+HIT_WITH, HIT_MARGIN = 0.5, 0.25
+"""The shipped GLIGEN's box hit rate floor and its lead over the same prompts without a box (see the model card)."""
 
 CONFIG = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
               down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -138,15 +140,34 @@ def test_textbox_node_adds_comfyui_boxes_with_the_phrase_pooled_embedding():
     assert apply_textbox((), handle, boxes[0].phrase, 8, 8, 0, 0) == ()
 
 
-def box_hits(images: list[np.ndarray], box: tuple[int, int, int, int]) -> float:
-    """Fraction of images whose drawn shape's centroid (the classifier's mask) lies in the (x, y, w, h) box."""
-    from training.adapter_eval import shape_mask
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from tiny_models import engine_at
 
-    x, y, w, h = box
-    hits = 0
-    for image in images:
-        mask = shape_mask(image)
-        if mask.any():
-            rows, cols = np.nonzero(mask)
-            hits += x <= cols.mean() < x + w and y <= rows.mean() < y + h
-    return hits / len(images)
+    return engine_at(tmp_path_factory.mktemp("gligen"))
+
+
+def test_loader_lists_the_shipped_gligen_first_and_refuses_other_files(engine):
+    from safetensors.torch import save_file as save
+
+    from nodes.models.embedded import ADAPTERS
+
+    assert engine.env.models.list("gligen")[0] == ADAPTERS["gligen"][1]
+    ctx = type("Ctx", (), {"env": engine.env})()
+    (handle,) = GLIGENLoader.execute(ctx, ADAPTERS["gligen"][1])
+    model = handle.model
+    assert model.layout == "ldm" and len(model.block_names) == 3 and model.text_dim == 64
+    folder = engine.env.models.folder_dirs("gligen")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    save({"conv_in.weight": torch.zeros(4, 4, 3, 3)}, str(folder / "not_gligen.safetensors"))
+    with pytest.raises(ValueError, match="not a GLIGEN"):
+        GLIGENLoader.execute(ctx, "not_gligen.safetensors")
+
+
+def test_shipped_gligen_puts_the_shape_in_the_box(engine):
+    """The model card's measurement, smaller: shapes land in the asked corner far more often with the box."""
+    from training.gligen import box_hit_rates
+
+    figures = box_hit_rates(engine, trials=4, steps=12, seed=1)
+    assert figures["hit_rate_with_gligen"] >= HIT_WITH, figures
+    assert figures["hit_rate_with_gligen"] >= figures["hit_rate_without"] + HIT_MARGIN, figures

@@ -34,7 +34,7 @@ class GligenSettings:
     seed: int = 0
     dataset_size: int = 1024
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     caption_dropout: float = 0.1
     seconds: float = 600.0
     max_steps: int = 4000
@@ -66,8 +66,12 @@ def new_gligen(unet: torch.nn.Module, text_dim: int, blocks: str) -> GligenModel
     return GligenModel(list(chosen), [int(b.attn1.to_q.in_features) for b in chosen.values()], text_dim, context)
 
 
-def train_gligen(settings: GligenSettings, checkpoint: str | Path, work_dir: str | Path, *, log=print) -> tuple[GligenModel, dict]:
-    """Train for `settings.seconds` (or max_steps); returns the model (diffusers block names) and a record."""
+def train_gligen(settings: GligenSettings, checkpoint: str | Path, work_dir: str | Path, *, log=print,
+                 resume: bool = False) -> tuple[GligenModel, dict]:
+    """Train for `settings.seconds` (or max_steps); returns the model (diffusers block names) and a record.
+
+    The model, optimizer and step count are kept in `work_dir/gligen_state.pt`; `resume` goes on from there.
+    """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     unet, text_encoder, vae = base_modules(checkpoint, "cpu")
@@ -81,9 +85,16 @@ def train_gligen(settings: GligenSettings, checkpoint: str | Path, work_dir: str
     model = new_gligen(unet, int(text_encoder.config.hidden_size), settings.blocks).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.01)
     alphas, loss_settings = alphas_cumprod(), UnetSettings()
-    rng = random.Random(settings.seed)
-    started, step, losses = time.perf_counter(), 0, []
-    while step < settings.max_steps and time.perf_counter() - started < settings.seconds:
+    state_path, step, earlier_seconds = work_dir / "gligen_state.pt", 0, 0.0
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, earlier_seconds = int(state["step"]), float(state["seconds"])
+    rng = random.Random(settings.seed * 7919 + step)
+    started, losses = time.perf_counter(), []
+    first_step = step
+    while step - first_step < settings.max_steps and time.perf_counter() - started < settings.seconds:
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + step)
         rows = [rng.randrange(len(specs)) for _ in range(settings.batch_size)]
         captions = ["" if rng.random() < settings.caption_dropout else plain_caption(specs[r]) for r in rows]
@@ -103,11 +114,14 @@ def train_gligen(settings: GligenSettings, checkpoint: str | Path, work_dir: str
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         if step % 50 == 0:
             log(f"step {step} loss {sum(losses[-50:]) / 50:.4f} ({time.perf_counter() - started:.0f} s)")
-    record = {"settings": asdict(settings), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
+    seconds = earlier_seconds + time.perf_counter() - started
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "seconds": seconds},
+               state_path)
+    record = {"settings": asdict(settings), "steps": step, "train_seconds": round(seconds, 1),
               "final_loss": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 4)}
     return model.eval().requires_grad_(False), record
 
@@ -118,3 +132,54 @@ def ldm_state_dict(model: GligenModel, unet: torch.nn.Module) -> dict[str, torch
     fusers = [key for key in state if ".fuser." in key]
     rules = {rule.target: rule.source for rule in unet_rules(fusers, unet.config)}
     return {rules.get(key, key): value.detach().half().contiguous() for key, value in state.items()}
+
+
+# -- evaluation -------------------------------------------------------------------------------------------
+
+BOX = 56
+"""Evaluation boxes: 56 x 56 px (a shape of any size fits) in one of the four corners of the 128 px image."""
+CORNERS = ((8, 8), (64, 8), (8, 64), (64, 64))
+
+
+def box_hit(image, box: tuple[int, int, int, int]) -> bool:
+    """Whether the drawn shape's centroid (the shapes classifier's foreground mask) lies in the (x, y, w, h) box."""
+    import numpy as np
+
+    from training.adapter_eval import shape_mask
+
+    mask = shape_mask(image)
+    if not mask.any():
+        return False
+    rows, cols = np.nonzero(mask)
+    x, y, w, h = box
+    return bool(x <= cols.mean() < x + w and y <= rows.mean() < y + h)
+
+
+def box_hit_rates(engine, trials: int, *, steps: int = 20, seed: int = 0) -> dict[str, float]:
+    """Hit rates of the gligen_boxes workflow (4 images per trial) with and without its text box.
+
+    Each trial draws a seen (shape, colours) combination and a corner; the prompt names no position, the box
+    names the shape ("a red circle"); "without" runs the same prompt and seeds through the txt2img workflow.
+    """
+    from nodes.sd.shapes import training_combinations
+    from training.adapter_eval import images, workflow
+
+    rng = random.Random(seed)
+    combos = training_combinations()
+    hits = {"with": 0, "without": 0}
+    total = 0
+    for trial in range(trials):
+        shape, fg, bg = rng.choice(combos)
+        x, y = CORNERS[trial % len(CORNERS)]
+        prompt = f"a {fg} {shape} on a {bg} background"
+        grounded = workflow(engine, "gligen_boxes").with_widget("6", "text", prompt)
+        for name, value in (("text", f"a {fg} {shape}"), ("x", x), ("y", y), ("width", BOX), ("height", BOX)):
+            grounded = grounded.with_widget("11", name, value)
+        plain = workflow(engine, "txt2img").with_widget("6", "text", prompt)
+        for key, graph in (("with", grounded), ("without", plain)):
+            graph = graph.with_widget("3", "seed", seed * 1000 + trial).with_widget("3", "steps", steps)
+            found = images(engine, graph)
+            hits[key] += sum(box_hit(image, (x, y, BOX, BOX)) for image in found)
+        total += len(found)
+    return {"images": total, "hit_rate_with_gligen": round(hits["with"] / total, 3),
+            "hit_rate_without": round(hits["without"] / total, 3)}

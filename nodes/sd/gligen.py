@@ -129,6 +129,12 @@ class GligenHandle:
     def model(self) -> GligenModel:
         return resolve(self.model_ref)
 
+    @property
+    def nbytes(self) -> int:  # the manager counts a managed model; a bare module is counted here
+        if isinstance(self.model_ref, ModelRef):
+            return 0
+        return sum(p.numel() * p.element_size() for p in self.model_ref.parameters())
+
 
 def load_gligen(path: str | Path, *, manager: ModelManager | None = None) -> GligenHandle:
     """Load a GLIGEN file through the model manager (a private one when None), kept by file identity."""
@@ -244,6 +250,7 @@ def fuser_placement(unet: torch.nn.Module, gligen: GligenModel) -> list[tuple[to
     Raises:
         ValueError: a fuser names a block this UNet lacks, or its width differs from the block's.
     """
+    unet = getattr(unet, "_orig_mod", unet)  # torch.compile's wrapper: the modules are the original's
     blocks = transformer_blocks(unet)
     if gligen.layout == "ldm":
         rules = unet_rules([f"{name}.norm1.weight" for name in blocks], unet.config)
