@@ -1,11 +1,11 @@
 """A tiny GLIGEN for the embedded model: a named shape is drawn inside a box (Li et al. 2023, arXiv:2301.07093).
 
-The shipped UNet and text encoder stay frozen; a position net and gated self-attention fusers (gates at zero,
-so training starts from the unchanged model, as in the paper) learn from the shapes generator's own ground
-truth: each picture's box is the square around its shape (centre +- radius), its phrase "a <fg> <shape>", and
+The shipped UNet and text encoder stay frozen; a position net and gated self-attention fusers learn from the
+shapes generator's own ground truth: each picture's box is the square around its shape (centre +- radius), its phrase "a <fg> <shape>", and
 the caption leaves out the position words, so only the box can say where the shape goes. To stay under the
 3 MB budget the fusers sit in the down and middle blocks only (the coarse layout is decided there); the
-loader maps fusers by block name, so a file with fewer fusers loads in the same way.
+loader maps fusers by block name, so a file with fewer fusers loads in the same way. The model card says what
+it reached (so far: chance) and why the recipe departs from the paper's (GligenSettings).
 """
 
 from __future__ import annotations
