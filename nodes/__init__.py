@@ -9,6 +9,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     conditioning,
     control,
     controlnet_nodes,
+    gligen,
     image,
     latent,
     loaders,
@@ -45,6 +46,7 @@ NODE_MODULES = (
     upscaling,
     model_merging,
     vision,
+    gligen,
 )
 
 

@@ -133,6 +133,19 @@ def t2i_adapter() -> dict[str, Any]:
     return graph
 
 
+def gligen_boxes() -> dict[str, Any]:
+    """The embedded model's GLIGEN: the prompt names no position; the text box asks for the shape top left (the shipped
+    tiny GLIGEN does not place shapes yet: see the model card)."""
+    graph = base()
+    graph["10"] = {"class_type": "GLIGENLoader", "inputs": {"gligen_name": ADAPTERS["gligen"][1]}}
+    graph["11"] = {"class_type": "GLIGENTextBoxApply", "inputs": {
+        "conditioning_to": ["6", 0], "clip": ["4", 1], "gligen_textbox_model": ["10", 0], "text": "a red circle",
+        "width": 56, "height": 56, "x": 8, "y": 8}}
+    graph["3"]["inputs"]["positive"] = ["11", 0]
+    graph["9"]["inputs"]["filename_prefix"] = "gligen_boxes"
+    return graph
+
+
 def sega() -> dict[str, Any]:
     graph = base("a circle on a blue background")
     graph["20"] = {"class_type": "SemanticGuidance", "inputs": {
@@ -199,7 +212,7 @@ def style_model() -> dict[str, Any]:
 GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": hires_fix, "lora": lora,
           "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model,
           "model_merge_save": model_merge_save, "separate_vae": separate_vae, "style_model": style_model,
-          "t2i_adapter": t2i_adapter}
+          "t2i_adapter": t2i_adapter, "gligen_boxes": gligen_boxes}
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
