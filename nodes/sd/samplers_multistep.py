@@ -148,7 +148,8 @@ def host_schedule(sigmas: Tensor) -> tuple[Tensor, list[float]]:
     return host, sigma_list(host)
 
 
-def _lam(sigma: float) -> float:
+def half_log_snr(sigma: float) -> float:
+    """lambda = -log(sigma): DPM-Solver's half log signal-to-noise ratio, the variable its steps integrate in."""
     return -math.log(sigma)
 
 
@@ -179,7 +180,7 @@ def sample_dpmpp_2s_ancestral(
         if sigma_down == 0.0:
             x = denoised  # Euler to sigma 0 lands on the prediction
         else:
-            h = _lam(sigma_down) - _lam(sig[i])
+            h = half_log_snr(sigma_down) - half_log_snr(sig[i])
             sigma_mid = sig[i] * math.exp(-0.5 * h)
             x_mid = (sigma_mid / sig[i]) * x - math.expm1(-0.5 * h) * denoised
             denoised_mid = denoiser(x_mid, sigma_mid * s_in, **extra_args)
@@ -215,18 +216,18 @@ def sample_dpmpp_sde(
         if sigma_next == 0.0:
             x = denoised
             continue
-        h = _lam(sigma_next) - _lam(sigma)
+        h = half_log_snr(sigma_next) - half_log_snr(sigma)
         sigma_mid = sigma * math.exp(-r * h)
         # stage 1: stochastic step to the intermediate sigma
         down, up = get_ancestral_step(sigma, sigma_mid, eta)
-        x_mid = (down / sigma) * x - math.expm1(_lam(sigma) - _lam(down)) * denoised
+        x_mid = (down / sigma) * x - math.expm1(half_log_snr(sigma) - half_log_snr(down)) * denoised
         x_mid = x_mid + noise(sigmas.new_tensor(sigma), sigmas.new_tensor(sigma_mid)) * s_noise * up
         denoised_mid = denoiser(x_mid, sigma_mid * s_in, **extra_args)
         # stage 2: the full step with the two predictions blended to second order
         down, up = get_ancestral_step(sigma, sigma_next, eta)
         fac = 1.0 / (2.0 * r)
         denoised_d = (1.0 - fac) * denoised + fac * denoised_mid
-        x = (down / sigma) * x - math.expm1(_lam(sigma) - _lam(down)) * denoised_d
+        x = (down / sigma) * x - math.expm1(half_log_snr(sigma) - half_log_snr(down)) * denoised_d
         x = x + noise(sigmas[i], sigmas[i + 1]) * s_noise * up
     return x
 
@@ -252,10 +253,10 @@ def sample_dpmpp_2m(
         if sig[i + 1] == 0.0:
             x = denoised
         else:
-            h = _lam(sig[i + 1]) - _lam(sig[i])
+            h = half_log_snr(sig[i + 1]) - half_log_snr(sig[i])
             blended = denoised
             if old_denoised is not None:
-                r = (_lam(sig[i]) - _lam(sig[i - 1])) / h
+                r = (half_log_snr(sig[i]) - half_log_snr(sig[i - 1])) / h
                 blended = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
             x = (sig[i + 1] / sig[i]) * x - math.expm1(-h) * blended
         old_denoised = denoised
@@ -293,7 +294,7 @@ def sample_dpmpp_2m_sde(
         if sig[i + 1] == 0.0:
             x = denoised
         else:
-            h = _lam(sig[i + 1]) - _lam(sig[i])
+            h = half_log_snr(sig[i + 1]) - half_log_snr(sig[i])
             eta_h = eta * h
             x = (sig[i + 1] / sig[i]) * math.exp(-eta_h) * x - math.expm1(-h - eta_h) * denoised
             if old_denoised is not None:
@@ -337,11 +338,11 @@ def _unipc_update(
 ) -> Tensor:
     """UniP (model_t None) or UniC (model_t given) from sigma index s0 to t; history[-1] is x0 at s0,
     history[-1 - k] the prediction k steps before."""
-    h = _lam(sig[t]) - _lam(sig[s0])
+    h = half_log_snr(sig[t]) - half_log_snr(sig[s0])
     hh = -h  # data prediction integrates in -lambda
     b_h = hh if variant == "bh1" else math.expm1(hh)
     m0 = history[-1]
-    rks = [(_lam(sig[s0 - k]) - _lam(sig[s0])) / h for k in range(1, order)]
+    rks = [(half_log_snr(sig[s0 - k]) - half_log_snr(sig[s0])) / h for k in range(1, order)]
     d1s = [(history[-1 - k] - m0) / rk for k, rk in enumerate(rks, start=1)]
     R, b = _unipc_system([*rks, 1.0], hh, b_h, order)
     x_t = (sig[t] / sig[s0]) * x - math.expm1(hh) * m0

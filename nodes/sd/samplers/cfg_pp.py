@@ -22,6 +22,7 @@ from nodes.sd.samplers_multistep import (
     NoiseSampler,
     StepCallback,
     get_ancestral_step,
+    half_log_snr,
     host_schedule,
     report,
     resolve_noise,
@@ -50,9 +51,6 @@ def with_uncond_hook(extra_args: dict[str, Any] | None) -> tuple[dict[str, Any],
     capture = UncondCapture()
     return {**(extra_args or {}), UNCOND_HOOK: capture}, capture
 
-
-def _lam(sigma: float) -> float:
-    return -math.log(sigma)
 
 
 @torch.no_grad()
@@ -133,7 +131,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
         if sigma_down == 0.0:
             x = uncond
         else:
-            h = _lam(sigma_down) - _lam(sig[i])
+            h = half_log_snr(sigma_down) - half_log_snr(sig[i])
             sigma_mid = sig[i] * math.exp(-0.5 * h)
             x_mid = (sigma_mid / sig[i]) * x - math.expm1(-0.5 * h) * uncond
             uncond_mid = capture.take(denoiser(x_mid, sigma_mid * s_in, **args))
@@ -168,11 +166,11 @@ def sample_dpmpp_2m_cfg_pp(
         if sig[i + 1] == 0.0:
             x = denoised
         else:
-            h = _lam(sig[i + 1]) - _lam(sig[i])
+            h = half_log_snr(sig[i + 1]) - half_log_snr(sig[i])
             decay = math.exp(-h)
             x = denoised + decay * (x - uncond)
             if old_uncond is not None:
-                r = (_lam(sig[i]) - _lam(sig[i - 1])) / h
+                r = (half_log_snr(sig[i]) - half_log_snr(sig[i - 1])) / h
                 x = x - math.expm1(-h) / (2 * r) * (denoised - old_uncond)
         old_uncond = uncond
     return x
@@ -216,8 +214,8 @@ def res_multistep(
         if sigma_down == 0.0 or old_denoised is None:
             x = denoised + (x - uncond) * (sigma_down / sig[i])
         else:
-            h = _lam(sigma_down) - _lam(sig[i])
-            c2 = (_lam(sig[i - 1]) - _lam(old_sigma_down)) / h
+            h = half_log_snr(sigma_down) - half_log_snr(sig[i])
+            c2 = (half_log_snr(sig[i - 1]) - half_log_snr(old_sigma_down)) / h
             b1, b2 = _phi1(-h) - _phi2(-h) / c2, _phi2(-h) / c2
             b1, b2 = (0.0 if math.isnan(b) else b for b in (b1, b2))
             x = x + (denoised - uncond)

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nodes.sd.samplers_multistep import Denoiser, NoiseSampler, StepCallback, host_schedule, report, resolve_noise
+from nodes.sd.samplers_multistep import (Denoiser, NoiseSampler, StepCallback, half_log_snr, host_schedule, report,
+                                         resolve_noise)
 
-
-def _lam(sigma: float) -> float:
-    return -math.log(sigma)
 
 
 @torch.no_grad()
@@ -82,7 +80,7 @@ def sample_dpmpp_3m_sde(
         if sig[i + 1] == 0.0:
             x = denoised
             continue
-        h = _lam(sig[i + 1]) - _lam(sig[i])
+        h = half_log_snr(sig[i + 1]) - half_log_snr(sig[i])
         h_eta = h * (eta + 1)
         x = (sig[i + 1] / sig[i]) * math.exp(-h * eta) * x - math.expm1(-h_eta) * denoised
         phi_2 = math.expm1(-h_eta) / h_eta + 1
@@ -207,7 +205,7 @@ def sample_seeds_2(
         if sig[i + 1] == 0.0:
             x = denoised
             continue
-        lam_s, lam_t = _lam(sig[i]), _lam(sig[i + 1])
+        lam_s, lam_t = half_log_snr(sig[i]), half_log_snr(sig[i + 1])
         h = lam_t - lam_s
         h_eta = h * (eta + 1)
         sigma_1 = math.exp(-(lam_s + r * h))
@@ -257,7 +255,7 @@ def sample_seeds_3(
         if sig[i + 1] == 0.0:
             x = denoised
             continue
-        lam_s, lam_t = _lam(sig[i]), _lam(sig[i + 1])
+        lam_s, lam_t = half_log_snr(sig[i]), half_log_snr(sig[i + 1])
         h = lam_t - lam_s
         h_eta = h * (eta + 1)
         sigma_1, sigma_2 = math.exp(-(lam_s + r_1 * h)), math.exp(-(lam_s + r_2 * h))
