@@ -42,6 +42,24 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def kohya_files(folder: str | Path) -> list[Path]:
+    """The folder's images, then those of each subfolder in kohya-ss's `<repeats>_<name>` layout (a subfolder
+    "10_star" lists its images 10 times; one without a number prefix once), all sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = image_files(folder) if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                       for p in folder.iterdir()) else []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        prefix = sub.name.split("_")[0]
+        repeats = int(prefix) if prefix.isdigit() else 1
+        inner = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files.extend(inner * repeats)
+    if not files:
+        raise ValueError(f"image folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def caption_for(image: str | Path) -> str:
     """The caption beside an image (`<stem>.txt`, stripped), or "" when there is none."""
     text = Path(image).with_suffix(".txt")

@@ -178,8 +178,8 @@ def train(
         optimizer: one of OPTIMIZERS.
         max_grad_norm: clip the gradient's total norm to this (None: no clipping).
         progress: called after every step with (steps done, steps, loss of the step).
-        check_interrupted: called before every step; if it raises (the run was stopped), the state is saved
-            first and the exception goes on to the caller.
+        check_interrupted: called before every step; if it (or `progress`) raises because the run was stopped,
+            the state is saved first and the exception goes on to the caller.
         state_path: where the state is saved and resumed from (None: no state, no resume).
         save_every: also save every this many steps (0: only on interruption and at the end).
         settings: JSON-able description of the run (data, hyper-parameters); a saved state with other settings
@@ -232,7 +232,11 @@ def train(
             step += 1
             losses.append(total)
             if progress is not None:
-                progress(step, steps, total)
+                try:
+                    progress(step, steps, total)  # a run's progress report may also be where it stops
+                except BaseException:
+                    save()
+                    raise
             if save_every and step % save_every == 0 and step < steps:
                 save()
         save()
