@@ -74,8 +74,10 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
     losses = getattr(result.values["4"][2], "values", ())  # TrainLoraNode's LOSS_MAP
     print(out)
     summary = f"trained {args.steps} step(s) in {result.seconds:.1f} s"
-    if losses:
-        summary += f"; loss {losses[0]:.4f} at the first step, {losses[-1]:.4f} at the last"
+    if losses:  # one step's loss is noisy (its timesteps are random): mean over the first and last tenth
+        tenth = max(1, len(losses) // 10)
+        first, last = sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
+        summary += f"; mean loss {first:.4f} over the first {tenth} step(s), {last:.4f} over the last {tenth}"
     print(summary, file=sys.stderr)
     return 0
 
