@@ -60,7 +60,7 @@ def engine(tmp_path_factory):
 def training_graph(steps: int = STEPS, **train: object) -> dict:
     graph = graphs_training.lora_training()
     graph["10"]["inputs"]["folder"] = SET
-    graph["12"]["inputs"].update(steps=steps, learning_rate=0.005, **train)
+    graph["12"]["inputs"].update({"steps": steps, "learning_rate": 0.005, **train})
     graph["3"]["inputs"].update(steps=4)
     return graph
 
@@ -132,6 +132,15 @@ def test_trained_lora_changes_images_and_loads_back_through_lora_loader(engine):
     loaded = LoraModelLoader.execute(ctx, base_model, lora, 1.0)[0].unet
     for name, weight in model_with_lora.unet.named_parameters():
         assert torch.equal(dict(loaded.named_parameters())[name], weight), name
+
+    # existing_lora continues the saved file: its steps count on, and at a negligible learning rate the
+    # continued layers are the file's (so the file was read back exactly)
+    shutil.copy(loras / "trained.safetensors", loras / saved["filename"])
+    more = training_graph(steps=2, existing_lora=saved["filename"], learning_rate=1e-7, optimizer="SGD")
+    _, continued, _, total = engine.run(from_api(more), outputs=["12"]).values["12"]
+    assert total == STEPS + 2
+    for key, tensor in lora.tensors.items():
+        torch.testing.assert_close(continued.tensors[key], tensor, rtol=0, atol=1e-6)
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_lora(engine, tmp_path):
