@@ -92,7 +92,8 @@ def add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images with <name>.txt captions")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the LoRA (.safetensors)")
     p.add_argument("--steps", type=int, default=16, help="optimizer steps (default 16)")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint to train on (default: the embedded one)")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="checkpoint to train on (default: the embedded one)")
     p.add_argument("--resolution", type=int, default=0, metavar="PX",
                    help="stretch every image to PX x PX (default: keep their size, which must agree)")
     p.add_argument("--rank", type=int, default=8)

@@ -79,7 +79,8 @@ def unet_digest(unet: torch.nn.Module) -> str:
     with torch.no_grad():
         for name, param in unet.named_parameters():
             value = param.detach().double()
-            hasher.update(f"{name}{tuple(param.shape)}{float(value.sum()):.12e}{float(value.abs().sum()):.12e}".encode())
+            stats = f"{float(value.sum()):.12e}{float(value.abs().sum()):.12e}"
+            hasher.update(f"{name}{tuple(param.shape)}{stats}".encode())
     return hasher.hexdigest()[:16]
 
 
@@ -148,7 +149,8 @@ def train_lora(
 
     def step(index: int, generator: torch.Generator) -> torch.Tensor:
         call = unet_with(unet, overrides(unet, layers, alpha))
-        batch_latents, batch_states = dataset.batch(batch_indices(len(dataset), settings.batch_size, settings.seed, index))
+        rows = batch_indices(len(dataset), settings.batch_size, settings.seed, index)
+        batch_latents, batch_states = dataset.batch(rows)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             return noise_loss(call, batch_latents, batch_states, model.alphas_cumprod, generator,
                               prediction=model.prediction, loss=settings.loss_function)
@@ -156,7 +158,8 @@ def train_lora(
     state_path = None
     if state_dir is not None:
         state_path = Path(state_dir) / f"lora-{run_key(unet, data, settings, start or {})}.safetensors"
-    with torch.inference_mode(False), torch.enable_grad(), gradient_checkpointing(unet, settings.gradient_checkpointing):
+    checkpointing = gradient_checkpointing(unet, settings.gradient_checkpointing)
+    with torch.inference_mode(False), torch.enable_grad(), checkpointing:
         result = train(step, layers, steps=settings.steps, seed=settings.seed, lr=settings.learning_rate,
                        optimizer=settings.optimizer, grad_accumulation=settings.grad_accumulation_steps,
                        progress=progress, check_interrupted=check_interrupted, state_path=state_path,
