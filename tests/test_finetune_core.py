@@ -235,3 +235,26 @@ def test_lora_layers_write_kohya_files_our_loader_merges_to_the_same_weights(tin
     again = overrides(unet, from_lora_file(unet, tensors, "t"), alpha=3.0)  # alpha = rank: scale folded into up
     for name, weight in adapted.items():
         torch.testing.assert_close(again[name], weight, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_training_with_gradient_checkpointing_equals_without_and_leaves_the_unet_as_it_was(tiny):
+    from nodes.sd.finetune.lora_train import LoraSettings, train_lora
+    from nodes.sd.types import ModelHandle
+
+    unet, data = tiny
+    before = {name: p.detach().clone() for name, p in unet.named_parameters()}
+    _, alphas = _schedule()
+    model = ModelHandle(unet, "sd1", "epsilon", alphas)
+    runs = []
+    for checkpointing in (False, True):
+        settings = LoraSettings(steps=2, rank=2, learning_rate=0.01, training_dtype="fp32", lora_dtype="fp32",
+                                gradient_checkpointing=checkpointing)
+        runs.append(train_lora(model, data, settings))
+        assert not unet.is_gradient_checkpointing
+    (first, first_losses, _), (second, second_losses, _) = runs
+    assert first_losses == second_losses
+    assert all(torch.equal(first.tensors[k], second.tensors[k]) for k in first.tensors)
+    for name, p in unet.named_parameters():
+        assert isinstance(p, torch.nn.Parameter) and torch.equal(p, before[name]) and p.grad is None, name
+    with pytest.raises(ValueError, match="algorithm 'LoHa'"):
+        train_lora(model, data, LoraSettings(algorithm="LoHa"))
