@@ -25,6 +25,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     utils,
     vae_nodes,
     vision,
+    xyz,
 )
 
 NODE_MODULES = (
@@ -47,6 +48,7 @@ NODE_MODULES = (
     model_merging,
     vision,
     gligen,
+    xyz,
 )
 
 
