@@ -3,6 +3,7 @@ and its PNG metadata, the metric chart, and a 2x2 sweep on the embedded model (C
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -239,3 +240,99 @@ def test_plot_metric_in_a_graph_takes_float_lists(tmp_path):
                   [("1", 0, "2", "x"), ("2", 0, "3", "unused"), ("3", 0, "4", "y"), ("2", 1, "4", "x")])
     data = json.loads(engine.run(wf).values["4"][1])
     assert data["series"] == {"": {"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0]}}
+
+
+# --- on the embedded model: a 2 x 2 sweep, from the engine, the CLI and the server ----------------------------------
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import graphs_xyz  # noqa: E402
+
+
+def seed_sweep(seeds: str) -> dict:
+    """Seeds (x) x steps (y) on the embedded model, one image per cell."""
+    graph = graphs_xyz.samplers_steps(steps=(2, 3), batch_size=1)
+    graph["20"] = {"class_type": "XYZValueList", "inputs": {"title": "seed", "kind": "INT", "values": seeds}}
+    graph["3"]["inputs"].update(seed=["22", 0], sampler_name="euler")
+    return graph
+
+
+class CallLog(Hooks):
+    """Which nodes ran, and which calls of a node run once per cell ran (read from its progress: step v of
+    call i of n is reported as i * steps + v of n * steps)."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.calls: set[tuple[str, int]] = set()
+
+    def node_end(self, run, node_id, node_type, *, cached, ui, seconds, **future):
+        if not cached:
+            self.ran.append(node_type)
+
+    def progress(self, run, node_id, value, total, preview=None, **future):
+        per_call = total // 4
+        self.calls.add((node_id, (value - 1) // per_call))
+
+
+@pytest.fixture(scope="module")
+def embedded_engine(tmp_path_factory):
+    from tiny_models import engine_at
+
+    torch.set_num_threads(1)
+    return engine_at(tmp_path_factory.mktemp("xyz"))
+
+
+def test_a_seed_sweep_reruns_only_the_sampler_and_what_follows_for_the_changed_cells(embedded_engine):
+    from nodegraph.formats.api import from_api
+
+    first = CallLog()
+    result = embedded_engine.run(from_api(seed_sweep("1, 2")), hooks=[first])
+    assert first.ran.count("CheckpointLoaderSimple") <= 1 and first.ran.count("CLIPTextEncode") <= 2
+    assert {call for node, call in first.calls if node == "3"} == {0, 1, 2, 3}
+    grid = result.values["23"][0]
+    assert grid.shape[0] == 1 and grid.shape[1] > 2 * 128 and grid.shape[2] > 2 * 128
+    second = CallLog()
+    again = embedded_engine.run(from_api(seed_sweep("1, 5")), hooks=[second])
+    # the changed axis, its crossing, and the sampler and what follows; loader, text encoders, latent: cached
+    assert second.ran == ["XYZValueList", "XYZPlot", "KSampler", "VAEDecode", "XYZGrid"]
+    assert {call for node, call in second.calls if node == "3"} == {1, 3}  # the cells of seed 5 only
+    chunk = json.loads(again.values["23"][1])
+    boxes = {(c["x"]["value"], c["y"]["value"]): c["box"] for c in chunk["cells"]}
+    assert set(boxes) == {(1, 2), (5, 2), (1, 3), (5, 3)}
+    old, new = result.values["23"][0][0].numpy(), again.values["23"][0][0].numpy()
+    x0, y0, x1, y1 = boxes[(1, 2)]
+    assert np.array_equal(old[y0:y1, x0:x1], new[y0:y1, x0:x1])  # seed 1's cells are the cached pictures
+    x0, y0, x1, y1 = boxes[(5, 2)]
+    assert not np.array_equal(old[y0:y1, x0:x1], new[y0:y1, x0:x1])
+
+
+def test_the_study_workflow_runs_from_the_cli(tmp_path):
+    from nodegraph.cli import main
+
+    code = main(["run", str(ROOT / "workflows" / "xyz-samplers-steps.json"), "--output-dir", str(tmp_path / "out"),
+                 "--models-dir", str(tmp_path / "models"), "--device", "cpu", "-q",
+                 "--set", "20.values=euler, dpmpp_2m", "--set", "21.values=2, 3", "--set", "5.batch_size=1"])
+    assert code == 0
+    (saved,) = (tmp_path / "out").glob("xyz_samplers_steps_*.png")
+    with Image.open(saved) as png:
+        chunk = json.loads(png.text[GRID_KEY])
+        assert "prompt" in png.text or "nodegraph_workflow" in png.text  # the workflow rides along, as SaveImage's
+    assert chunk["axes"]["x"]["values"] == ["euler", "dpmpp_2m"] and chunk["axes"]["y"]["values"] == [2, 3]
+
+
+def test_the_grid_shows_in_the_servers_history_and_view(tmp_path, embedded_engine):
+    """What the editor's gallery reads: the prompt's history lists the grid, and /view serves it."""
+    sys.path.insert(0, str(ROOT / "tests" / "server"))
+    from server_helpers import serve, submit, wait_history
+
+    prompt = graphs_xyz.samplers_steps(samplers=("euler", "heun"), steps=(2,), batch_size=1)
+
+    async def scenario() -> None:
+        async with serve(tmp_path, engine=embedded_engine) as client:
+            queued = await submit(client, prompt)
+            history = await wait_history(client, queued["prompt_id"], timeout=40.0)
+            assert history["status"]["status_str"] == "success"
+            (image,) = history["outputs"]["23"]["images"]
+            response = await client.get("/view", params=image)
+            assert response.status == 200 and (await response.read()).startswith(b"\x89PNG")
+
+    asyncio.run(asyncio.wait_for(scenario(), 60.0))
