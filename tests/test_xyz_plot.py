@@ -336,3 +336,24 @@ def test_the_grid_shows_in_the_servers_history_and_view(tmp_path, embedded_engin
             assert response.status == 200 and (await response.read()).startswith(b"\x89PNG")
 
     asyncio.run(asyncio.wait_for(scenario(), 60.0))
+
+
+def test_a_lora_strength_sweep_runs_the_lora_loader_per_strength(embedded_engine):
+    """Strength 0 draws what the model alone draws; strength 1 draws something else."""
+    from nodegraph.formats.api import from_api
+    from nodes.models.embedded import ADAPTERS
+
+    graph = graphs_xyz.samplers_steps(steps=(2,), batch_size=1, prompt="a yellow star on a purple background, striped")
+    graph["20"] = {"class_type": "XYZFloatRange", "inputs": {"title": "lora", "start": 0.0, "stop": 1.0, "count": 2}}
+    graph["10"] = {"class_type": "LoraLoader", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "lora_name": ADAPTERS["lora"][1], "strength_model": ["22", 1],
+        "strength_clip": 1.0}}
+    graph["3"]["inputs"].update(model=["10", 0], sampler_name="euler")
+    swept = embedded_engine.run(from_api(graph), outputs=["8"]).values["8"][0]
+    plain = dict(graph)
+    plain["3"] = {**graph["3"], "inputs": {**graph["3"]["inputs"], "model": ["4", 0], "steps": 2}}
+    for node_id in ("10", "20", "21", "22", "23"):
+        plain.pop(node_id)
+    alone = embedded_engine.run(from_api(plain), outputs=["8"]).values["8"][0]
+    assert len(swept) == 2 and torch.allclose(swept[0], alone, atol=1e-5)
+    assert (swept[1] - alone).abs().mean() > 0.01
