@@ -102,7 +102,8 @@ def test_sampler_values_are_checked_against_ksamplers_options():
 
 def test_prompt_search_and_replace_labels_by_the_replacement():
     axis = run_node(XYZPromptSR, prompt="a red circle, red glow", search="red", replace="green\nlight blue")[0]
-    assert axis.values == ("a red circle, red glow", "a green circle, green glow", "a light blue circle, light blue glow")
+    assert axis.values == ("a red circle, red glow", "a green circle, green glow",
+                           "a light blue circle, light blue glow")
     assert axis.labels == ("red", "green", "light blue")
     with pytest.raises(ValueError, match="does not occur"):
         run_node(XYZPromptSR, prompt="a circle", search="red", replace="blue")

@@ -13,6 +13,13 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def _plain(value: Any) -> Any:
+    """A number as a JSON-ready int or float (numpy scalars included); anything else unchanged."""
+    if not is_number(value):
+        return value
+    return float(value) if isinstance(value, (float, np.floating)) else int(value)
+
+
 def series_data(y: Sequence[float], x: Sequence[Any], series: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
     """Points grouped by series, in first-seen series order, each series sorted by x when x is numeric.
 
@@ -31,8 +38,7 @@ def series_data(y: Sequence[float], x: Sequence[Any], series: Sequence[str]) -> 
     for name, points in grouped.items():
         if numeric:
             points = sorted(points, key=lambda point: float(point[0]))
-        data[name] = {"x": [p[0] if not is_number(p[0]) else float(p[0]) if isinstance(p[0], float) else int(p[0])
-                            for p in points], "y": [p[1] for p in points]}
+        data[name] = {"x": [_plain(p[0]) for p in points], "y": [p[1] for p in points]}
     return data
 
 

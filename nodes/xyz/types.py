@@ -62,7 +62,8 @@ class Plot:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(columns, rows, grids): the number of x, y and z values (1 for an absent axis)."""
-        return tuple(len(axis.values) if axis is not None else 1 for axis in (self.x, self.y, self.z))  # type: ignore[return-value]
+        columns, rows, grids = (len(axis.values) if axis is not None else 1 for axis in (self.x, self.y, self.z))
+        return columns, rows, grids
 
     @property
     def count(self) -> int:
