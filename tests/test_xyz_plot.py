@@ -358,3 +358,13 @@ def test_a_lora_strength_sweep_runs_the_lora_loader_per_strength(embedded_engine
     alone = embedded_engine.run(from_api(plain), outputs=["8"]).values["8"][0]
     assert len(swept) == 2 and torch.allclose(swept[0], alone, atol=1e-5)
     assert (swept[1] - alone).abs().mean() > 0.01
+
+
+def test_long_labels_wrap_to_the_column_and_short_ones_stay_whole():
+    from nodes.xyz.layout import font, wrap
+
+    face = font(20)
+    assert wrap("euler", 128, face) == "euler"
+    lines = wrap("a small yellow star in the top left on a purple background", 128, face).split("\n")
+    assert len(lines) > 2 and all(face.getlength(line) <= 128 * 1.15 for line in lines)
+    assert "".join(lines).replace(" ", "") == "asmallyellowstarinthetopleftonapurplebackground"

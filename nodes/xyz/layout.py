@@ -52,9 +52,13 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, face: ImageFont.ImageFont) 
     return int(math.ceil(right - left)), int(math.ceil(bottom - top))
 
 
-def wrap(text: str, width_px: int, size: int) -> str:
-    """Text broken into lines that fit about `width_px` (DejaVu's average glyph is ~0.55 em wide)."""
-    per_line = max(4, int(width_px / (0.58 * size)))
+def wrap(text: str, width_px: int, face: ImageFont.ImageFont) -> str:
+    """Text broken into lines that fit `width_px` as `face` draws it: whole words where it can, a long word
+    (e.g. "euler_ancestral" in a narrow column) split only when it cannot fit alone."""
+    length = face.getlength(text)
+    if length <= width_px or len(text) < 2:
+        return text
+    per_line = max(4, int(len(text) * width_px / length))
     return "\n".join(textwrap.wrap(text, per_line, break_long_words=True)) or text
 
 
@@ -100,12 +104,12 @@ def draw_grids(plot: Plot, tiles: list[np.ndarray], font_size: int = 0, gap: int
         raise ValueError(f"the plot has {plot.count} cells but {len(tiles)} pictures arrived")
     cell_h = max(t.shape[0] for t in tiles)
     cell_w = max(t.shape[1] for t in tiles)
-    size = font_size or max(10, min(32, cell_h // 8))
+    size = font_size or max(10, min(24, cell_h // 10))
     face, title_face = font(size), font(int(size * 1.2))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     columns, rows, grids = plot.shape
-    x_labels = [wrap(label, cell_w, size) for label in plot.x.labels]
-    y_labels = [wrap(label, max(cell_w // 2, 4 * size), size) for label in plot.y.labels] if plot.y else []
+    x_labels = [wrap(label, cell_w, face) for label in plot.x.labels]
+    y_labels = [wrap(label, max(cell_w // 2, 4 * size), face) for label in plot.y.labels] if plot.y else []
     label_h = max(_text_size(probe, text, face)[1] for text in x_labels) + size // 2
     title_h = _text_size(probe, plot.x.title, title_face)[1] + size // 2
     z_h = 0
