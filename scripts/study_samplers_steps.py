@@ -7,7 +7,7 @@ classifier, training/classifier.py: shape, foreground and background colour all 
 of the same prompts. Writes the grid of the workflow's own prompt, the two charts (drawn by Plot Metric's
 chart code) and a results table. The last printed line is one JSON object of the figures.
 
-    OMP_NUM_THREADS=1 nice -n 10 python scripts/study_samplers_steps.py            # the full study (~20 min)
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/study_samplers_steps.py            # the full study (~4 min of CPU)
     python scripts/study_samplers_steps.py --prompts 2 --batch 2 --steps 2,4 --samplers euler,heun --out /tmp/s
 """
 
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samplers", default=",".join(STUDY_SAMPLERS))
     parser.add_argument("--steps", default=",".join(str(s) for s in STUDY_STEPS))
-    parser.add_argument("--prompts", type=int, default=12, help="evaluation prompts (the 'seen' group's first N)")
+    parser.add_argument("--prompts", type=int, default=8, help="evaluation prompts (the 'seen' group's first N)")
     parser.add_argument("--batch", type=int, default=4, help="images per prompt and cell (noise seeds)")
     parser.add_argument("--quality", type=float, default=0.9,
                         help="target: this fraction of the best cell's accuracy (default 0.9)")
