@@ -40,14 +40,15 @@ class Swatch(Node):
         return (torch.tensor(COLOURS[colour]).mul(level / 10).expand(1, 16, 16, 3).clone(),)
 
 
-class Brightness(Node):
-    """A stand-in metric: the mean of an image (the metric nodes output one FLOAT per image batch likewise)."""
+class AsFloat(Node):
+    """A stand-in for a metric node: one FLOAT per call (here the cell's own value), as a metric fed a cell's
+    images returns."""
 
-    schema = NodeSchema(type_id="Brightness", category="test", inputs=(Int("unused", 0),), outputs=(Out("FLOAT"),))
+    schema = NodeSchema(type_id="AsFloat", category="test", inputs=(Int("value", 0),), outputs=(Out("FLOAT"),))
 
     @classmethod
-    def execute(cls, ctx: NodeContext, unused: int) -> tuple[float]:
-        return (float(unused),)
+    def execute(cls, ctx: NodeContext, value: int) -> tuple[float]:
+        return (float(value),)
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,7 @@ def make_engine(root: Path) -> Engine:
                       models=ModelPaths(roots=[root / "models"]))
     for folder in (env.output_dir, env.temp_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    return Engine(NodeRegistry((*NODES, Swatch, Brightness)), env=env)
+    return Engine(NodeRegistry((*NODES, Swatch, AsFloat)), env=env)
 
 
 # --- axes -------------------------------------------------------------------------------------------------------
@@ -237,8 +238,8 @@ def test_plot_metric_charts_the_points_it_was_given(tmp_path):
 def test_plot_metric_in_a_graph_takes_float_lists(tmp_path):
     engine = make_engine(tmp_path)
     wf = workflow({"1": ("XYZValueList", {"title": "v", "kind": "INT", "values": "1, 3, 2"}), "2": ("XYZPlot", {}),
-                   "3": ("Brightness", {}), "4": ("PlotMetric", {"y_label": "v"})},
-                  [("1", 0, "2", "x"), ("2", 0, "3", "unused"), ("3", 0, "4", "y"), ("2", 1, "4", "x")])
+                   "3": ("AsFloat", {}), "4": ("PlotMetric", {"y_label": "v"})},
+                  [("1", 0, "2", "x"), ("2", 0, "3", "value"), ("3", 0, "4", "y"), ("2", 1, "4", "x")])
     data = json.loads(engine.run(wf).values["4"][1])
     assert data["series"] == {"": {"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0]}}
 
