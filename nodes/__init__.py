@@ -26,6 +26,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     utils,
     vae_nodes,
     vision,
+    xyz,
 )
 
 NODE_MODULES = (
@@ -49,6 +50,7 @@ NODE_MODULES = (
     vision,
     gligen,
     training,
+    xyz,
 )
 
 

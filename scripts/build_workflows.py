@@ -23,6 +23,7 @@ from nodes.models.embedded import ADAPTERS, EMBEDDED_NAME  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import graphs_training  # noqa: E402
+import graphs_xyz  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
 PROMPT = "a red circle on a blue background"
@@ -217,6 +218,7 @@ GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": 
           "model_merge_save": model_merge_save, "separate_vae": separate_vae, "style_model": style_model,
           "t2i_adapter": t2i_adapter, "gligen_boxes": gligen_boxes}
 GRAPHS.update(graphs_training.GRAPHS)  # issue 19's training workflow
+GRAPHS.update(graphs_xyz.GRAPHS)  # the X/Y/Z plot study (scripts/graphs_xyz.py)
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
