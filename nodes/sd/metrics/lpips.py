@@ -116,15 +116,16 @@ def build_lpips(tensors: Mapping[str, Tensor], what: str) -> LPIPS:
         raise ValueError(f"{what}: no LPIPS backbone ({'only the linear heads' if heads else 'no lin0..lin4 heads'}"
                          f" found; expected net.sliceN.M.* or features.N.* VGG-16/AlexNet tensors too)")
     kind = "alex" if first.shape[-1] == 11 else "vgg"
-    model = LPIPS(kind)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        model = LPIPS(kind)
     state = {f"net.{k}": v for k, v in backbone.items()}
     for index in range(5):
         head = tensors.get(f"lin{index}.model.1.weight", tensors.get(f"lin{index}.model.0.weight"))
         if head is None:
             raise ValueError(f"{what}: LPIPS head lin{index}.model.1.weight missing (an lpips v0.1 file has lin0..lin4)")
         state[f"lins.{index}.weight"] = head
-    state["shift"] = tensors.get("scaling_layer.shift", model.shift).reshape(1, 3, 1, 1)
-    state["scale"] = tensors.get("scaling_layer.scale", model.scale).reshape(1, 3, 1, 1)
+    state["shift"] = tensors.get("scaling_layer.shift", torch.tensor(SHIFT)).reshape(1, 3, 1, 1)
+    state["scale"] = tensors.get("scaling_layer.scale", torch.tensor(SCALE)).reshape(1, 3, 1, 1)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -132,7 +133,7 @@ def build_lpips(tensors: Mapping[str, Tensor], what: str) -> LPIPS:
     wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
     if wrong:
         raise ValueError(f"{what}: LPIPS-{kind} tensors of the wrong shape: {wrong[:4]}")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     return model.eval().requires_grad_(False)
 
 
