@@ -41,7 +41,7 @@ def expand_prompts(text: str) -> list[str]:
 
 
 @torch.no_grad()
-def text_embeddings(clip: object, prompts: list[str], width: int | None = None) -> Tensor:
+def text_embeddings(clip: object, prompts: list[str], width: int | None = None, *, batch: int = 128) -> Tensor:
     """[N, D] unit text embeddings of prompts from a CLIP handle: the first encoder whose output width is `width`
     (any when None), its projection's `text_embeds` when it has one, else its pooled output.
 
@@ -53,12 +53,15 @@ def text_embeddings(clip: object, prompts: list[str], width: int | None = None) 
     found = []
     for encoder, tokenizer in zip(clip.encoders, clip.tokenizers):  # type: ignore[attr-defined]
         device = next(encoder.parameters()).device
-        rows = []
+        windows = []
         for prompt in prompts:
             ids = tokenizer(prompt)
             if len(ids) > tokenizer.max_length:  # CLIP score reads the first window, as CLIP itself does
                 ids = ids[: tokenizer.max_length - 1] + [ids[-1]]
-            out = encoder(input_ids=torch.tensor([tokenizer.window(ids)], device=device))
+            windows.append(tokenizer.window(ids))
+        rows = []
+        for start in range(0, len(windows), batch):  # batched: one call per prompt costs far more on a CPU
+            out = encoder(input_ids=torch.tensor(windows[start : start + batch], device=device))
             embeds = getattr(out, "text_embeds", None)
             rows.append((embeds if embeds is not None else out.pooler_output).float().cpu())
         embeddings = torch.cat(rows)
