@@ -152,7 +152,7 @@ class TowerDistance(nn.Module):
         size = int(self.tower.config.image_size)
         hidden = [self.tower(pixel_values=preprocess(x.movedim(1, -1), size), output_hidden_states=True).hidden_states
                   for x in (a, b)]
-        total = torch.zeros(a.shape[0])
+        total = torch.zeros(a.shape[0], device=a.device)
         for x, y in zip(hidden[0][1:], hidden[1][1:]):  # every layer's output, not the embeddings
             x, y = F.normalize(x, dim=-1, eps=1e-10), F.normalize(y, dim=-1, eps=1e-10)
             total = total + ((x - y) ** 2).sum(-1).mean(-1)
