@@ -46,7 +46,8 @@ class LPIPSMetric(Node):
             elif references is None:
                 raise ValueError("LPIPS mode 'references' needs the references input wired")
             else:
-                value = paired_distance(network, pixels.to(device), references[..., :3].movedim(-1, 1).float().to(device))
+                wanted = references[..., :3].movedim(-1, 1).float().to(device)
+                value = paired_distance(network, pixels.to(device), wanted)
         return NodeResult(outputs=(value,), ui={"text": [f"LPIPS {mode} {value:.4f} ({lpips_model.kind})"]})
 
 

@@ -148,13 +148,10 @@ def load_fid_inception(path: Path, *, manager: ModelManager) -> FeatureModel:
 def clip_vision_feature_model(clip_vision: Any, class_embeds: Tensor | None = None,
                               class_prompts: tuple[str, ...] = ()) -> FeatureModel:
     """FEATURE_MODEL of a CLIP_VISION handle (features: the projected image embedding), with optional classes."""
-    source = getattr(clip_vision, "source", "") or repr(clip_vision.model_ref)
-    try:
-        from nodes.sd.loading.files import file_signature
+    from nodes.sd.loading.files import file_signature
 
-        source = repr(file_signature(source))
-    except OSError:
-        pass
+    source = getattr(clip_vision, "source", "")
+    source = repr(file_signature(source)) if source and Path(source).is_file() else repr(clip_vision.model_ref)
     classes = hashlib.sha256("\n".join(class_prompts).encode()).hexdigest()[:16] if class_prompts else "none"
     return FeatureModel(model_ref=clip_vision.model_ref, kind="clip_vision", identity=f"clip_vision|{source}|{classes}",
                         class_embeds=class_embeds)

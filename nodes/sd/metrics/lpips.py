@@ -122,7 +122,7 @@ def build_lpips(tensors: Mapping[str, Tensor], what: str) -> LPIPS:
     for index in range(5):
         head = tensors.get(f"lin{index}.model.1.weight", tensors.get(f"lin{index}.model.0.weight"))
         if head is None:
-            raise ValueError(f"{what}: LPIPS head lin{index}.model.1.weight missing (an lpips v0.1 file has lin0..lin4)")
+            raise ValueError(f"{what}: LPIPS head lin{index}.model.1.weight missing (lpips v0.1 files hold lin0..lin4)")
         state[f"lins.{index}.weight"] = head
     state["shift"] = tensors.get("scaling_layer.shift", torch.tensor(SHIFT)).reshape(1, 3, 1, 1)
     state["scale"] = tensors.get("scaling_layer.scale", torch.tensor(SCALE)).reshape(1, 3, 1, 1)
