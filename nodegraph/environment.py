@@ -25,6 +25,8 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "text_encoders": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "clip_vision": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "hypernetworks": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "inception": (".safetensors", ".pt", ".pth"),  # FID's Inception-v3 (pytorch-fid's pt_inception-*.pth)
+    "lpips": (".safetensors", ".pt", ".pth"),  # LPIPS networks (the lpips package's layout)
 }
 """ComfyUI's model folder names and the file types each lists."""
 

@@ -16,6 +16,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     loaders_advanced,
     lora_nodes,
     mask,
+    metrics,
     model_loaders,
     model_merging,
     model_patches,
@@ -51,6 +52,7 @@ NODE_MODULES = (
     gligen,
     training,
     xyz,
+    metrics,
 )
 
 
@@ -60,3 +62,4 @@ def register(registry: NodeRegistry) -> None:
         for node in module.NODES:
             registry.register(node)
     registry.add_environment_setup(add_embedded_checkpoint)
+    registry.add_environment_setup(metrics.add_builtin_networks)

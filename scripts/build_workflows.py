@@ -21,7 +21,8 @@ from nodegraph.registry import default_registry  # noqa: E402
 from nodegraph.workflow import Workflow, dump_workflow  # noqa: E402
 from nodes.models.embedded import ADAPTERS, EMBEDDED_NAME  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts"))  # the per-topic graph modules beside this script
+import graphs_metrics  # noqa: E402
 import graphs_training  # noqa: E402
 import graphs_xyz  # noqa: E402
 
@@ -219,6 +220,7 @@ GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": 
           "t2i_adapter": t2i_adapter, "gligen_boxes": gligen_boxes}
 GRAPHS.update(graphs_training.GRAPHS)  # issue 19's training workflow
 GRAPHS.update(graphs_xyz.GRAPHS)  # the X/Y/Z plot study (scripts/graphs_xyz.py)
+GRAPHS.update(graphs_metrics.GRAPHS)  # evaluation metrics on a small batch
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
@@ -282,6 +284,7 @@ def build() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
 
 def main() -> None:
     example_images()
+    graphs_metrics.write_reference_images(WORKFLOWS / "input")
     (WORKFLOWS / "comfyui").mkdir(exist_ok=True)
     for name, (native, ui) in build().items():
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(native, indent=2) + "\n")

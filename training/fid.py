@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nodes.sd.metrics import statistics as stats
+
 FEATURES_NAME = "SF-FID v1: RGB histogram 4^3 + 4x4x8 HOG at 64 px, 192-d"
 _GRID, _ORIENTATIONS, _SIDE = 4, 8, 64
 
@@ -59,21 +61,12 @@ def features(images: Sequence[Image.Image]) -> np.ndarray:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets [N, D].
-
-    The trace of the matrix square root is taken as the sum of square roots of the eigenvalues of
-    S_a^1/2 S_b S_a^1/2 (symmetric, so no complex round-off as with scipy's sqrtm).
-    """
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets [N, D]: the metric nodes' FID
+    (nodes/sd/metrics/statistics.py), one implementation for both."""
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("FID needs at least two images on each side")
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    sigma_a = torch.from_numpy(np.cov(a, rowvar=False)).double()
-    sigma_b = torch.from_numpy(np.cov(b, rowvar=False)).double()
-    values, vectors = torch.linalg.eigh(sigma_a)
-    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-    cross = torch.linalg.eigvalsh(root_a @ sigma_b @ root_a).clamp(min=0).sqrt().sum()
-    trace = torch.trace(sigma_a) + torch.trace(sigma_b) - 2.0 * cross
-    return float(((mu_a - mu_b) ** 2).sum() + trace)
+    return stats.frechet_distance(stats.gaussian_stats(torch.from_numpy(np.asarray(a, dtype=np.float64))),
+                                  stats.gaussian_stats(torch.from_numpy(np.asarray(b, dtype=np.float64))))
 
 
 def fid(generated: Sequence[Image.Image], real: Sequence[Image.Image]) -> float:
