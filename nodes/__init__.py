@@ -9,6 +9,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     conditioning,
     control,
     controlnet_nodes,
+    editing,
     gligen,
     image,
     latent,
@@ -47,6 +48,7 @@ NODE_MODULES = (
     model_merging,
     vision,
     gligen,
+    editing,
 )
 
 
