@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scheduler", default="simple")
     parser.add_argument("--cfg", type=float, default=6.0, help="DiffEdit's mask and edit guidance")
@@ -59,7 +60,7 @@ def evaluate_inversion(ck, args) -> dict[str, float]:  # noqa: ANN001
 
     figures: dict[str, list[float]] = {}
     sigmas = inversion_sigmas(ck.model, args.scheduler, args.steps)
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         shape, fg = SHAPES[seed % len(SHAPES)], list(COLOURS)[seed % len(COLOURS)]
         src = source_image(ck.vae, shape, fg, background_for(seed, (fg,)), seed)
         pos, neg = cond(ck.clip, src.caption), cond(ck.clip, "")
@@ -87,7 +88,7 @@ def evaluate_diffedit(ck, args) -> dict[str, float]:  # noqa: ANN001
 
     ious, outside, inside, green, kept_bg, passed = [], [], [], [], [], []
     sigmas = inversion_sigmas(ck.model, args.scheduler, args.steps)
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         bg = background_for(seed, ("red", "green"))
         src = source_image(ck.vae, "circle", "red", bg, seed)
         article = "an" if bg[0] in "aeiou" else "a"
@@ -139,7 +140,7 @@ def evaluate_pix2pix_zero(ck, args) -> dict[str, float]:  # noqa: ANN001
                                [encode(ck.clip, t).embeds for t in target_caps])
     sigmas = inversion_sigmas(ck.model, args.scheduler, args.steps)
     figures: dict[str, list[float]] = {}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         fg = [name for name in COLOURS][seed % len(COLOURS)]
         bg = background_for(seed, (fg,))
         src = source_image(ck.vae, "circle", fg, bg, seed)
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     ck = load_checkpoint(EMBEDDED_PATH)
     wanted = args.only or ["inversion", "diffedit", "pix2pix_zero"]
-    metrics: dict[str, object] = {"seeds": args.seeds, "steps": args.steps, "scheduler": args.scheduler}
+    metrics: dict[str, object] = {"seeds": args.seeds, "first_seed": args.first_seed, "steps": args.steps,
+                                  "scheduler": args.scheduler}
     started = time.monotonic()
     for name, run in (("inversion", evaluate_inversion), ("diffedit", evaluate_diffedit),
                       ("pix2pix_zero", evaluate_pix2pix_zero)):
