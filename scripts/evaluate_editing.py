@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in wanted:
             metrics.update(run(ck, args))
     metrics["wall_s"] = round(time.monotonic() - started, 1)
-    metrics["command"] = shlex.join(["python", "scripts/evaluate_editing.py", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else argv
+    metrics["command"] = shlex.join(["python", "scripts/evaluate_editing.py", *given])
     print(json.dumps(metrics))
     return 0
 
