@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p2p-cfg", type=float, default=3.0, help="Pix2Pix-Zero's reconstruction and edit guidance")
     parser.add_argument("--amount", type=float, default=0.1, help="Pix2Pix-Zero cross-attention guidance step")
     parser.add_argument("--strength", type=float, default=0.5, help="DiffEdit mask noise strength")
+    parser.add_argument("--inpaint-strength", type=float, default=1.0,
+                        help="DiffEdit: invert and repaint this fraction of the schedule (diffusers' inpaint_strength)")
     parser.add_argument("--num-maps", type=int, default=10)
     parser.add_argument("--threshold-ratio", type=float, default=3.0)
     parser.add_argument("--position-tolerance", type=float, default=0.1)
@@ -86,8 +88,8 @@ def evaluate_diffedit(ck, args) -> dict[str, float]:  # noqa: ANN001
     from nodes.sd.types import Latent
     from training.classifier import classify
 
-    ious, outside, inside, green, kept_bg, passed = [], [], [], [], [], []
-    sigmas = inversion_sigmas(ck.model, args.scheduler, args.steps)
+    ious, outside, inside, green, green_fg, kept_bg, passed = [], [], [], [], [], [], []
+    sigmas = inversion_sigmas(ck.model, args.scheduler, args.steps, args.inpaint_strength)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         bg = background_for(seed, ("red", "green"))
         src = source_image(ck.vae, "circle", "red", bg, seed)
@@ -110,12 +112,14 @@ def evaluate_diffedit(ck, args) -> dict[str, float]:  # noqa: ANN001
         inside.append(float(change[region].mean()) if region.any() else 0.0)
         result = classify(as_uint8(edited))
         green.append(float(result.fg == "green" and result.shape == "circle"))
+        green_fg.append(float(result.fg == "green"))
         kept_bg.append(float(result.bg == bg))
         passed.append(float(ious[-1] >= 0.6))
         print(f"diffedit seed {seed}: iou {ious[-1]:.3f} outside {outside[-1]:.4f} inside {inside[-1]:.3f} "
               f"-> {result.fg} {result.shape} on {result.bg}", file=sys.stderr)
     return {"diffedit_mask_iou_mean": mean(ious), "diffedit_mask_iou_min": min(ious),
             "diffedit_iou_ge_0.6_rate": mean(passed), "diffedit_green_circle_rate": mean(green),
+            "diffedit_green_rate": mean(green_fg),
             "diffedit_background_kept_rate": mean(kept_bg), "diffedit_outside_change_mean": mean(outside),
             "diffedit_outside_change_max": max(outside), "diffedit_inside_change_mean": mean(inside)}
 
