@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -176,6 +176,6 @@ def sample_back(model: ModelHandle, positive: Sequence[CondItem], negative: Sequ
     from nodes.sd.sampler_spec import SamplerSpec
 
     guider = CFGGuide(model, tuple(positive), tuple(negative), cfg)
-    result = sample_custom(Noise(0, enabled=False), guider, SamplerSpec("euler"), sigmas, replace(inverted),
+    result = sample_custom(Noise(0, enabled=False), guider, SamplerSpec("euler"), sigmas, inverted,
                            keep_denoised=False)
     return result.output
