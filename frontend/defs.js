@@ -154,6 +154,7 @@ const KNOWN_COLOURS = {
   NOISE: "#b0b0b0",
   SAMPLER: "#ecb4b4",
   GUIDER: "#66ffff",
+  CROSS_ATTENTION_MAPS: "#f2a65a",
   INT: "#7dc5ff",
   FLOAT: "#c7e6a8",
   STRING: "#9be79b",

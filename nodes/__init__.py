@@ -9,6 +9,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     conditioning,
     control,
     controlnet_nodes,
+    editing,
     gligen,
     image,
     latent,
@@ -53,6 +54,7 @@ NODE_MODULES = (
     training,
     xyz,
     metrics,
+    editing,
 )
 
 
