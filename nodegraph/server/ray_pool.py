@@ -79,6 +79,8 @@ class RayWorkers:
         """Per prompt: from its claim to the worker being handed it (the dispatcher's own overhead)."""
         self.lost: list[str] = []
         """Prompts whose worker died while running them."""
+        self.assignments: dict[str, str] = {}
+        """Prompt id -> the worker that last ran it (bounded to the most recent prompts)."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -188,6 +190,9 @@ class RayWorkers:
                     slot = choose(self.slots, keys)
                     assert slot is not None  # an idle slot exists and only this loop takes slots
                     slot.busy, slot.running = True, item.prompt_id
+                    self.assignments[item.prompt_id] = slot.name
+                    while len(self.assignments) > 10_000:
+                        del self.assignments[next(iter(self.assignments))]
                     task = asyncio.create_task(self._drive(slot, item, keys, claimed_at))
                     self._drives.add(task)
                     task.add_done_callback(self._drives.discard)
