@@ -9,6 +9,7 @@ forwards them to the /ws clients. `run` returns the prompt's outputs and status 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import threading
 from pathlib import Path
@@ -85,8 +86,10 @@ class WorkerProcess:
     def info(self) -> dict[str, Any]:
         import torch
 
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return {"name": self.name, "device": str(self.engine.env.device), "pid": os.getpid(),
-                "host": socket.gethostname(), "threads": torch.get_num_threads()}
+                "host": socket.gethostname(), "threads": torch.get_num_threads(),
+                "cpu_seconds": usage.ru_utime + usage.ru_stime}
 
     def run(self, item: dict[str, Any], previews: bool = False, send_files: bool = False) -> dict[str, Any]:
         """Run one queued prompt; returns {"outputs", "messages", "status", "files"} (never raises for the
