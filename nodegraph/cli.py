@@ -231,7 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"{exc} (use another --data-dir)") from None
     config = _config(args, input_dir=Path(args.input_dir) if args.input_dir else data_dir / "input",
                      temp_dir=data_dir / "temp")
-    if args.workers or args.ray:
+    if args.workers is not None or args.ray:
         server.ray = _ray_settings(args, config)
     engine = build_engine(config, load_node_packs(args.nodes_module) if args.nodes_module else None)
     for pack, error in engine.registry.load_errors.items():

@@ -1,4 +1,5 @@
-"""`serve --workers N` on a local Ray runtime: one queue, two worker processes, nothing lost when one dies."""
+"""`serve --workers N` on a local Ray runtime: one queue, two worker processes, nothing lost when one dies, and
+/interrupt reaching the worker that runs the prompt."""
 
 from __future__ import annotations
 
@@ -72,11 +73,20 @@ async def _killed(root):
         ray.kill(pool._actors[pool.assignments[victim]])
         entry = await wait_history(client, victim, timeout=TIMEOUT / 2)
         after = (await (await client.get("/queue")).json())
-        return victim, entry, pool, after
+        long = (await submit(client, api_prompt(8, steps=500, delay=0.02)))["prompt_id"]
+        async with asyncio.timeout(TIMEOUT / 4):
+            while long not in pool.assignments:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        await client.post("/interrupt", json={"prompt_id": long})
+        stopped = await wait_history(client, long, timeout=TIMEOUT / 4)
+        return victim, entry, pool, after, stopped
 
 
 def test_a_killed_worker_has_its_prompt_run_elsewhere_once(tmp_path):
-    victim, entry, pool, queue = asyncio.run(asyncio.wait_for(_killed(tmp_path), TIMEOUT))
+    victim, entry, pool, queue, stopped = asyncio.run(asyncio.wait_for(_killed(tmp_path), TIMEOUT))
     assert pool.lost == [victim]
     assert entry["status"]["status_str"] == "success" and entry["outputs"]["3"]["value"] == [7]
     assert queue == {"queue_running": [], "queue_pending": []}
+    # /interrupt with a prompt id reaches the worker running it
+    assert [m[0] for m in stopped["status"]["messages"]][-1] == "execution_interrupted"
