@@ -44,7 +44,8 @@ class RaySettings:
         threads: torch threads per CPU worker (default: the machine's cores shared out).
         send_files: workers send their output files back (needed when they run on other machines; the
             default is True when joining a cluster, False for a local runtime that shares this file system).
-        max_attempts: how often a prompt may be started (one lost with its worker is re-queued until then).
+        max_attempts: how often a prompt may be started (one lost with its worker is re-queued until then);
+            the server sets it from its own `ServerConfig.max_attempts`.
     """
 
     workers: int = 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable
@@ -37,7 +38,8 @@ class ServerState:
         if config.ray is not None:
             from .ray_pool import RayWorkers
 
-            self.worker = RayWorkers(config.ray, store, hub, self.db, self.broadcast_status, engine.env)
+            settings = dataclasses.replace(config.ray, max_attempts=config.max_attempts)
+            self.worker = RayWorkers(settings, store, hub, self.db, self.broadcast_status, engine.env)
         else:
             self.worker = Worker(engine, store, hub, self.db, self.broadcast_status, self.compile_lock,
                                  batch_prompts=config.batch_prompts)
