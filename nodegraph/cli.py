@@ -221,15 +221,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port < 0 or args.port > 65535:
         raise CliError(f"--port {args.port}: not a TCP port")
     token = args.token or os.environ.get("NODEGRAPH_TOKEN") or None
+    if args.batch_prompts < 1:
+        raise CliError(f"--batch-prompts {args.batch_prompts}: must be at least 1")
     server = ServerConfig(host=args.listen, port=args.port, token=token, data_dir=data_dir,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                          max_upload_pixels=int(args.max_upload_megapixels * 1_000_000), front_end=args.front_end)
+                          max_upload_pixels=int(args.max_upload_megapixels * 1_000_000), front_end=args.front_end,
+                          batch_prompts=args.batch_prompts)
     try:
         check_not_locked(server.database_path)  # before loading the node packs, which takes seconds
     except StoreLocked as exc:
         raise CliError(f"{exc} (use another --data-dir)") from None
     config = _config(args, input_dir=Path(args.input_dir) if args.input_dir else data_dir / "input",
                      temp_dir=data_dir / "temp")
+    if args.workers is not None or args.ray:
+        server.ray = _ray_settings(args, config)
     engine = build_engine(config, load_node_packs(args.nodes_module) if args.nodes_module else None)
     for pack, error in engine.registry.load_errors.items():
         print(f"warning: node pack {pack!r} failed to load: {error}", file=sys.stderr)
@@ -242,6 +247,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen on {args.listen}:{args.port}: {exc.strerror or exc}") from None
     return 0
+
+
+def _ray_settings(args: argparse.Namespace, config: AppConfig) -> Any:
+    """--workers / --ray: Ray worker actors (the `ray` extra) instead of the in-process worker."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise CliError("--workers/--ray need Ray: pip install 'nodegraph[ray]'") from None
+    from .server.ray_pool import RaySettings
+
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers {args.workers}: must be at least 1")
+    return RaySettings(workers=args.workers or 1, address=args.ray, app_config=config,
+                       nodes_modules=tuple(args.nodes_module), threads=args.worker_threads)
 
 
 def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -267,6 +286,16 @@ def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--front-end", choices=("nodegraph", "comfyui"), default="nodegraph",
                    help="the web page at /: our editor (default) or ComfyUI's own frontend, from the "
                         "comfyui-frontend extra (pip install 'nodegraph[comfyui-frontend]'); the API is the same")
+    p.add_argument("--batch-prompts", type=int, default=1, metavar="N",
+                   help="run up to N queued prompts of one shape together, their sampler calls stacked into one "
+                        "UNet call (same images as one at a time; default 1: off)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run prompts on N worker processes on a local Ray runtime (one GPU each where there are "
+                        "enough; needs the ray extra: pip install 'nodegraph[ray]')")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="join the Ray cluster at ADDRESS (e.g. auto, ray://head:10001) for the --workers")
+    p.add_argument("--worker-threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads per worker (default: the cores shared out among the workers)")
     p.set_defaults(func=cmd_serve)
 
 

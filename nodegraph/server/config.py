@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORT = 8188
 """ComfyUI's port, so existing clients find us without changes."""
@@ -26,6 +27,9 @@ class ServerConfig:
         static_dir: the editor's files; None means the chosen front end's (see `front_end`).
         front_end: "nodegraph" (our editor, the `frontend` package) or "comfyui" (the installed
             `comfyui-frontend-package`); the API is the same for both.
+        batch_prompts: the in-process worker runs up to this many queued prompts of one shape side by side,
+            stacking their sampler calls (1: one prompt at a time).
+        ray: run prompts on Ray worker actors (`ray_pool.RaySettings`) instead of in this process.
     """
 
     host: str = "127.0.0.1"
@@ -39,6 +43,8 @@ class ServerConfig:
     durable: bool = True
     """fsync every queue change (see `QueueStore`)."""
     front_end: str = "nodegraph"
+    batch_prompts: int = 1
+    ray: Any = None
 
     @property
     def user_dir(self) -> Path:

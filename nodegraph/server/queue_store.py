@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,17 +166,40 @@ class QueueStore:
                     db.execute("UPDATE prompts SET state = 'pending', started_at = NULL WHERE seq = ?", (row["seq"],))
                     requeued.append(row["prompt_id"])
                     continue
-                reason = (f"the server stopped while this prompt was running, {row['attempts']} time(s) of "
-                          f"{max_attempts} allowed; it is not tried again")
-                data = {"prompt_id": row["prompt_id"], "node_id": None, "node_type": None, "executed": [],
-                        "exception_message": reason, "exception_type": "ServerStopped", "traceback": [],
-                        "current_inputs": {}, "current_outputs": [], "timestamp": int(time.time() * 1000)}
-                status = {"status_str": "error", "completed": False, "messages": [["execution_error", data]]}
-                db.execute("UPDATE prompts SET state = 'done', finished_at = ?, history_seq = ?, outputs = '{}',"
-                           " status = ?, meta = '{}' WHERE seq = ?",
-                           (time.time(), _next(db, "history"), _dump(status), row["seq"]))
+                _fail(db, row, "ServerStopped", f"the server stopped while this prompt was running, {row['attempts']} "
+                      f"time(s) of {max_attempts} allowed; it is not tried again")
                 failed.append(row["prompt_id"])
         return requeued, failed
+
+    def claim_more(self, accept: Callable[[dict[str, Any]], bool], limit: int, scan: int = 64) -> list[QueueItem]:
+        """Claim up to `limit` more pending prompts, in queue order among the first `scan`, whose prompt
+        `accept` takes (prompts a worker can run side by side with one it has just claimed)."""
+        claimed: list[QueueItem] = []
+        with self._transaction(fsync=False) as db:
+            rows = db.execute("SELECT * FROM prompts WHERE state = 'pending' ORDER BY number, seq LIMIT ?",
+                              (scan,)).fetchall()
+            for row in rows:
+                if len(claimed) == limit:
+                    break
+                item = _item(row, attempts=row["attempts"] + 1)
+                if accept(item.prompt):
+                    db.execute("UPDATE prompts SET state = 'running', attempts = attempts + 1, started_at = ?"
+                               " WHERE seq = ?", (time.time(), row["seq"]))
+                    claimed.append(item)
+        return claimed
+
+    def requeue_lost(self, prompt_id: str, max_attempts: int, reason: str) -> bool:
+        """A worker died running this prompt: back in the queue (True) while it has attempts left, else
+        recorded as failed with `reason`. Only a prompt still running is touched, so it never runs twice."""
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM prompts WHERE prompt_id = ? AND state = 'running'", (prompt_id,)).fetchone()
+            if row is None:
+                return False
+            if row["attempts"] < max_attempts:
+                db.execute("UPDATE prompts SET state = 'pending', started_at = NULL WHERE seq = ?", (row["seq"],))
+                return True
+            _fail(db, row, "WorkerLost", f"{reason}; tried {row['attempts']} time(s) of {max_attempts} allowed")
+            return False
 
     def queue(self) -> tuple[list[QueueItem], list[QueueItem]]:
         """(running, pending), pending in the order they will run."""
@@ -286,6 +310,15 @@ def _exclusive_lock(path: Path) -> Any:
         handle.close()
         raise StoreLocked(f"{path.parent} is in use by another nodegraph server") from None
     return handle
+
+
+def _fail(db: sqlite3.Connection, row: sqlite3.Row, kind: str, reason: str) -> None:
+    data = {"prompt_id": row["prompt_id"], "node_id": None, "node_type": None, "executed": [],
+            "exception_message": reason, "exception_type": kind, "traceback": [],
+            "current_inputs": {}, "current_outputs": [], "timestamp": int(time.time() * 1000)}
+    status = {"status_str": "error", "completed": False, "messages": [["execution_error", data]]}
+    db.execute("UPDATE prompts SET state = 'done', finished_at = ?, history_seq = ?, outputs = '{}',"
+               " status = ?, meta = '{}' WHERE seq = ?", (time.time(), _next(db, "history"), _dump(status), row["seq"]))
 
 
 def _next(db: sqlite3.Connection, name: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable
@@ -33,7 +34,15 @@ class ServerState:
         self.hub = hub
         self.compile_lock = threading.Lock()
         self._db_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nodegraph-db")
-        self.worker = Worker(engine, store, hub, self.db, self.broadcast_status, self.compile_lock)
+        self.worker: Any
+        if config.ray is not None:
+            from .ray_pool import RayWorkers
+
+            settings = dataclasses.replace(config.ray, max_attempts=config.max_attempts)
+            self.worker = RayWorkers(settings, store, hub, self.db, self.broadcast_status, engine.env)
+        else:
+            self.worker = Worker(engine, store, hub, self.db, self.broadcast_status, self.compile_lock,
+                                 batch_prompts=config.batch_prompts)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the database thread."""
@@ -44,6 +53,14 @@ class ServerState:
         """Validate (thread-safe with the worker's compiles). Raises ValidationFailed."""
         with self.compile_lock:
             return self.engine.compile(workflow, outputs)
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """/system_stats' "workers": each worker's name, device and what it runs."""
+        if hasattr(self.worker, "workers_info"):
+            return self.worker.workers_info()
+        device = str(getattr(self.engine.env, "device", "cpu"))
+        return [{"name": "local", "device": device, "alive": True, "busy": bool(self.worker.running),
+                 "running": sorted(self.worker.running), "batch_prompts": self.worker.batch_prompts}]
 
     def status_data(self, remaining: int) -> dict[str, Any]:
         return {"status": {"exec_info": {"queue_remaining": remaining}}}

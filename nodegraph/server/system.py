@@ -83,9 +83,12 @@ def system_stats(device: str, manager: ModelManager | None = None) -> dict[str, 
 
 
 async def get_system_stats(request: web.Request) -> web.Response:
-    env = request.app[STATE].engine.env
+    state = request.app[STATE]
+    env = state.engine.env
     manager = getattr(env, "model_manager", None)
-    return json_response(await asyncio.to_thread(system_stats, str(getattr(env, "device", "cpu")), manager))
+    stats = await asyncio.to_thread(system_stats, str(getattr(env, "device", "cpu")), manager)
+    stats["workers"] = state.workers_info()
+    return json_response(stats)
 
 
 def model_folders(env: Any) -> list[str]:

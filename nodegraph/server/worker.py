@@ -1,8 +1,13 @@
-"""The one worker: takes prompts from the SQLite queue in order and runs them on the shared Engine.
+"""The in-process worker: takes prompts from the SQLite queue in order and runs them on the shared Engine.
 
 The engine runs on a dedicated daemon thread (so a stuck node cannot hold the process at exit); this
 coroutine, on the event loop, does all bookkeeping. A failing or interrupted prompt is recorded in the
 history and the queue goes on.
+
+With `batch_prompts` N > 1 it claims, with the next prompt, up to N - 1 more queued prompts of the same shape
+(`dispatch.shape_signature`) and runs them side by side, one thread and one Engine each (sharing the output cache
+and the model manager), joined in a `nodegraph.batching.Rendezvous` so their sampler calls stack into one UNet call.
+Each prompt keeps its own events, result, interruption and failure.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..batching import Rendezvous, joined
 from ..context import CancelToken
 from ..errors import Interrupted, NodeExecutionError, ValidationFailed
-from ..models import release_memory
 from ..executor import Engine, RunResult
+from ..models import release_memory
+from .dispatch import shape_signature
 from .events import PromptEvents
 from .queue_store import QueueItem, QueueStore
 from .submit import build_workflow, run_metadata
@@ -79,19 +86,28 @@ class Worker:
         db: runs a store call off the event loop (`await db(store.method, *args)`).
         on_queue_change: called on the loop with the prompts remaining after each one finishes.
         compile_lock: shared with submission-time validation (the engine's plan memo is not thread-safe).
+        batch_prompts: how many prompts of one shape may run side by side with stacked sampler calls.
     """
 
     def __init__(self, engine: Engine, store: QueueStore, hub: WebSocketHub,
                  db: Callable[..., Awaitable[Any]], on_queue_change: Callable[[int], None],
-                 compile_lock: threading.Lock) -> None:
+                 compile_lock: threading.Lock, *, batch_prompts: int = 1) -> None:
+        if batch_prompts < 1:
+            raise ValueError(f"batch_prompts must be at least 1, got {batch_prompts}")
         self.engine = engine
         self.store = store
         self.hub = hub
         self.db = db
         self.on_queue_change = on_queue_change
         self.compile_lock = compile_lock
-        self.current: Running | None = None
-        self._runner = RunThread()
+        self.batch_prompts = batch_prompts
+        self.running: dict[str, Running] = {}
+        self._engines = [engine] + [Engine(engine.registry, env=engine.env, cache=engine.cache, hooks=engine.hooks)
+                                    for _ in range(batch_prompts - 1)]
+        self._runners = [RunThread(f"nodegraph-run-{i}") for i in range(batch_prompts)]
+        self._runner = self._runners[0]
+        self.last_group: dict[str, Any] = {}
+        """The last group run: its prompt ids and its rendezvous' counts (what stacked)."""
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -104,19 +120,19 @@ class Worker:
         self._wake.set()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Stop the running prompt (only if it is `prompt_id`, when given); True if one was asked to stop."""
-        current = self.current
-        if current is None or (prompt_id is not None and current.item.prompt_id != prompt_id):
-            return False
-        current.cancel.cancel()
-        return True
+        """Stop the running prompt (only `prompt_id`, when given; else every running one); True if one was
+        asked to stop."""
+        targets = [r for r in self.running.values() if prompt_id is None or r.item.prompt_id == prompt_id]
+        for running in targets:
+            running.cancel.cancel()
+        return bool(targets)
 
     def current_node(self, client_id: str) -> tuple[str, str] | None:
         """(prompt id, node id) being executed for this client, to re-announce it on reconnect."""
-        current = self.current
-        if current is None or current.item.client_id != client_id or current.events.current_node is None:
-            return None
-        return current.item.prompt_id, current.events.current_node
+        for current in self.running.values():
+            if current.item.client_id == client_id and current.events.current_node is not None:
+                return current.item.prompt_id, current.events.current_node
+        return None
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         """Drop cached outputs and node packs' model caches, between prompts (never under a running one)."""
@@ -125,15 +141,16 @@ class Worker:
     async def stop(self, timeout: float = 10.0) -> None:
         """Interrupt the running prompt (it goes back to the queue, its attempt not counted) and stop."""
         self._stopping = True
-        if self.current is not None:
-            self.current.cancel.cancel()
+        for running in list(self.running.values()):
+            running.cancel.cancel()
         self._wake.set()
         if self._task is not None:
             done, _ = await asyncio.wait([self._task], timeout=timeout)
             if not done:
                 log.warning("a node did not stop within %.0f s; leaving it to be re-queued at the next start", timeout)
                 self._task.cancel()
-        self._runner.stop()
+        for runner in self._runners:
+            runner.stop()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -143,19 +160,33 @@ class Worker:
                 if item is None:
                     await self._wake.wait()
                     continue
-                await self._process(item)
+                group = [item]
+                if self.batch_prompts > 1:
+                    shape = shape_signature(item.prompt)
+                    group += await self.db(self.store.claim_more, lambda p: shape_signature(p) == shape,
+                                           self.batch_prompts - 1)
+                await self._process_group(group)
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep serving; a broken database shows in the log, not as a dead queue
                 log.exception("worker: unexpected error")
                 await asyncio.sleep(1.0)
 
-    async def _process(self, item: QueueItem) -> None:
+    async def _process_group(self, items: list[QueueItem]) -> None:
+        if len(items) == 1:
+            await self._process(items[0])
+            return
+        rendezvous = Rendezvous(len(items))
+        await asyncio.gather(*(self._process(item, slot, rendezvous) for slot, item in enumerate(items)))
+        self.last_group = {"prompts": [item.prompt_id for item in items], **rendezvous.stats}
+
+    async def _process(self, item: QueueItem, slot: int = 0, rendezvous: Rendezvous | None = None) -> None:
         events = PromptEvents(self.hub, item.prompt_id, item.client_id)
         running = Running(item, events, CancelToken())
-        self.current = running
+        self.running[item.prompt_id] = running
         try:
-            await asyncio.wrap_future(self._runner.submit(self._run, item, events, running.cancel))
+            future = self._runners[slot].submit(self._run, item, events, running.cancel, self._engines[slot], rendezvous)
+            await asyncio.wrap_future(future)
         except Interrupted as exc:
             if self._stopping:
                 await self.db(self.store.release, item.prompt_id)
@@ -174,7 +205,7 @@ class Worker:
                 log.exception("prompt %s failed outside any node", item.prompt_id)
                 events.failed(exc)
         finally:
-            self.current = None
+            self.running.pop(item.prompt_id, None)
         success = events.status == "success"
         status = {"status_str": "success" if success else "error", "completed": success, "messages": events.messages}
         meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
@@ -206,17 +237,25 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _run(self, item: QueueItem, events: PromptEvents, cancel: CancelToken) -> RunResult:
-        """On the run thread: rebuild the stored prompt exactly as it was validated, and run it."""
-        registry = self.engine.registry
-        workflow = build_workflow(item.prompt, item.extra_data, registry)
-        with self.compile_lock:
-            graph = self.engine.compile(workflow, item.outputs_to_execute or None)
-        events.graph = graph
-        metadata = run_metadata(item.prompt, workflow, item.extra_data, registry)
-        result = self.engine.run(graph, hooks=[events], cancel=cancel, run_id=item.prompt_id, metadata=metadata)
-        events.status = "success"
-        return result
+    def _run(self, item: QueueItem, events: PromptEvents, cancel: CancelToken, engine: Engine,
+             rendezvous: Rendezvous | None = None) -> RunResult:
+        """On a run thread: rebuild the stored prompt exactly as it was validated, and run it."""
+        with joined(rendezvous):
+            return run_prompt(engine, item, events, cancel, self.compile_lock)
+
+
+def run_prompt(engine: Engine, item: QueueItem, events: PromptEvents, cancel: CancelToken,
+               compile_lock: threading.Lock) -> RunResult:
+    """Build, compile and run one stored prompt on `engine`, its events going to `events`."""
+    registry = engine.registry
+    workflow = build_workflow(item.prompt, item.extra_data, registry)
+    with compile_lock:
+        graph = engine.compile(workflow, item.outputs_to_execute or None)
+    events.graph = graph
+    metadata = run_metadata(item.prompt, workflow, item.extra_data, registry)
+    result = engine.run(graph, hooks=[events], cancel=cancel, run_id=item.prompt_id, metadata=metadata)
+    events.status = "success"
+    return result
 
 
 def _unrecorded_status(prompt_id: str, exc: BaseException) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from nodes.sd.cond_batch import RowKwargs, _CondPlan, area_and_weight, calc_cond_batch, to_device  # noqa: F401 (re-exported)
+from nodes.sd.prompt_batching import batched_unet_call
 from nodes.sd.schedules import model_sigmas, precise_dtype, sigma_to_timestep
 from nodes.sd.types import CondItem, ModelHandle, ModelPatch
 
@@ -148,6 +149,10 @@ class UNetDenoiser:
         sample = sample.to(self.device, self.dtype)
         if self.channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
+        if not (self.wrappers or self.attn1_patches or getattr(self, "_block_patches", None)):
+            stacked = batched_unet_call(self.unet, sample, timestep.to(self.device), moved)  # other prompts' too
+            if stacked is not None:
+                return stacked
         out = self.unet(sample, timestep.to(self.device), **moved, return_dict=False)
         return out[0]
 
