@@ -10,6 +10,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     control,
     controlnet_nodes,
     gligen,
+    guidance,
     image,
     latent,
     loaders,
@@ -47,6 +48,7 @@ NODE_MODULES = (
     model_merging,
     vision,
     gligen,
+    guidance,
 )
 
 
