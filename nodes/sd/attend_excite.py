@@ -209,19 +209,19 @@ class AttendAndExcite:
         loss = self.loss(latent, sigma)
         self.losses.append((step, float(loss.detach())))
         threshold = settings.thresholds.get(step)
-        if threshold is not None and float(loss) > 1.0 - threshold:
+        if threshold is not None and float(loss.detach()) > 1.0 - threshold:
             # iterative refinement in diffusers' order: each try evaluates, then steps (also the try that
             # reached the target), then one more evaluation gives the loss of the step's regular update
             for _ in range(settings.max_refinement_steps):
                 latent = latent.detach().requires_grad_(True)
                 loss = self.loss(latent, sigma)
-                if float(loss) > 0.0:
+                if float(loss.detach()) > 0.0:
                     latent = update(latent, loss)
-                if float(loss) <= 1.0 - threshold:
+                if float(loss.detach()) <= 1.0 - threshold:
                     break
             latent = latent.detach().requires_grad_(True)
             loss = self.loss(latent, sigma)
-        if step < settings.max_iter_to_alter and float(loss) > 0.0:
+        if step < settings.max_iter_to_alter and float(loss.detach()) > 0.0:
             latent = update(latent, loss)
         return latent.detach()
 
