@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--thresholds", default="0:0.05, 4:0.5, 8:0.8")
     parser.add_argument("--refinement", type=int, default=5, help="A&E max_refinement_steps")
     parser.add_argument("--downscale", type=int, default=2, help="A&E attention_downscale (8 x 8 maps)")
+    parser.add_argument("--prompts", type=int, default=len(AE_PROMPTS), help="how many of AE_PROMPTS to run")
     parser.add_argument("--only", choices=("attend", "panorama"), default=None)
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
@@ -85,7 +86,7 @@ def evaluate_attend(args, model, clip, vae) -> dict:
     from training.classifier import classify
 
     figures: dict[str, float] = {}
-    for prompt, first, second in AE_PROMPTS:
+    for prompt, first, second in AE_PROMPTS[: args.prompts]:
         excited, _ = AttendAndExcite.execute(None, model, clip, prompt, f"{first}, {second}", args.scale,
                                              args.max_iter, args.thresholds, args.refinement, args.downscale)
         for name, patched in (("plain", model), ("excited", excited)):
@@ -94,6 +95,10 @@ def evaluate_attend(args, model, clip, vae) -> dict:
             key = prompt.replace(" ", "_")
             for subject in (first, second):
                 figures[f"{key}/{name}/{subject}"] = sum(item.shape == subject for item in found) / len(found)
+            # how often the image still shows one of the prompt's subjects in one of the prompt's colours
+            colours = {word for word in prompt.split() if word not in (first, second, "a", "and")}
+            figures[f"{key}/{name}/on_prompt"] = sum(
+                item.shape in (first, second) and item.fg in colours for item in found) / len(found)
             print(name, prompt, [(item.fg, item.shape) for item in found], flush=True)
         rates = [(figures[f"{key}/plain/{s}"], figures[f"{key}/excited/{s}"]) for s in (first, second)]
         neglected = min(range(2), key=lambda k: rates[k][0])
