@@ -45,29 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refinement", type=int, default=5, help="A&E max_refinement_steps")
     parser.add_argument("--downscale", type=int, default=2, help="A&E attention_downscale (8 x 8 maps)")
     parser.add_argument("--prompts", type=int, default=len(AE_PROMPTS), help="how many of AE_PROMPTS to run")
+    parser.add_argument("--stride", type=int, default=8, help="MultiDiffusion stride (window 16)")
+    parser.add_argument("--skip-tiled", action="store_true", help="leave out the tiling comparison")
     parser.add_argument("--only", choices=("attend", "panorama"), default=None)
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
-
-
-def seam_ratio(images: torch.Tensor, edges: list[int]) -> float:
-    """Mean squared horizontal gradient across pixel columns `edges` over that across all other columns.
-
-    Args:
-        images: [B, H, W, C] in 0..1.
-        edges: pixel columns x whose left neighbour x - 1 belongs to another window edge's side.
-    """
-    energy = (images[:, :, 1:] - images[:, :, :-1]).pow(2).mean(dim=(0, 1, 3))  # [W - 1], index x - 1
-    border = torch.zeros_like(energy, dtype=torch.bool)
-    border[[x - 1 for x in edges]] = True
-    return float(energy[border].mean() / energy[~border].mean())
-
-
-def window_edges(width_latent: int, window: int, stride: int) -> list[int]:
-    from nodes.sd.multidiffusion import views
-
-    cuts = {edge for view in views(window, width_latent, window, stride) for edge in view[2:]}
-    return sorted(8 * edge for edge in cuts if 0 < edge < width_latent)
 
 
 def run(model, clip, prompt: str, seeds: int, steps: int, cfg: float, width: int = 128):
@@ -109,13 +91,17 @@ def evaluate_attend(args, model, clip, vae) -> dict:
 def evaluate_panorama(args, model, clip, vae) -> dict:
     from nodes.sd.multidiffusion import multidiffusion_patch
     from nodes.sd.vae import decode
+    from training.guidance_eval import seam_ratio, window_edges
 
     figures: dict[str, float] = {}
-    edges = window_edges(64, 16, 8)
-    for name, stride in (("multidiffusion", 8), ("tiled", 16)):
+    for name, stride in ((f"multidiffusion_stride{args.stride}", args.stride), ("tiled", 16)):
+        if name == "tiled" and args.skip_tiled:
+            continue
         images = decode(vae, run(model.with_patch(multidiffusion_patch(16, stride)), clip, PANORAMA_PROMPT,
                                  args.seeds, args.steps, args.cfg, width=512))
-        figures[f"panorama/{name}/seam_ratio"] = seam_ratio(images, edges if stride == 8 else window_edges(64, 16, 16))
+        edges = window_edges(64, 16, stride)
+        figures[f"panorama/{name}/seam_ratio_global"] = seam_ratio(images, edges, None)
+        figures[f"panorama/{name}/seam_ratio_local4"] = seam_ratio(images, edges, 4)
         print(name, figures, flush=True)
     return figures
 
