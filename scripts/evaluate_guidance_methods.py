@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--downscale", type=int, default=2, help="A&E attention_downscale (8 x 8 maps)")
     parser.add_argument("--prompts", type=int, default=len(AE_PROMPTS), help="how many of AE_PROMPTS to run")
     parser.add_argument("--stride", type=int, default=8, help="MultiDiffusion stride (window 16)")
+    parser.add_argument("--weightings", default="uniform,gaussian", help="MultiDiffusion weightings to measure")
     parser.add_argument("--skip-tiled", action="store_true", help="leave out the tiling comparison")
     parser.add_argument("--only", choices=("attend", "panorama"), default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -94,10 +95,10 @@ def evaluate_panorama(args, model, clip, vae) -> dict:
     from training.guidance_eval import seam_ratio, window_edges
 
     figures: dict[str, float] = {}
-    for name, stride in ((f"multidiffusion_stride{args.stride}", args.stride), ("tiled", 16)):
-        if name == "tiled" and args.skip_tiled:
-            continue
-        images = decode(vae, run(model.with_patch(multidiffusion_patch(16, stride)), clip, PANORAMA_PROMPT,
+    settings = [(f"multidiffusion_{weighting}_stride{args.stride}", args.stride, weighting)
+                for weighting in args.weightings.split(",")]
+    for name, stride, weighting in settings + ([] if args.skip_tiled else [("tiled", 16, "uniform")]):
+        images = decode(vae, run(model.with_patch(multidiffusion_patch(16, stride, weighting)), clip, PANORAMA_PROMPT,
                                  args.seeds, args.steps, args.cfg, width=512))
         edges = window_edges(64, 16, stride)
         figures[f"panorama/{name}/seam_ratio_global"] = seam_ratio(images, edges, None)

@@ -48,7 +48,8 @@ def panorama() -> dict[str, Any]:
         "conditioning": ["10", 0], "width": 128, "height": 128, "x": 384, "y": 0, "strength": 1.0}}
     graph["12"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["6", 0],
                                                                    "conditioning_2": ["11", 0]}}
-    graph["20"] = {"class_type": "MultiDiffusion", "inputs": {"model": ["4", 0], "window": 16, "stride": 8}}
+    graph["20"] = {"class_type": "MultiDiffusion", "inputs": {"model": ["4", 0], "window": 16, "stride": 8,
+                                                               "weighting": "gaussian"}}
     graph["3"]["inputs"].update(model=["20", 0], positive=["12", 0])
     return graph
 

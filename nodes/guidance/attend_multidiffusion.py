@@ -3,7 +3,7 @@ model's training size (nodes/sd/attend_excite.py, nodes/sd/multidiffusion.py).""
 
 from __future__ import annotations
 
-from nodegraph import Float, Int, Node, NodeContext, NodeSchema, Out, Socket, String
+from nodegraph import Combo, Float, Int, Node, NodeContext, NodeSchema, Out, Socket, String
 
 from nodes.sd.types import ClipHandle, Conditioning, ModelHandle
 
@@ -59,15 +59,19 @@ class MultiDiffusion(Node):
                     "prompts: ConditioningSetArea / ConditioningSetMask on the positive.",
         inputs=(Socket("model", "MODEL"),
                 Int("window", 64, min=1, max=2048, tooltip="Window side in latent pixels (image pixels / 8)."),
-                Int("stride", 8, min=1, max=2048, tooltip="Step between windows in latent pixels.")),
+                Int("stride", 8, min=1, max=2048, tooltip="Step between windows in latent pixels."),
+                Combo("weighting", ("uniform", "gaussian"),
+                      tooltip="uniform: the paper's plain average; gaussian: each window weighted towards its "
+                              "centre, so no window's border shows (Mixture of Diffusers).")),
         outputs=(Out("MODEL"),),
     )
 
     @classmethod
-    def execute(cls, ctx: NodeContext, model: ModelHandle, window: int, stride: int) -> tuple[ModelHandle]:
+    def execute(cls, ctx: NodeContext, model: ModelHandle, window: int, stride: int,
+                weighting: str) -> tuple[ModelHandle]:
         from nodes.sd.multidiffusion import multidiffusion_patch
 
-        return (model.with_patch(multidiffusion_patch(window, stride)),)
+        return (model.with_patch(multidiffusion_patch(window, stride, weighting)),)
 
 
 NODES = (AttendAndExcite, MultiDiffusion)

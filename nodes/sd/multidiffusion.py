@@ -13,6 +13,12 @@ Region prompts (the paper's region-based generation) come from ComfyUI's area an
 the others (nodes/sd/cond_batch.py), which is the paper's fusion with per-region weights; a region larger than
 the window is itself split into windows here.
 
+With uniform weights (the paper's panorama setting and diffusers') the set of views covering a pixel changes
+abruptly at every window border, and where neighbouring windows still disagree late in sampling that leaves a
+step at the border (measured on the embedded model: docs/controlled_generation_guidance.md). "gaussian" weights
+each view's pixels by exp(-d^2 / (2 (0.1 window)^2)) from its centre (Mixture of Diffusers, Jimenez 2023, arXiv
+2302.02412; the paper's eq. 5 allows any per-pixel weights W_i), so a view fades out before its border.
+
 Views are diffusers' (window `window`, step `stride`, from the top left), plus, where the stride does not land
 on the far edge, one more row or column of views ending at it (diffusers leaves those pixels uncovered). A side
 no longer than the window is one view of the whole side. Spatial UNet keyword arguments (ControlNet residuals)
@@ -73,35 +79,61 @@ def _crop(value: Any, view: View, size: tuple[int, int], name: str) -> Any:
     return value[..., top:bottom, left:right]
 
 
+WEIGHTINGS = ("uniform", "gaussian")
+GAUSSIAN_SPREAD = 0.1
+"""Standard deviation of the "gaussian" weights as a fraction of the window (Mixture of Diffusers' variance 0.01)."""
+
+
+def view_weights(height: int, width: int, weighting: str) -> Tensor:
+    """Per-pixel weights [1, 1, height, width] of one view: ones, or a Gaussian bump centred on the view."""
+    if weighting == "uniform":
+        return torch.ones(1, 1, height, width)
+    if weighting != "gaussian":
+        raise ValueError(f"unknown MultiDiffusion weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+
+    def profile(size: int) -> Tensor:
+        positions = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        return torch.exp(-0.5 * (positions / (GAUSSIAN_SPREAD * size)) ** 2)
+
+    return (profile(height)[:, None] * profile(width)[None, :]).float()[None, None]
+
+
 def fused_call(call: UNetCall, sample: Tensor, timestep: Tensor, kwargs: dict[str, Any], window: int,
-               stride: int) -> Tensor:
-    """The UNet output for `sample`, fused from overlapping windows (uniform average where they overlap)."""
+               stride: int, weighting: str = "uniform") -> Tensor:
+    """The UNet output for `sample`, fused from overlapping windows: the weighted average where they overlap."""
     height, width = int(sample.shape[-2]), int(sample.shape[-1])
     if height <= window and width <= window:
         return call(sample, timestep, kwargs)
     total: Tensor | None = None
     count = torch.zeros(1, 1, height, width, device=sample.device)
+    weights: dict[tuple[int, int], Tensor] = {}
     for view in views(height, width, window, stride):
         top, bottom, left, right = view
         cropped = {key: _crop(value, view, (height, width), key) for key, value in kwargs.items()}
         out = call(sample[..., top:bottom, left:right], timestep, cropped)
         if total is None:
             total = torch.zeros(*out.shape[:-2], height, width, device=out.device, dtype=torch.float32)
-        total[..., top:bottom, left:right] += out.float()
-        count[..., top:bottom, left:right] += 1
+        size = (bottom - top, right - left)
+        if size not in weights:
+            weights[size] = view_weights(*size, weighting).to(sample.device)
+        weight = weights[size]
+        total[..., top:bottom, left:right] += out.float() * weight.to(out.device)
+        count[..., top:bottom, left:right] += weight
     assert total is not None
     return (total / count.to(total.device)).to(out.dtype)
 
 
-def multidiffusion_patch(window: int, stride: int) -> ModelPatch:
-    """A "windows" ModelPatch: every UNet call of the run fuses `window`-sized views `stride` apart (latent px)."""
+def multidiffusion_patch(window: int, stride: int, weighting: str = "uniform") -> ModelPatch:
+    """A "windows" ModelPatch: every UNet call of the run fuses `window`-sized views `stride` apart (latent px),
+    weighted `weighting` ("uniform": the paper's and diffusers' average; "gaussian": centre-weighted)."""
     views(window + stride, window + stride, window, stride)  # validate early
+    view_weights(1, 1, weighting)
 
     def apply(unet_denoiser: UNetDenoiser) -> Callable[[], None]:
         def wrapper(call: UNetCall, sample: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor:
-            return fused_call(call, sample, timestep, kwargs, window, stride)
+            return fused_call(call, sample, timestep, kwargs, window, stride, weighting)
 
         unet_denoiser.wrappers.append(wrapper)
         return lambda: unet_denoiser.wrappers.remove(wrapper)
 
-    return ModelPatch(kind="windows", name=PATCH_NAME, apply=apply, options={"window": window, "stride": stride})
+    return ModelPatch(kind="windows", name=PATCH_NAME, apply=apply, options={"window": window, "stride": stride, "weighting": weighting})
