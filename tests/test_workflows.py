@@ -50,5 +50,5 @@ def test_each_workflow_runs_and_saves_its_images(name, engine):
     saved = [entry for ui in result.ui.values() for entry in ui.get("images", [])]
     assert saved
     with Image.open(engine.env.output_dir / saved[0]["subfolder"] / saved[0]["filename"]) as image:
-        expected = {"hires-fix": 256, "hires_fix_upscale_model": 192}.get(name, 128)
-        assert image.size == (expected, expected)
+        side = {"hires-fix": 256, "hires_fix_upscale_model": 192}.get(name, 128)
+        assert image.size == {"panorama": (512, 128)}.get(name, (side, side))
