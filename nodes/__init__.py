@@ -11,6 +11,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     controlnet_nodes,
     editing,
     gligen,
+    guidance,
     image,
     latent,
     loaders,
@@ -55,6 +56,7 @@ NODE_MODULES = (
     xyz,
     metrics,
     editing,
+    guidance,
 )
 
 

@@ -22,6 +22,7 @@ from nodegraph.workflow import Workflow, dump_workflow  # noqa: E402
 from nodes.models.embedded import ADAPTERS, EMBEDDED_NAME  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))  # the per-topic graph modules beside this script
+import graphs_attend  # noqa: E402
 import graphs_inversion  # noqa: E402
 import graphs_metrics  # noqa: E402
 import graphs_training  # noqa: E402
@@ -223,6 +224,7 @@ GRAPHS.update(graphs_training.GRAPHS)  # issue 19's training workflow
 GRAPHS.update(graphs_xyz.GRAPHS)  # the X/Y/Z plot study (scripts/graphs_xyz.py)
 GRAPHS.update(graphs_metrics.GRAPHS)  # evaluation metrics on a small batch
 GRAPHS.update(graphs_inversion.GRAPHS)  # DDIM inversion, DiffEdit, Pix2Pix-Zero
+GRAPHS.update(graphs_attend.GRAPHS)  # Attend-and-Excite, MultiDiffusion panorama
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""

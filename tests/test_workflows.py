@@ -53,8 +53,8 @@ def test_each_workflow_runs_and_saves_its_images(name, engine):
     saved = [entry for ui in result.ui.values() for entry in ui.get("images", [])]
     assert saved
     with Image.open(engine.env.output_dir / saved[0]["subfolder"] / saved[0]["filename"]) as image:
-        expected = {"hires-fix": 256, "hires_fix_upscale_model": 192}.get(name, 128)
+        side = {"hires-fix": 256, "hires_fix_upscale_model": 192}.get(name, 128)
         if name.startswith("xyz"):  # a labelled grid of 2 x 2 cells, each a batch of 128 px images
             assert image.size[0] > 2 * 128 and image.size[1] > 2 * 128
         else:
-            assert image.size == (expected, expected)
+            assert image.size == {"panorama": (512, 128)}.get(name, (side, side))

@@ -16,7 +16,10 @@ wrapper tells the batch's chunks apart by `UNetDenoiser.batch_sets` (SAG records
 "pre_cfg" and "cfg_function" patches set `CFGDenoiser.pre_cfg_functions` / `cfg_function` (ComfyUI's
 sampler_pre_cfg_function / sampler_cfg_function; "guidance" terms are its post-CFG functions); "unet_block",
 "model_sampling" and "denoise_mask" patches act on the UNetDenoiser (block hooks per UNet call,
-`parametrisation`; the last only marks the MODEL for the sampler's inpainting mask).
+`parametrisation`; the last only marks the MODEL for the sampler's inpainting mask). "latent_update" patches
+append to `CFGDenoiser.latent_updates`: functions that move the sampler's latent itself before each model
+evaluation (Attend-and-Excite's gradient step; `ksampler.LatentUpdateDenoiser` runs them), reading the run's
+schedule from `CFGDenoiser.run_sigmas`; "windows" patches wrap the UNet call (MultiDiffusion's fused windows).
 Whatever `apply` returns is called to undo it when the run ends.
 A `CondItem.extras` value with an `unet_kwargs` method (`RowKwargs`, e.g. ControlNet's residuals) adds UNet
 keyword arguments for the rows of the entries that carry it. Masks, fractional areas, timestep ranges,
@@ -230,6 +233,8 @@ class CfgInputs:
     uncond_evaluated: bool = True
 
 
+LatentUpdate = Callable[[Tensor, Tensor], Tensor]
+"""(x, sigma) -> the latent the model is evaluated at and the sampler goes on from (a "latent_update" patch)."""
 PreCfgFunction = Callable[[CfgInputs], tuple[Tensor, Tensor]]
 """Returns new (cond x0, uncond x0) before they are combined."""
 CfgFunction = Callable[[CfgInputs], Tensor]
@@ -257,6 +262,10 @@ class CFGDenoiser:
         """"pre_cfg" patches, in order: they change cond/uncond x0 before CFG combines them."""
         self.cfg_function: CfgFunction | None = None
         """A "cfg_function" patch's replacement for the CFG formula (one at a time: the last applied wins)."""
+        self.latent_updates: list[LatentUpdate] = []
+        """"latent_update" patches, in order: each moves the latent before the model is evaluated."""
+        self.run_sigmas: Tensor | None = None
+        """The sampling run's sigma schedule (set by ksampler.sample_custom), for patches that act per step."""
 
     def __call__(
         self, x: Tensor, sigma: Tensor, *, on_uncond: Callable[[Tensor], None] | None = None, **extra: Any
@@ -300,7 +309,7 @@ class CFGDenoiser:
 PATCH_TARGETS: dict[str, str] = {
     "guidance": "cfg", "pre_cfg": "cfg", "cfg_function": "cfg",
     "attention": "unet", "residual": "unet", "weights": "unet", "unet_block": "unet", "model_sampling": "unet",
-    "denoise_mask": "unet",
+    "denoise_mask": "unet", "latent_update": "cfg", "windows": "unet",
 }
 """Which per-run object each kind of ModelPatch is applied to."""
 

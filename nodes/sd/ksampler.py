@@ -24,7 +24,7 @@ from torch import Tensor
 
 from nodegraph.errors import Interrupted
 from nodegraph.models import ModelRef
-from nodes.sd.denoisers import patches_applied, unet_denoiser
+from nodes.sd.denoisers import CFGDenoiser, patches_applied, unet_denoiser
 from nodes.sd.differential_diffusion import denoise_mask_function
 from nodes.sd.guiders import CFGGuide, Guider
 from nodes.sd.noise import Noise, prepare_noise
@@ -135,6 +135,25 @@ class InpaintDenoiser:
         mask = self.mask if self.mask_function is None else self.mask_function(sigma, self.mask)
         x = x * mask + self.keep(sigma) * (1 - mask)
         return self.inner(x, sigma, **extra) * mask + self.latent * (1 - mask)
+
+
+class LatentUpdateDenoiser:
+    """Runs the CFGDenoiser's "latent_update" patches before each model evaluation and writes the moved latent
+    into the sampler's own x (in place, without autograd), so the sampler continues from it: the denoiser
+    contract D(x, sigma) -> x0 has no other way back for x. A sampler that evaluates at a temporary latent (Heun's
+    corrector) sees the move in that evaluation only. No patch: a plain pass-through."""
+
+    def __init__(self, inner: Denoiser, guided: CFGDenoiser) -> None:
+        self.inner, self.guided = inner, guided
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
+        if self.guided.latent_updates:
+            moved = x
+            for update in self.guided.latent_updates:
+                moved = update(moved, sigma)
+            with torch.no_grad():
+                x.copy_(moved.to(x.dtype))
+        return self.inner(x, sigma, **extra)
 
 
 class StoppableDenoiser:
@@ -299,6 +318,7 @@ def sample_custom(
     mask = prepare_mask(latent.noise_mask, init.shape).to(device) if latent.noise_mask is not None else None
     if mask is not None:
         denoiser = InpaintDenoiser(denoiser, init, start_noise, mask, denoise_mask_function(model, sigmas))
+    denoiser = LatentUpdateDenoiser(denoiser, guided)
     if should_stop is not None:
         denoiser = StoppableDenoiser(denoiser, should_stop)
     total = len(sigmas) - 1
@@ -314,6 +334,7 @@ def sample_custom(
     step_noise = BatchNoise(x, seed, indices, brownian=sampler_name in BROWNIAN_SAMPLERS, sigmas=sigmas)
     run_inputs = {"cfg_denoiser": guided, "seed": seed}
     options = {**sampler.kwargs, **{name: run_inputs[name] for name in sampler.run_inputs}}
+    guided.run_sigmas = sigmas
     with in_use(model.unet_ref), patches_applied(model.patches, unet_denoiser=unet, cfg_denoiser=guided):
         # sigmas stay on the CPU: samplers decide on host values and never wait for the device (host_schedule)
         out = function(denoiser, x, sigmas, callback=on_step, noise_sampler=step_noise, **options)
