@@ -81,7 +81,7 @@ def _stack(values: Sequence[Any]) -> Any:
 def batched_unet_call(unet: torch.nn.Module, sample: Tensor, timestep: Tensor, kwargs: dict[str, Any]) -> Tensor | None:
     """Run the call through the active prompt group's rendezvous; None when there is none or it cannot stack."""
     rendezvous = active()
-    if rendezvous is None:
+    if rendezvous is None or torch.is_grad_enabled():  # a call differentiated through stays on its own thread
         return None
     key = call_key(unet, sample, timestep, kwargs)
     timestep = timestep.reshape(-1).expand(sample.shape[0]) if timestep.ndim <= 1 else timestep
