@@ -21,6 +21,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     model_patches,
     rebatch,
     sampling,
+    training,
     upscaling,
     utils,
     vae_nodes,
@@ -47,6 +48,7 @@ NODE_MODULES = (
     model_merging,
     vision,
     gligen,
+    training,
 )
 
 

@@ -1,0 +1,14 @@
+"""Training nodes (ComfyUI's "training" menu and its dataset / LoRA loaders): image sets from a folder with
+captions, TrainLoraNode, LoraModelLoader, SaveLoRANode and LossGraphNode. The maths is nodes/sd/finetune/."""
+
+from __future__ import annotations
+
+from . import datasets, graph, lora
+from .datasets import LoadImageSetFromFolderNode, LoadImageTextSetFromFolderNode
+from .graph import LossGraphNode
+from .lora import LoraModelLoader, SaveLoRANode, TrainLoraNode
+
+NODES = datasets.NODES + lora.NODES + graph.NODES
+
+__all__ = ["LoadImageSetFromFolderNode", "LoadImageTextSetFromFolderNode", "LoraModelLoader", "LossGraphNode",
+           "NODES", "SaveLoRANode", "TrainLoraNode"]
