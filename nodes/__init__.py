@@ -5,6 +5,7 @@ from __future__ import annotations
 from nodegraph.registry import NodeRegistry
 
 from .models.embedded import add_embedded_checkpoint
+from .training import personalize as training_personalize
 from . import (  # one family per line: node packs of a family are added beside it
     conditioning,
     control,
@@ -49,6 +50,7 @@ NODE_MODULES = (
     vision,
     gligen,
     training,
+    training_personalize,
 )
 
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nodes.models.embedded import EMBEDDED_PATH  # noqa: E402
 from nodes.sd import personalization as P  # noqa: E402
-from nodes.sd.finetune import train  # noqa: E402
+from nodes.sd.finetune import TrainingSet, stack_states, train  # noqa: E402
+from nodes.sd.finetune.lora_train import LoraSettings, train_lora  # noqa: E402
 from nodes.sd.lora import match_lora, read_lora, with_updated_weights  # noqa: E402
 from nodes.sd.loading import load_checkpoint  # noqa: E402
 from nodes.sd.shapes import COLOURS, caption, concept_caption, concept_spec, render_concept, spec_for, training_combinations  # noqa: E402
@@ -107,20 +108,21 @@ METHODS = {
     "custom_diffusion": (300, 1e-3),
     "lora": (300, 1e-3),
 }
+LORA_RANK = 4
 
 
-def objective(method: str, loaded, latents: torch.Tensor, captions: list[str], out: Path) -> P.Objective:
+def objective(method: str, loaded, latents: torch.Tensor, captions: list[str], out: Path) -> P.Objective | P.ConceptData:
     if method == "textual_inversion":
         return P.textual_inversion(loaded.model, loaded.clip, P.ConceptData(latents, tuple(captions)), "heart", "circle", 2)
-    if method == "lora":
-        return P.lora(loaded.model, loaded.clip, P.ConceptData(latents, tuple(captions)), rank=4)
+    if method == "lora":  # TrainLoraNode's maths (nodes/sd/finetune/lora_train.py) on the same data
+        return P.ConceptData(latents, tuple(captions))
     data = P.ConceptData(latents, tuple(captions), *class_data(loaded, out))
     if method == "dreambooth":
         return P.dreambooth(loaded.model, loaded.clip, data, prior_weight=1.0)
     return P.custom_diffusion(loaded.model, loaded.clip, data, "heart", "circle", prior_weight=1.0)
 
 
-def train_and_save(method: str, loaded, objective: P.Objective, out: Path, steps: int, lr: float) -> tuple[float, int, EulerGenerator, str]:
+def train_and_save(method: str, loaded, objective: P.Objective | P.ConceptData, out: Path, steps: int, lr: float) -> tuple[float, int, EulerGenerator, str]:
     """Train through the fine-tuning core (resumable: state in `out`), save the method's file(s), and return
     (training seconds, bytes saved, a generator over the result, the word that names the concept)."""
     started = time.perf_counter()
@@ -131,12 +133,22 @@ def train_and_save(method: str, loaded, objective: P.Objective, out: Path, steps
             print(f"{method} {step}/{total} loss {loss:.4f} {time.perf_counter() - last[0]:.1f}s", flush=True)
             last[0] = time.perf_counter()
 
+    base_encode = lambda text: encode(loaded.clip, text).embeds  # noqa: E731
+    if method == "lora":
+        data = TrainingSet(objective.latents, stack_states([base_encode(c) for c in objective.captions]))
+        settings = LoraSettings(batch_size=len(data), steps=steps, learning_rate=lr, rank=LORA_RANK, seed=0,
+                                training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False)  # fmt: skip
+        weights, _, _ = train_lora(loaded.model, data, settings, state_dir=out, progress=progress, save_every=50)
+        seconds = time.perf_counter() - started
+        path = out / "heart_lora.safetensors"
+        save_file(dict(weights.tensors), str(path))
+        unet = with_updated_weights(loaded.model.unet, match_lora(read_lora(path), loaded.model.unet, ()).unet)
+        return seconds, path.stat().st_size, sampler(unet, base_encode, loaded.vae), "heart"
     result = train(objective.step_fn, objective.params, steps=steps, seed=0, lr=lr, progress=progress,
                    state_path=out / f"{method}.state.safetensors", save_every=50,
                    settings={"method": method, "steps": steps, "lr": lr})  # fmt: skip
     seconds = time.perf_counter() - started
     trained = result.params
-    base_encode = lambda text: encode(loaded.clip, text).embeds  # noqa: E731
     if method == "textual_inversion":
         path = P.save_embedding(out / "embeddings" / "heart_ti.safetensors", trained["vectors"], token="heart")
         clip = replace(loaded.clip, embedding_dirs=(str(path.parent),))
@@ -147,10 +159,6 @@ def train_and_save(method: str, loaded, objective: P.Objective, out: Path, steps
         write_safetensors(path, tensors, {}, config)
         tuned = load_checkpoint(path)
         return seconds, path.stat().st_size, sampler(tuned.model.unet, base_encode, tuned.vae), "heart"
-    if method == "lora":
-        path = P.save_lora(out / "heart_lora.safetensors", trained)
-        unet = with_updated_weights(loaded.model.unet, match_lora(read_lora(path), loaded.model.unet, ()).unet)
-        return seconds, path.stat().st_size, sampler(unet, base_encode, loaded.vae), "heart"
     patch = P.save_weight_patch(out / "heart_cd.safetensors", loaded.model.unet,
                                 {k.removeprefix("unet."): v for k, v in trained.items() if k.startswith("unet.")},
                                 "custom_diffusion")  # fmt: skip

@@ -159,19 +159,6 @@ def test_custom_diffusion_changes_only_cross_attention_kv_and_its_patch_loads_as
         assert torch.allclose(value, expected.to(value.dtype), atol=1e-5), name
 
 
-def test_lora_pairs_start_at_the_base_model_and_load_back(loaded, concept, tmp_path):
-    objective = P.lora(loaded.model, loaded.clip, concept, rank=2)
-    assert all(torch.equal(v, loaded.model.unet.get_parameter(k)) for k, v in objective.unet_overrides().items())
-    trained = _train(objective, 4, 5e-3)
-    path = P.save_lora(tmp_path / "lora.safetensors", trained)
-    matched = match_lora(read_lora(path), loaded.model.unet, ())
-    assert not matched.not_loaded
-    patched = with_updated_weights(loaded.model.unet, matched.unet)
-    objective.params.update(trained)
-    for name, value in objective.unet_overrides().items():
-        assert torch.allclose(patched.get_parameter(name), value, atol=1e-5), name
-
-
 def test_captions_that_do_not_fit_one_window_are_refused(loaded):
     with pytest.raises(ValueError, match="longer than one"):
         P.caption_windows(loaded.clip.tokenizers[0], [" ".join(["red"] * 80)], "", 0)

@@ -37,8 +37,6 @@ PLACEHOLDER_ID = 0
 """Token id under a learned vector (any id but end-of-text; the vector replaces its embedding)."""
 CROSS_ATTENTION_KV = (".attn2.to_k.weight", ".attn2.to_v.weight")
 """The weights Custom Diffusion trains: the cross-attention projections of the text states."""
-LORA_TARGETS = tuple(f".{attn}.{proj}.weight" for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0"))
-"""The weights the comparison LoRA adapts: every attention projection."""
 
 
 def word_vectors(clip: ClipHandle, word: str, count: int) -> torch.Tensor:
@@ -150,14 +148,8 @@ class Objective:
         return self.params.get("vectors")
 
     def unet_overrides(self) -> dict[str, torch.Tensor]:
-        """UNet weights to run with: trained copies (`unet.<name>`) and W + up @ down for LoRA pairs."""
-        overrides = {name.removeprefix("unet."): value for name, value in self.params.items() if name.startswith("unet.")}
-        weights = dict(self.model.unet.named_parameters())
-        for name, down in self.params.items():
-            if name.startswith("lora_down."):
-                target = name.removeprefix("lora_down.")
-                overrides[target] = weights[target].detach().float() + self.params[f"lora_up.{target}"] @ down
-        return overrides
+        """The trained UNet weights (`unet.<name>`), by UNet parameter name."""
+        return {name.removeprefix("unet."): value for name, value in self.params.items() if name.startswith("unet.")}
 
     def encode(self, captions: Sequence[str], with_vectors: bool = True) -> torch.Tensor:
         """Captions' text states through the loaded encoder (frozen by the loader: gradients reach only the
@@ -207,33 +199,6 @@ def custom_diffusion(model: ModelHandle, clip: ClipHandle, data: ConceptData, to
     params = _unet_params(model, CROSS_ATTENTION_KV)
     params["vectors"] = word_vectors(clip, init_word, 1).clone().requires_grad_(True)
     return Objective("custom_diffusion", model, clip, data, params, token=token, prior_weight=prior_weight)
-
-
-def lora(model: ModelHandle, clip: ClipHandle, data: ConceptData, rank: int, seed: int = 0) -> Objective:
-    """Low-rank updates W + up @ down of every attention projection (Hu et al. 2021, arXiv:2106.09685); up
-    starts at zero, so training starts from the base model. No prior term: LoRA as users train it."""
-    generator = torch.Generator().manual_seed(seed)
-    params: dict[str, torch.Tensor] = {}
-    for name, weight in model.unet.named_parameters():
-        if name.endswith(LORA_TARGETS):
-            down = torch.randn((rank, weight.shape[1]), generator=generator) / rank
-            params[f"lora_down.{name}"] = down.requires_grad_(True)
-            params[f"lora_up.{name}"] = torch.zeros((weight.shape[0], rank), requires_grad=True)
-    return Objective("lora", model, clip, replace(data, class_latents=None, class_captions=()), params)
-
-
-def save_lora(path: str | Path, params: dict[str, torch.Tensor]) -> Path:
-    """LoRA pairs in PEFT's layout (`unet.<module>.lora_A/B.weight`, alpha = rank: scale 1)."""
-    tensors = {}
-    for name, value in params.items():
-        if name.startswith(("lora_down.", "lora_up.")):
-            kind, target = name.split(".", 1)
-            suffix = "lora_A" if kind == "lora_down" else "lora_B"
-            tensors[f"unet.{target.removesuffix('.weight')}.{suffix}.weight"] = value.detach().float().contiguous()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"nodegraph_method": "lora"})
-    return path
 
 
 # -- saving ------------------------------------------------------------------------------------------

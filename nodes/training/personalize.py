@@ -26,9 +26,12 @@ import torch
 
 from nodegraph import Boolean, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
 
+from ..sd.finetune.plot import loss_graph
 from ..sd.types import ClipHandle, Latent, ModelHandle
 
 CATEGORY = "training"
+PREVIEWS = 20
+"""Loss-curve previews per run (as TrainLoraNode shows them)."""
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -61,17 +64,20 @@ def _folder(ctx: NodeContext, folder: str) -> Path:
 
 
 def _state_path(ctx: NodeContext, method: str, name: str) -> Path:
-    """Where a run keeps its resumable state: the output folder's `training_state/`."""
-    return Path(ctx.env.output_dir) / "training_state" / f"{method}_{name}.state.safetensors"
+    """Where a run keeps its resumable state (beside TrainLoraNode's, in the temp folder's `training/`)."""
+    return Path(ctx.env.temp_dir) / "training" / f"{method}-{name}.safetensors"
 
 
 def _data(latents: Latent, captions: tuple[str, ...], class_latents: Latent | None, class_captions: str, where: str):
+    """The training data as ordinary tensors (copies made outside inference mode, so autograd may use them)."""
     P = _personalization()
-    if class_latents is None:
-        return P.ConceptData(latents.samples.float(), captions)
-    count = class_latents.samples.shape[0]
-    return P.ConceptData(latents.samples.float(), captions, class_latents.samples.float(),
-                         _caption_list(class_captions, count, "", f"{where} class_captions"))  # fmt: skip
+    with torch.inference_mode(False):
+        samples = latents.samples.float().clone()
+        if class_latents is None:
+            return P.ConceptData(samples, captions)
+        count = class_latents.samples.shape[0]
+        return P.ConceptData(samples, captions, class_latents.samples.float().clone(),
+                             _caption_list(class_captions, count, "", f"{where} class_captions"))  # fmt: skip
 
 
 def _train(ctx: NodeContext, objective: Any, *, steps: int, lr: float, seed: int, name: str,
@@ -88,10 +94,17 @@ def _train(ctx: NodeContext, objective: Any, *, steps: int, lr: float, seed: int
     settings = {"method": objective.method, "steps": steps, "lr": lr, "seed": seed, "token": objective.token,
                 "captions": list(objective.data.captions), "class_captions": list(objective.data.class_captions),
                 "prior_weight": objective.prior_weight, "data": digest.hexdigest(), **extra}  # fmt: skip
-    return train(objective.step_fn, objective.params, steps=steps, seed=seed, lr=lr,
-                 progress=lambda step, total, loss: ctx.progress(step, total),
-                 check_interrupted=ctx.check_interrupted, state_path=_state_path(ctx, objective.method, name),
-                 save_every=max(1, min(50, steps // 4)), settings=settings)  # fmt: skip
+    history: list[float] = []
+    every = max(1, steps // PREVIEWS)
+
+    def report(done: int, total: int, loss: float) -> None:
+        history.append(loss)
+        ctx.progress(done, total, loss_graph(history) if done % every == 0 or done == total else None)
+
+    with torch.inference_mode(False), torch.enable_grad():  # the engine runs nodes without autograd
+        return train(objective.step_fn, objective.params, steps=steps, seed=seed, lr=lr, progress=report,
+                     check_interrupted=ctx.check_interrupted, state_path=_state_path(ctx, objective.method, name),
+                     save_every=every, settings=settings)  # fmt: skip
 
 
 def _with_embeddings(clip: ClipHandle, folder: Path) -> ClipHandle:
