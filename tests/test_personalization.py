@@ -11,20 +11,29 @@
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from nodegraph.formats.api import from_api
 from nodes.models.embedded import EMBEDDED_PATH
 from nodes.sd import personalization as P
 from nodes.sd.finetune import train
+from nodes.sd.finetune.loop import read_state
 from nodes.sd.lora import match_lora, read_lora, with_updated_weights
 from nodes.sd.loading import load_checkpoint
 from nodes.sd.shapes import NEW_SHAPES, SHAPES, concept_caption, concept_spec, render, render_concept, spec_from_seed
 from nodes.sd.text import encode, load_embedding
 from nodes.sd.vae import decode as vae_decode, encode as vae_encode
+from tiny_models import engine_at
 from training.concept_check import match_mask, match_shape
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+sys.path.insert(0, str(WORKFLOWS.parent / "scripts"))
+import graphs_personalize  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not EMBEDDED_PATH.is_file(), reason="the embedded model is not built yet")
 
@@ -166,3 +175,44 @@ def test_captions_that_do_not_fit_one_window_are_refused(loaded):
     words = [rng.choice(["red", "heart"]) for _ in range(10)]
     ids, slots = P.caption_windows(loaded.clip.tokenizers[0], [" ".join(words)], "heart", 3)
     assert int((slots >= 0).sum()) == 3 * words.count("heart")
+
+
+def test_custom_diffusion_resumes_bit_exactly_after_an_interruption(loaded, concept, tmp_path):
+    """Every random draw of a step (noise, timesteps, the class batch) comes from the step's generator."""
+    def run(state, interrupt_at=None):
+        objective = P.custom_diffusion(loaded.model, loaded.clip, concept, "heart", "circle", prior_weight=1.0)
+        calls = []
+
+        def check():
+            calls.append(1)
+            if interrupt_at is not None and len(calls) > interrupt_at:
+                raise KeyboardInterrupt
+
+        return train(objective.step_fn, objective.params, steps=3, seed=4, lr=1e-3, check_interrupted=check,
+                     state_path=state)
+
+    whole = run(None)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "state.safetensors", interrupt_at=1)
+    resumed = run(tmp_path / "state.safetensors")
+    assert resumed.resumed_from == 1
+    assert all(torch.equal(whole.params[k], resumed.params[k]) for k in whole.params)
+
+
+def test_custom_diffusion_node_saves_where_the_loaders_look(tmp_path):
+    engine = engine_at(tmp_path, input_dir=WORKFLOWS / "input")
+    graph = graphs_personalize.textual_inversion()
+    graph["22"] = {"class_type": "CustomDiffusionTrain", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "latents": ["21", 0], "captions": graphs_personalize.captions(),
+        "token": "heart", "init_word": "circle", "steps": 2, "learning_rate": 0.001, "seed": 0, "name": "heart_cd",
+        "prior_loss_weight": 1.0}}  # fmt: skip
+    graph["6"]["inputs"].update(text="a red embedding:heart_cd on a blue background", clip=["22", 1])
+    graph["3"]["inputs"].update(model=["22", 0], steps=2)
+    result = engine.run(from_api(graph))
+    assert [m["filename"] for m in result.ui["22"]["models"]] == ["heart_cd.safetensors"] * 2
+    patch = engine.env.models.folder_dirs("loras")[0] / "heart_cd.safetensors"
+    assert (engine.env.models.folder_dirs("embeddings")[0] / "heart_cd.safetensors").is_file()
+    layers = read_lora(patch).layers
+    assert layers and all(".attn2.to_k" in key or ".attn2.to_v" in key for key in layers)
+    info, _ = read_state(next((tmp_path / "temp" / "training").glob("custom_diffusion-heart_cd*")))
+    assert info["step"] == 2 and len(info["losses"]) == 2
