@@ -26,7 +26,6 @@ import torch
 
 from nodegraph import Boolean, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
 
-from ..sd.finetune.plot import loss_graph
 from ..sd.types import ClipHandle, Latent, ModelHandle
 
 CATEGORY = "training"
@@ -86,6 +85,7 @@ def _train(ctx: NodeContext, objective: Any, *, steps: int, lr: float, seed: int
 
     The state is keyed by the run's settings and a digest of its data, so a changed input starts afresh."""
     from ..sd.finetune import train
+    from ..sd.finetune.plot import loss_graph
 
     digest = hashlib.sha256()
     for tensor in (objective.data.latents, objective.data.class_latents):
