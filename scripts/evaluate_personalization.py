@@ -169,13 +169,33 @@ def train_and_save(method: str, loaded, objective: P.Objective | P.ConceptData, 
     return seconds, size, sampler(unet, lambda t: encode(clip, t).embeds, loaded.vae), "embedding:heart_cd"
 
 
+def markdown_table(rows: dict[str, dict]) -> str:
+    """The docs table from the rows (`<out>/<method>.json`)."""
+    lines = ["| method | concept (heart) | heart + both colours | base prompts: all right | base: shape right "
+             "| training time | steps | file size |", "|---|---|---|---|---|---|---|---|"]
+    for method, row in rows.items():
+        size = "-" if not row["bytes"] else (f"{row['bytes'] / 2**20:.1f} MB" if row["bytes"] > 2**20
+                                             else f"{row['bytes'] / 1024:.1f} KB")
+        time_text = "-" if not row["seconds"] else f"{row['seconds'] / 60:.1f} min"
+        lines.append(f"| {method} | {row['concept']:.1%} | {row['concept_and_colours']:.1%} | {row['base_all']:.1%} "
+                     f"| {row['base_shape']:.1%} | {time_text} | {row['steps']} | {size} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/personalize"))
     parser.add_argument("--methods", default="base," + ",".join(METHODS))
     parser.add_argument("--steps", type=json.loads, default={}, help='e.g. {"lora": 100}')
+    parser.add_argument("--table", action="store_true", help="only print the table of the rows in --out")
     args = parser.parse_args()
+    if args.table:
+        rows = {m: json.loads((args.out / f"{m}.json").read_text()) for m in ["base", *METHODS]
+                if (args.out / f"{m}.json").exists()}  # fmt: skip
+        print(markdown_table(rows))
+        print(json.dumps(rows))
+        return
     torch.set_num_threads(args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from nodegraph import Boolean, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
+from nodegraph import Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
 
 from ..sd.types import ClipHandle, Latent, ModelHandle
 
