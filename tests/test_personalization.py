@@ -216,3 +216,23 @@ def test_custom_diffusion_node_saves_where_the_loaders_look(tmp_path):
     assert layers and all(".attn2.to_k" in key or ".attn2.to_v" in key for key in layers)
     info, _ = read_state(next((tmp_path / "temp" / "training").glob("custom_diffusion-heart_cd*")))
     assert info["step"] == 2 and len(info["losses"]) == 2
+
+
+def test_dreambooth_node_output_saves_as_a_checkpoint_that_differs_from_the_base(loaded, tmp_path):
+    engine = engine_at(tmp_path, input_dir=WORKFLOWS / "input")
+    graph = graphs_personalize.textual_inversion()
+    graph["22"] = {"class_type": "DreamBoothTrain", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "latents": ["21", 0], "captions": graphs_personalize.captions(),
+        "steps": 1, "learning_rate": 0.0001, "seed": 0, "run_name": "heart_db", "prior_loss_weight": 1.0}}
+    graph["6"]["inputs"].update(text="a red heart on a blue background", clip=["4", 1])
+    graph["3"]["inputs"].update(model=["22", 0], steps=2)
+    graph["30"] = {"class_type": "CheckpointSave", "inputs": {
+        "model": ["22", 0], "clip": ["4", 1], "vae": ["4", 2], "filename_prefix": "checkpoints/heart_db"}}  # fmt: skip
+    result = engine.run(from_api(graph))
+    saved = result.ui["30"]["models"][0]
+    tuned = load_checkpoint(engine.env.output_dir / saved["subfolder"] / saved["filename"])
+    changed = [n for n, v in tuned.model.unet.named_parameters()
+               if not torch.equal(v.float(), loaded.model.unet.get_parameter(n).float())]  # fmt: skip
+    assert len(changed) > 100  # one AdamW step moves (nearly) every weight
+    assert torch.equal(tuned.clip.encoders[0].get_input_embeddings().weight.float(),
+                       loaded.clip.encoders[0].get_input_embeddings().weight.float())  # fmt: skip
