@@ -32,6 +32,7 @@ from nodes.models.embedded import EMBEDDED_PATH  # noqa: E402
 from nodes.sd import personalization as P  # noqa: E402
 from nodes.sd.finetune import TrainingSet, stack_states, train  # noqa: E402
 from nodes.sd.finetune.lora_train import LoraSettings, train_lora  # noqa: E402
+from nodes.sd.finetune.loop import _STATE_KEY as STATE_KEY, read_state  # noqa: E402
 from nodes.sd.lora import match_lora, read_lora, with_updated_weights  # noqa: E402
 from nodes.sd.loading import load_checkpoint  # noqa: E402
 from nodes.sd.shapes import COLOURS, caption, concept_caption, concept_spec, render_concept, spec_for, training_combinations  # noqa: E402
@@ -169,6 +170,15 @@ def train_and_save(method: str, loaded, objective: P.Objective | P.ConceptData, 
     return seconds, size, sampler(unet, lambda t: encode(clip, t).embeds, loaded.vae), "embedding:heart_cd"
 
 
+def extend_state(source: Path, target: Path, steps: int) -> None:
+    """Copy a finished run's state with its planned steps raised to `steps` (the rest of its settings kept)."""
+    if not source.exists() or target.exists():
+        return
+    info, tensors = read_state(source)
+    info["settings"]["steps"] = steps
+    save_file(tensors, str(target), metadata={STATE_KEY: json.dumps(info)})
+
+
 def markdown_table(rows: dict[str, dict]) -> str:
     """The docs table from the rows (`<out>/<method>.json`)."""
     lines = ["| method | concept (heart) | heart + both colours | base prompts: all right | base: shape right "
@@ -188,6 +198,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/personalize"))
     parser.add_argument("--methods", default="base," + ",".join(METHODS))
     parser.add_argument("--steps", type=json.loads, default={}, help='e.g. {"lora": 100}')
+    parser.add_argument("--extend", type=Path, default=None,
+                        help="continue each method's finished state in this run folder up to the new --steps "
+                             "(the loop's LR is constant and every step's draws are seeded by its index, so this is "
+                             "the longer run's trajectory exactly)")
     parser.add_argument("--table", action="store_true", help="only print the table of the rows in --out")
     args = parser.parse_args()
     if args.table:
@@ -199,6 +213,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.extend is not None:
+        for method in args.methods.split(","):
+            extend_state(args.extend / f"{method}.state.safetensors", out / f"{method}.state.safetensors",
+                         args.steps.get(method, METHODS.get(method, (0,))[0]))  # fmt: skip
     loaded = load_checkpoint(EMBEDDED_PATH)
     images, captions = concept_images()
     latents = vae_encode(loaded.vae, images_to_tensor(images).permute(0, 2, 3, 1) * 0.5 + 0.5)
