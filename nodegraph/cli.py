@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .app import AppConfig, build_engine
+from .cli_train import add_train_parser
 from .errors import Interrupted, NodeExecutionError, ValidationFailed
 from .formats import run_metadata, load_workflow_file, map_models
 from .hooks import Hooks, RunInfo
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the declarations as JSON")
     p.set_defaults(func=cmd_nodes)
     _add_serve_parser(sub, common)
+    add_train_parser(sub, common)
     return parser
 
 

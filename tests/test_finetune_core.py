@@ -209,3 +209,52 @@ def test_loss_falls_on_a_tiny_problem(tiny):
     first = held_out_loss()
     result = train(step, params, steps=25, seed=0, lr=1e-2)
     assert held_out_loss() < 0.8 * first, (first, result.losses)
+
+
+def test_lora_layers_write_kohya_files_our_loader_merges_to_the_same_weights(tiny):
+    """W + alpha / rank * up @ down as trained equals what LoraLoader merges from the written file, and a file
+    read back as trainable layers (continued training) reproduces it exactly."""
+    from nodes.sd.finetune.lora_layers import create_lora_layers, from_lora_file, overrides, to_kohya
+    from nodes.sd.lora import match_lora, parse_lora, with_updated_weights
+
+    unet, _ = tiny
+    layers = create_lora_layers(unet, 3, torch.Generator().manual_seed(0))
+    assert all(torch.equal(v, torch.zeros_like(v)) for k, v in layers.items() if k.endswith("lora_up"))
+    with torch.no_grad():
+        for key, value in layers.items():
+            if key.endswith("lora_up"):
+                value.normal_(generator=torch.Generator().manual_seed(1))
+    adapted = overrides(unet, layers, alpha=1.5)
+    assert len(adapted) == len(layers) // 2 and TARGET in adapted
+    tensors = to_kohya(layers, alpha=1.5)
+    matched = match_lora(parse_lora(tensors, {}, "t"), unet, ())
+    assert matched.not_loaded == ()
+    merged = dict(with_updated_weights(unet, matched.unet).named_parameters())
+    for name, weight in adapted.items():
+        torch.testing.assert_close(merged[name], weight.detach(), rtol=1e-5, atol=1e-6)
+    again = overrides(unet, from_lora_file(unet, tensors, "t"), alpha=3.0)  # alpha = rank: scale folded into up
+    for name, weight in adapted.items():
+        torch.testing.assert_close(again[name], weight, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_training_with_gradient_checkpointing_equals_without_and_leaves_the_unet_as_it_was(tiny):
+    from nodes.sd.finetune.lora_train import LoraSettings, train_lora
+    from nodes.sd.types import ModelHandle
+
+    unet, data = tiny
+    before = {name: p.detach().clone() for name, p in unet.named_parameters()}
+    _, alphas = _schedule()
+    model = ModelHandle(unet, "sd1", "epsilon", alphas)
+    runs = []
+    for checkpointing in (False, True):
+        settings = LoraSettings(steps=2, rank=2, learning_rate=0.01, training_dtype="fp32", lora_dtype="fp32",
+                                gradient_checkpointing=checkpointing)
+        runs.append(train_lora(model, data, settings))
+        assert not unet.is_gradient_checkpointing
+    (first, first_losses, _), (second, second_losses, _) = runs
+    assert first_losses == second_losses
+    assert all(torch.equal(first.tensors[k], second.tensors[k]) for k in first.tensors)
+    for name, p in unet.named_parameters():
+        assert isinstance(p, torch.nn.Parameter) and torch.equal(p, before[name]) and p.grad is None, name
+    with pytest.raises(ValueError, match="algorithm 'LoHa'"):
+        train_lora(model, data, LoraSettings(algorithm="LoHa"))

@@ -43,7 +43,7 @@ def _fingerprint(ctx: NodeContext, folder: str) -> Any:
         return None
 
 
-_FOLDER_TIP = "The folder to load images from."
+_FOLDER_TIP = "A folder inside the input folder holding the training images."
 
 
 class LoadImageSetFromFolderNode(Node):
@@ -71,12 +71,12 @@ class LoadImageTextSetFromFolderNode(Node):
         description="Loads an input subfolder's images and encodes each one's .txt caption (one CONDITIONING "
                     "entry per image, in order), for training.",
         inputs=(Combo("folder", input_subfolders, tooltip=_FOLDER_TIP),
-                Socket("clip", "CLIP", tooltip="The CLIP model used for encoding the text."),
+                Socket("clip", "CLIP", tooltip="Text encoder for the captions."),
                 Combo("resize_method", RESIZE_METHODS, "None", optional=True),
                 Int("width", -1, min=-1, max=10000, step=1, optional=True,
-                    tooltip="The width to resize the images to. -1 means use the original width."),
+                    tooltip="Target width; -1 keeps the first image's."),
                 Int("height", -1, min=-1, max=10000, step=1, optional=True,
-                    tooltip="The height to resize the images to. -1 means use the original height.")),
+                    tooltip="Target height; -1 keeps the first image's.")),
         outputs=(Out("IMAGE"), Out("CONDITIONING")),
     )
 

@@ -49,26 +49,27 @@ class TrainLoraNode(Node):
         description="Trains LoRA layers on the model to denoise the latents under their conditioning; resumable, "
                     "reproducible for a seed on the CPU.",
         inputs=(
-            Socket("model", "MODEL", tooltip="The model to train the LoRA on."),
-            Socket("latents", "LATENT", tooltip="The Latents to use for training, serve as dataset/input of the model."),
-            Socket("positive", "CONDITIONING", tooltip="The positive conditioning to use for training."),
-            Int("batch_size", 1, min=1, max=10000, step=1, tooltip="The batch size to use for training."),
+            Socket("model", "MODEL", tooltip="The diffusion model the LoRA layers are added to (it is not changed)."),
+            Socket("latents", "LATENT", tooltip="The training images, VAE-encoded."),
+            Socket("positive", "CONDITIONING", tooltip="One caption's conditioning per latent, or one for all."),
+            Int("batch_size", 1, min=1, max=10000, step=1, tooltip="Latents per step."),
             Int("grad_accumulation_steps", 1, min=1, max=1024, step=1,
-                tooltip="The number of gradient accumulation steps to use for training."),
-            Int("steps", 16, min=1, max=100000, tooltip="The number of steps to train the LoRA for."),
+                tooltip="Batches whose gradients are averaged per optimizer step."),
+            Int("steps", 16, min=1, max=100000, tooltip="Optimizer steps; more steps continue a saved run."),
             Float("learning_rate", 0.0005, min=0.0000001, max=1.0, step=0.000001,
-                  tooltip="The learning rate to use for training."),
-            Int("rank", 8, min=1, max=128, tooltip="The rank of the LoRA layers."),
-            Combo("optimizer", OPTIMIZERS, "AdamW", tooltip="The optimizer to use for training."),
-            Combo("loss_function", LOSSES, "MSE", tooltip="The loss function to use for training."),
+                  tooltip="Step size of the optimizer (constant)."),
+            Int("rank", 8, min=1, max=128, tooltip="Inner width of each low-rank update."),
+            Combo("optimizer", OPTIMIZERS, "AdamW", tooltip="Which torch optimizer updates the layers."),
+            Combo("loss_function", LOSSES, "MSE", tooltip="Regression loss between predicted and true noise."),
             Int("seed", 0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                tooltip="The seed to use for training (LoRA weight initialization, batches and noise)."),
-            Combo("training_dtype", tuple(DTYPES), "bf16", tooltip="The dtype to use for training."),
-            Combo("lora_dtype", tuple(DTYPES), "bf16", tooltip="The dtype to use for lora."),
-            Combo("algorithm", ALGORITHMS, "LoRA", tooltip="The algorithm to use for training."),
-            Boolean("gradient_checkpointing", True, tooltip="Use gradient checkpointing for training."),
+                tooltip="Seeds the layers' start values, the batches, timesteps and noise."),
+            Combo("training_dtype", tuple(DTYPES), "bf16", tooltip="Compute precision of the UNet during training."),
+            Combo("lora_dtype", tuple(DTYPES), "bf16", tooltip="Precision of the LoRA tensors output and saved."),
+            Combo("algorithm", ALGORITHMS, "LoRA", tooltip="Adapter kind (only LoRA is trained here)."),
+            Boolean("gradient_checkpointing", True,
+                    tooltip="Recompute activations in the backward pass: less memory, more time."),
             Combo("existing_lora", _loras_and_none, NO_LORA,
-                  tooltip="The existing LoRA to append to. Set to None for new LoRA."),
+                  tooltip="A LoRA file to continue training; [None] starts fresh."),
         ),
         outputs=(Out("MODEL", "model_with_lora"), Out("LORA_MODEL", "lora"), Out("LOSS_MAP", "loss"),
                  Out("INT", "steps")),
@@ -136,11 +137,11 @@ def apply_lora_weights(model: ModelHandle, lora: LoraWeights, strength: float, n
 class LoraModelLoader(Node):
     schema = NodeSchema(
         type_id="LoraModelLoader", display_name="Load LoRA Model", category="loaders",
-        description="Load Trained LoRA weights from Train LoRA node.",
-        inputs=(Socket("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
-                Socket("lora", "LORA_MODEL", tooltip="The LoRA model to apply to the diffusion model."),
+        description="Adds a LoRA trained by TrainLoraNode to a diffusion model.",
+        inputs=(Socket("model", "MODEL", tooltip="The diffusion model to add the LoRA to."),
+                Socket("lora", "LORA_MODEL", tooltip="Trained LoRA weights (TrainLoraNode's lora output)."),
                 Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01,
-                      tooltip="How strongly to modify the diffusion model. This value can be negative.")),
+                      tooltip="Scale of the LoRA update; negative reverses it.")),
         outputs=(Out("MODEL"),),
     )
 
@@ -155,11 +156,11 @@ class SaveLoRANode(Node):
         type_id="SaveLoRANode", display_name="Save LoRA Weights", category="loaders",
         description="Writes a trained LoRA (kohya-ss layout) to the output folder as prefix[_<steps>_steps]_NNNNN_"
                     ".safetensors; LoraLoader reads it.",
-        inputs=(Socket("lora", "LORA_MODEL", tooltip="The LoRA model to save. Do not use the model with LoRA layers."),
+        inputs=(Socket("lora", "LORA_MODEL", tooltip="Trained LoRA weights to write."),
                 String("prefix", "loras/ComfyUI_trained_lora", check=output_prefix_problem,
-                       tooltip="The prefix to use for the saved LoRA file."),
+                       tooltip="File name prefix inside the output folder."),
                 Socket("steps", "INT", optional=True,
-                       tooltip="Optional: The number of steps to LoRA has been trained for, used to name the saved file.")),
+                       tooltip="Training steps, written into the file name.")),
         output_node=True,
     )
 
@@ -169,7 +170,8 @@ class SaveLoRANode(Node):
 
         root = Path(ctx.env.output_dir)
         stem = prefix if steps is None else f"{prefix}_{steps}_steps"
-        metadata = {"ss_network_module": "networks.lora", "ss_steps": str(lora.steps), "nodegraph_trainer": "TrainLoraNode"}
+        metadata = {"ss_network_module": "networks.lora", "ss_steps": str(lora.steps),
+                    "nodegraph_trainer": "TrainLoraNode"}
         tensors = {k: v.contiguous() for k, v in lora.tensors.items()}
         path = save_new_file(root, stem, "safetensors", lambda p: save_file(tensors, str(p), metadata=metadata))
         subfolder = path.parent.relative_to(root.resolve()).as_posix()

@@ -17,9 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from nodes.sd.finetune.loop import derived_seed
-from nodes.sd.text import encode as encode_text
 from nodes.sd.types import ClipHandle, VaeHandle
-from nodes.sd.vae import encode as encode_latents
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 RESIZE_METHODS: tuple[str, ...] = ("None", "Stretch", "Crop", "Pad")
@@ -176,6 +174,9 @@ def encode_training_set(vae: VaeHandle, clip: ClipHandle, images: torch.Tensor,
         images: IMAGE [N, H, W, 3] in 0..1.
         captions: N captions, or one for every image.
     """
+    from nodes.sd.text import encode as encode_text  # the text encoder's and VAE's code load with the models
+    from nodes.sd.vae import encode as encode_latents
+
     if len(captions) == 1 and images.shape[0] > 1:
         captions = list(captions) * images.shape[0]
     if len(captions) != images.shape[0]:

@@ -13,6 +13,7 @@ written every `save_every` steps, when the run is interrupted (`check_interrupte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -165,6 +166,7 @@ def train(
     state_path: str | Path | None = None,
     save_every: int = 0,
     settings: Any = None,
+    step_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> TrainResult:
     """Optimise `params` (leaf tensors with requires_grad) for `steps` optimizer steps of `step_fn`'s loss.
 
@@ -184,6 +186,8 @@ def train(
         save_every: also save every this many steps (0: only on interruption and at the end).
         settings: JSON-able description of the run (data, hyper-parameters); a saved state with other settings
             is refused rather than resumed.
+        step_context: entered around each micro-batch's forward and backward pass (`loss.replaced_weights`,
+            for gradient checkpointing through replaced weights).
 
     Returns:
         The trained values, the loss history of all sessions, and where this session started.
@@ -220,11 +224,12 @@ def train(
             total = 0.0
             for micro in range(grad_accumulation):
                 index = step * grad_accumulation + micro
-                loss = step_fn(index, step_generator(seed, index))
-                if not torch.isfinite(loss):
-                    save()
-                    raise FloatingPointError(f"fine-tuning loss is {float(loss)} at step {step}; state kept")
-                (loss / grad_accumulation).backward()
+                with step_context() if step_context is not None else contextlib.nullcontext():
+                    loss = step_fn(index, step_generator(seed, index))
+                    if not torch.isfinite(loss):
+                        save()
+                        raise FloatingPointError(f"fine-tuning loss is {float(loss)} at step {step}; state kept")
+                    (loss / grad_accumulation).backward()
                 total += float(loss.detach()) / grad_accumulation
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), max_grad_norm)

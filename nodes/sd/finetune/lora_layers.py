@@ -72,7 +72,8 @@ def overrides(unet: torch.nn.Module, layers: Mapping[str, torch.Tensor], alpha: 
     return out
 
 
-def to_kohya(layers: Mapping[str, torch.Tensor], alpha: float, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def to_kohya(layers: Mapping[str, torch.Tensor], alpha: float,
+             dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The layers in kohya-ss's UNet layout (diffusers module names, dots as underscores), `dtype` tensors."""
     out: dict[str, torch.Tensor] = {}
     for module in lora_modules(layers):

@@ -1,7 +1,8 @@
 """Training a LoRA on a MODEL handle from latents and per-item conditioning (what TrainLoraNode computes).
 
-The UNet the handle resolves to is never changed: the LoRA layers are plain tensors, and each step runs the
-UNet through `loss.unet_with` with the adapted weights W + (alpha / rank) up @ down (Hu et al. 2021). The loop
+The UNet the handle resolves to keeps its weights: the LoRA layers are plain tensors, and each step runs the
+UNet with the adapted weights W + (alpha / rank) up @ down (Hu et al. 2021) swapped in for that step's forward
+and backward pass only (`loss.replaced_weights`, which gradient checkpointing needs). The loop
 is `loop.train`, so a run is reproducible for a seed on the CPU and resumes from its state file bit-exactly.
 """
 
@@ -20,7 +21,7 @@ import torch
 from nodes.sd.finetune.data import TrainingSet, batch_indices
 from nodes.sd.finetune.lora_layers import create_lora_layers, overrides, to_kohya
 from nodes.sd.finetune.loop import derived_seed, train
-from nodes.sd.finetune.loss import noise_loss, unet_with
+from nodes.sd.finetune.loss import noise_loss, plain_unet, replaced_weights
 from nodes.sd.types import ModelHandle
 
 ALGORITHMS: tuple[str, ...] = ("LoRA", "LoHa", "LoKr", "OFT")
@@ -79,7 +80,8 @@ def unet_digest(unet: torch.nn.Module) -> str:
     with torch.no_grad():
         for name, param in unet.named_parameters():
             value = param.detach().double()
-            hasher.update(f"{name}{tuple(param.shape)}{float(value.sum()):.12e}{float(value.abs().sum()):.12e}".encode())
+            stats = f"{float(value.sum()):.12e}{float(value.abs().sum()):.12e}"
+            hasher.update(f"{name}{tuple(param.shape)}{stats}".encode())
     return hasher.hexdigest()[:16]
 
 
@@ -146,9 +148,14 @@ def train_lora(
     dataset = TrainingSet(latents, states)
     autocast = settings.training_dtype == "bf16"
 
+    call = plain_unet(unet)  # inside `adapted()`: the LoRA-adapted weights, through forward and backward
+
+    def adapted() -> contextlib.AbstractContextManager[None]:
+        return replaced_weights(unet, overrides(unet, layers, alpha))
+
     def step(index: int, generator: torch.Generator) -> torch.Tensor:
-        call = unet_with(unet, overrides(unet, layers, alpha))
-        batch_latents, batch_states = dataset.batch(batch_indices(len(dataset), settings.batch_size, settings.seed, index))
+        rows = batch_indices(len(dataset), settings.batch_size, settings.seed, index)
+        batch_latents, batch_states = dataset.batch(rows)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             return noise_loss(call, batch_latents, batch_states, model.alphas_cumprod, generator,
                               prediction=model.prediction, loss=settings.loss_function)
@@ -156,11 +163,12 @@ def train_lora(
     state_path = None
     if state_dir is not None:
         state_path = Path(state_dir) / f"lora-{run_key(unet, data, settings, start or {})}.safetensors"
-    with torch.inference_mode(False), torch.enable_grad(), gradient_checkpointing(unet, settings.gradient_checkpointing):
+    checkpointing = gradient_checkpointing(unet, settings.gradient_checkpointing)
+    with torch.inference_mode(False), torch.enable_grad(), checkpointing:
         result = train(step, layers, steps=settings.steps, seed=settings.seed, lr=settings.learning_rate,
                        optimizer=settings.optimizer, grad_accumulation=settings.grad_accumulation_steps,
                        progress=progress, check_interrupted=check_interrupted, state_path=state_path,
-                       save_every=save_every, settings={"kind": "lora", "alpha": alpha})
+                       save_every=save_every, settings={"kind": "lora", "alpha": alpha}, step_context=adapted)
     trained = {k: v.cpu() for k, v in result.params.items()}
     tensors = to_kohya(trained, alpha, DTYPES[settings.lora_dtype])
     return LoraWeights(tensors, result.step), LossHistory(tuple(result.losses)), trained

@@ -13,7 +13,8 @@ touching the module the model manager caches; an embedding is trained through th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,44 @@ def unet_with(unet: torch.nn.Module, overrides: Mapping[str, torch.Tensor] | Non
         return out.sample if hasattr(out, "sample") else out[0]
 
     return call
+
+
+def plain_unet(unet: torch.nn.Module) -> UNetFn:
+    """A UNet call with the module's weights as they are at call time (see `replaced_weights`)."""
+
+    def call(x: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        out = unet(x, timesteps, encoder_hidden_states=states)
+        return out.sample if hasattr(out, "sample") else out[0]
+
+    return call
+
+
+@contextlib.contextmanager
+def replaced_weights(unet: torch.nn.Module, overrides: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Run the UNet with `overrides` in place of those weights and every other weight detached, for the whole
+    forward AND backward pass of a step; restored on exit.
+
+    `unet_with` swaps weights for the forward call only, which is all a plain backward needs; gradient
+    checkpointing recomputes blocks during backward, so the swapped weights must still be in place then (the
+    recomputation must see the tensors the forward saw). The cached module is changed only inside the block,
+    on the worker's one thread, and gets no gradient.
+    """
+    weights = {name: param.detach() for name, param in unet.named_parameters()}
+    unknown = sorted(set(overrides) - set(weights))
+    if unknown:
+        raise ValueError(f"UNet has no parameter(s) {', '.join(unknown[:5])}")
+    weights.update(overrides)
+    saved: list[tuple[torch.nn.Module, str, torch.Tensor | None]] = []
+    try:
+        for name, tensor in weights.items():
+            owner_path, _, leaf = name.rpartition(".")
+            owner = unet.get_submodule(owner_path)
+            saved.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = tensor  # type: ignore[assignment]  (a plain tensor, for this step only)
+        yield
+    finally:
+        for owner, leaf, original in reversed(saved):
+            owner._parameters[leaf] = original
 
 
 def noisy_latents(latents: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator, *,
