@@ -222,11 +222,13 @@ def render(spec: ShapeSpec, resolution: int = RESOLUTION) -> tuple[Image.Image, 
         (image, mask, edges): the RGB image; the shape's anti-aliased coverage as an 'L' image (255 inside);
         and a binary 'L' edge map, the mask's 1-2 px outline (what a Canny detector would find).
     """
-    big = _draw_mask(spec, resolution * _SUPERSAMPLE)
+    return _paint(_draw_mask(spec, resolution * _SUPERSAMPLE), spec.fg, spec.bg, resolution)
+
+
+def _paint(big: Image.Image, fg: str, bg: str, resolution: int) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """(image, mask, edges) from a supersampled binary coverage mask: shrink, colour, outline."""
     mask = big.resize((resolution, resolution), Image.Resampling.BOX)
-    image = Image.composite(
-        Image.new("RGB", mask.size, COLOURS[spec.fg]), Image.new("RGB", mask.size, COLOURS[spec.bg]), mask
-    )
+    image = Image.composite(Image.new("RGB", mask.size, COLOURS[fg]), Image.new("RGB", mask.size, COLOURS[bg]), mask)
     hard = mask.point(lambda v: 255 if v >= 128 else 0)
     edges = ImageChops.subtract(hard.filter(ImageFilter.MaxFilter(3)), hard.filter(ImageFilter.MinFilter(3)))
     return image, mask, edges.point(lambda v: 255 if v else 0)
@@ -264,3 +266,67 @@ def render_striped(spec: ShapeSpec, resolution: int = RESOLUTION) -> tuple[Image
     coverage = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
     pixels = np.asarray(image, dtype=np.float32) * coverage + background * (1.0 - coverage)
     return Image.fromarray(pixels.round().astype(np.uint8)), mask, edges
+
+
+# -- a concept the embedded model never saw ---------------------------------------------------------------
+
+NEW_SHAPES: tuple[str, ...] = ("heart",)
+"""Shapes the generator can draw that are not in `SHAPES`: no training image of the embedded model (or of its
+adapters) shows one, so personalization (textual inversion, DreamBooth, ...) has a concept to learn that is
+truly new. `spec_from_seed` never returns them."""
+CONCEPT_STREAM_SEED = 7_340_000
+"""Base seed of the concept images (apart from any training or evaluation stream)."""
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    """One image of a new shape: like `ShapeSpec` (fractions of the side), the shape from `NEW_SHAPES`."""
+
+    shape: str
+    fg: str
+    bg: str
+    cx: float
+    cy: float
+    radius: float
+    rotation: float
+
+    def __post_init__(self) -> None:
+        if self.shape not in NEW_SHAPES:
+            raise ValueError(f"unknown new shape {self.shape!r} (one of {', '.join(NEW_SHAPES)})")
+        if self.fg not in COLOURS or self.bg not in COLOURS or self.fg == self.bg:
+            raise ValueError(f"colours {self.fg!r} on {self.bg!r}: two different names of {', '.join(COLOURS)}")
+
+
+def concept_spec(index: int, shape: str = "heart") -> ConceptSpec:
+    """The concept image numbered `index`: random colours, size, position and rotation, as `spec_for` draws them."""
+    rng = random.Random(CONCEPT_STREAM_SEED + index)
+    fg, bg = rng.sample(list(COLOURS), 2)
+    base = spec_for("circle", fg, bg, rng)
+    return ConceptSpec(shape, fg, bg, base.cx, base.cy, base.radius, base.rotation)
+
+
+def concept_caption(spec: ConceptSpec, word: str | None = None) -> str:
+    """'a red heart on a blue background' (or with `word`, e.g. 'embedding:heart', in the shape's place)."""
+    return f"{_article(spec.fg)} {spec.fg} {word or spec.shape} on {_article(spec.bg)} {spec.bg} background"
+
+
+def heart_outline(cx: float, cy: float, radius: float, rotation: float, points: int = 96) -> list[tuple[float, float]]:
+    """A heart's outline (pixels): the classic curve x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t,
+    point down, centred on its bounding box and scaled so every point lies within `radius` of (cx, cy)."""
+    t = np.linspace(0.0, 2.0 * math.pi, points, endpoint=False)
+    x = 16.0 * np.sin(t) ** 3
+    y = -(13.0 * np.cos(t) - 5.0 * np.cos(2 * t) - 2.0 * np.cos(3 * t) - np.cos(4 * t))  # image y points down
+    y -= (y.max() + y.min()) / 2.0
+    scale = radius / float(np.hypot(x, y).max())
+    angle = math.radians(rotation)
+    xr = (x * math.cos(angle) - y * math.sin(angle)) * scale + cx
+    yr = (x * math.sin(angle) + y * math.cos(angle)) * scale + cy
+    return list(zip(xr.tolist(), yr.tolist()))
+
+
+def render_concept(spec: ConceptSpec, resolution: int = RESOLUTION) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """Draw a new-shape spec like `render` draws a `ShapeSpec`: (image, mask, edges)."""
+    side = resolution * _SUPERSAMPLE
+    big = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(big).polygon(heart_outline(spec.cx * side, spec.cy * side, spec.radius * side, spec.rotation), fill=255)
+    return _paint(big, spec.fg, spec.bg, resolution)
