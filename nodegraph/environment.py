@@ -25,6 +25,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "text_encoders": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "clip_vision": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "hypernetworks": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "classifiers": (".safetensors",),  # noise-aware latent classifiers (classifier guidance; ours, not ComfyUI's)
 }
 """ComfyUI's model folder names and the file types each lists."""
 

@@ -10,12 +10,14 @@ from . import (  # one family per line: node packs of a family are added beside 
     control,
     controlnet_nodes,
     gligen,
+    guidance_classifier,
     image,
     latent,
     loaders,
     loaders_advanced,
     lora_nodes,
     mask,
+    model_editing,
     model_loaders,
     model_merging,
     model_patches,
@@ -47,6 +49,7 @@ NODE_MODULES = (
     model_merging,
     vision,
     gligen,
+    model_editing, guidance_classifier,
 )
 
 

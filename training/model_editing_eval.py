@@ -46,25 +46,26 @@ def shapes_drawn(loaded: Any, model: Any, shape: str, seeds: Sequence[int], step
     return [classify(image).shape for image in generate(prompts_for(shape, seeds), list(seeds))]
 
 
+def rates(drawn: dict[str, list[str]], source_shape: str, destination_shape: str | None) -> dict[str, Any]:
+    """Per shape: the rate of the expected shape (the destination for the source shape when `destination_shape`
+    is given) and what was drawn; plus the edit's success and the other shapes' mean rate."""
+    out: dict[str, Any] = {"per_shape": {}}
+    for shape, readings in drawn.items():
+        target = destination_shape if shape == source_shape and destination_shape else shape
+        out["per_shape"][shape] = {"rate": round(sum(r == target for r in readings) / len(readings), 4),
+                                   "counts": {s: readings.count(s) for s in sorted(set(readings))}}
+    others = [s for s in drawn if s != source_shape]
+    out["source_rate"] = out["per_shape"][source_shape]["rate"]
+    out["others_kept"] = round(sum(out["per_shape"][s]["rate"] for s in others) / len(others), 4)
+    return out
+
+
 def evaluate_edit(loaded: Any, source_shape: str, destination_shape: str, seeds: Sequence[int], *,
                   source: str, destination: str, lamb: float, preserve: Sequence[str] = (), augment: bool = True,
-                  steps: int = 20, base: bool = True) -> dict[str, Any]:
-    """Edit the loaded model (source -> destination prompts) and measure it (and the base) on every shape."""
+                  steps: int = 20) -> dict[str, Any]:
+    """Edit the loaded model (source -> destination prompts) and measure it on prompts about every shape."""
     pairs = edit_pairs(loaded.clip, source, destination, augment=augment, preserve=preserve)
     edited = edit_model(loaded.model, pairs, lamb=lamb)
-    result: dict[str, Any] = {"source": source, "destination": destination, "lambda": lamb,
-                              "preserve": list(preserve), "seeds": len(seeds), "per_shape": {}}
-    for shape in SHAPES:
-        row: dict[str, Any] = {}
-        for name, model in (("edited", edited), ("base", loaded.model)) if base else (("edited", edited),):
-            drawn = shapes_drawn(loaded, model, shape, seeds, steps)
-            target = destination_shape if shape == source_shape and name == "edited" else shape
-            row[name] = {"rate": round(sum(d == target for d in drawn) / len(drawn), 4),
-                         "counts": {s: drawn.count(s) for s in sorted(set(drawn))}}
-        result["per_shape"][shape] = row
-    others = [s for s in SHAPES if s != source_shape]
-    result["edit_success"] = result["per_shape"][source_shape]["edited"]["rate"]
-    result["others_kept"] = round(sum(result["per_shape"][s]["edited"]["rate"] for s in others) / len(others), 4)
-    if base:
-        result["others_base"] = round(sum(result["per_shape"][s]["base"]["rate"] for s in others) / len(others), 4)
-    return result
+    drawn = {shape: shapes_drawn(loaded, edited, shape, seeds, steps) for shape in SHAPES}
+    return {"source": source, "destination": destination, "lambda": lamb, "preserve": list(preserve),
+            **rates(drawn, source_shape, destination_shape)}
