@@ -27,12 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=6000)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "noisy_classifier")
     parser.add_argument("--output", type=Path, help="the weight file (default: the shipped one)")
+    parser.add_argument("--init", type=Path, help="start from this classifier file (a further training session)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     import torch
 
     from nodes.models.embedded import EMBEDDED_PATH, default_adapter_path
     from nodes.sd.loading import load_checkpoint
-    from nodes.sd.noisy_classifier import save_classifier
+    from nodes.sd.noisy_classifier import load_classifier, save_classifier
     from training.classifier_guidance import accuracy_by_sigma, encoded_dataset, train_classifier
 
     torch.set_num_threads(args.threads)
@@ -53,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.save((held_latents, held_targets), held_cache)
     encoded_s = time.monotonic() - started
     classifier, record = train_classifier(latents, targets, loaded.model.alphas_cumprod, minutes=args.minutes,
-                                          max_steps=args.max_steps, log=lambda m: print(m, flush=True))
+                                          max_steps=args.max_steps, seed=args.seed,
+                                          init=load_classifier(args.init) if args.init else None,
+                                          log=lambda m: print(m, flush=True))
     accuracy = accuracy_by_sigma(classifier, held_latents, held_targets)
     output = args.output or default_adapter_path("classifier")
     command = "python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]])
+    if args.init:
+        from safetensors import safe_open
+
+        with safe_open(str(args.init), framework="pt") as handle:
+            record["previous_sessions"] = json.loads((handle.metadata() or {}).get("training", "null"))
     record.update(command=command, images=args.images, encode_seconds=round(encoded_s, 1), held_out_accuracy=accuracy,
                   threads=args.threads)
     save_classifier(classifier, output, extra=record)

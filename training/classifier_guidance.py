@@ -58,11 +58,14 @@ def noisy_batch(latents: torch.Tensor, alphas_cumprod: torch.Tensor, generator: 
 
 def train_classifier(latents: torch.Tensor, targets: dict[str, torch.Tensor], alphas_cumprod: torch.Tensor, *,
                      minutes: float, max_steps: int = 20000, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                     init: NoisyLatentClassifier | None = None,
                      log: Callable[[str], None] = print) -> tuple[NoisyLatentClassifier, dict[str, Any]]:
-    """Train until `max_steps` or `minutes` (AdamW, cosine decay over the steps, EMA-free); returns the classifier
-    and a record of the run."""
+    """Train until `max_steps` or `minutes` (AdamW, cosine decay over the steps, EMA-free), from `init`'s weights
+    when given (a further session: fresh optimiser and schedule); returns the classifier and a record of the run."""
     torch.manual_seed(seed)
     classifier = NoisyLatentClassifier(HEADS)
+    if init is not None:
+        classifier.load_state_dict(init.state_dict())
     optimiser = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     started, step, losses = time.monotonic(), 0, []

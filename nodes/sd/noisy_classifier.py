@@ -162,15 +162,15 @@ def classifier_guidance_patch(handle: ClassifierHandle, class_name: str, scale: 
     head, index = classifier.find_class(class_name)
 
     def term(inputs: Any) -> Tensor:
-        if scale == 0.0:
-            return inputs.denoised
         x = inputs.x
         model = handle.classifier.to(x.device)
         sigma = inputs.sigma.reshape(-1).to(x.device, torch.float32).expand(x.shape[0])
         gradient = log_probability_gradient(model, x, sigma, head, index)
         return inputs.denoised + scale * sigma.reshape(-1, 1, 1, 1).to(x.dtype) ** 2 * gradient
 
-    def apply(cfg_denoiser: Any) -> Callable[[], None]:
+    def apply(cfg_denoiser: Any) -> Callable[[], None] | None:
+        if scale == 0.0:  # adds nothing, and a term present would make cfg 1 evaluate the negative as well
+            return None
         cfg_denoiser.guidance_terms.append(term)
         return lambda: cfg_denoiser.guidance_terms.remove(term)
 
