@@ -213,6 +213,7 @@ GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": 
           "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model,
           "model_merge_save": model_merge_save, "separate_vae": separate_vae, "style_model": style_model,
           "t2i_adapter": t2i_adapter, "gligen_boxes": gligen_boxes}
+GRAPHS.update(__import__("graphs_time").GRAPHS)  # TIME model editing, classifier guidance (scripts/graphs_time.py)
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""
