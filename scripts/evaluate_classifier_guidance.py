@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["unconditional", "conflicting"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--classifier", type=Path, help="a classifier file (default: the shipped one)")
     args = parser.parse_args(argv)
     import torch
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     loaded = load_checkpoint(EMBEDDED_PATH)
-    classifier = load_classifier_handle(default_adapter_path("classifier"))
+    classifier = load_classifier_handle(args.classifier or default_adapter_path("classifier"))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     figures: dict[str, dict[str, float]] = {}
     for mode in args.modes:
