@@ -34,7 +34,7 @@ def classifier_guidance() -> dict[str, Any]:
     graph = base("")
     graph["20"] = {"class_type": "NoisyClassifierLoader", "inputs": {"classifier_name": ADAPTERS["classifier"][1]}}
     graph["21"] = {"class_type": "ClassifierGuidance", "inputs": {
-        "model": ["4", 0], "classifier": ["20", 0], "class_name": "star", "scale": 5.0}}
+        "model": ["4", 0], "classifier": ["20", 0], "class_name": "star", "scale": 10.0}}
     graph["3"]["inputs"].update(model=["21", 0], cfg=1.0)
     graph["9"]["inputs"]["filename_prefix"] = "classifier_guidance"
     return graph
