@@ -15,6 +15,7 @@ export const LOADERS = {
   style_models: "StyleModelLoader",
   gligen: "GLIGENLoader",
   hypernetworks: "HypernetworkLoader",
+  classifiers: "NoisyClassifierLoader",
 };
 export const MODEL_MIME = "application/x-nodegraph-model";
 

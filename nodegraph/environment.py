@@ -27,6 +27,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "hypernetworks": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "inception": (".safetensors", ".pt", ".pth"),  # FID's Inception-v3 (pytorch-fid's pt_inception-*.pth)
     "lpips": (".safetensors", ".pt", ".pth"),  # LPIPS networks (the lpips package's layout)
+    "classifiers": (".safetensors",),  # noise-aware latent classifiers (classifier guidance; ours, not ComfyUI's)
 }
 """ComfyUI's model folder names and the file types each lists."""
 

@@ -12,6 +12,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     editing,
     gligen,
     guidance,
+    guidance_classifier,
     image,
     latent,
     loaders,
@@ -19,6 +20,7 @@ from . import (  # one family per line: node packs of a family are added beside 
     lora_nodes,
     mask,
     metrics,
+    model_editing,
     model_loaders,
     model_merging,
     model_patches,
@@ -57,6 +59,8 @@ NODE_MODULES = (
     metrics,
     editing,
     guidance,
+    model_editing,
+    guidance_classifier,
 )
 
 

@@ -14,13 +14,15 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "clip_vision": ("clip_vision", "nodegraph-tiny-shapes-clip-vision.safetensors"),
     "style_model": ("style_models", "nodegraph-tiny-shapes-style.safetensors"),
     "gligen": ("gligen", "nodegraph-tiny-shapes-gligen.safetensors"),
+    "classifier": ("classifiers", "nodegraph-tiny-shapes-noisy-classifier.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py; the 2x upscaler (a tiny
 SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py; the silhouette T2I-Adapter
 (scripts/train_t2i_adapter.py); the CLIP vision tower and its T2I-Adapter style model, trained against the embedded
 text encoder by scripts/train_clip_vision.py; the text-box GLIGEN (scripts/train_gligen.py: it does not yet place
-shapes, see the model card)."""
+shapes, see the model card); the noise-aware latent classifier for classifier guidance
+(scripts/train_noisy_classifier.py)."""
 
 
 def default_adapter_path(kind: str) -> Path:
