@@ -21,6 +21,9 @@ from nodegraph.registry import default_registry  # noqa: E402
 from nodegraph.workflow import Workflow, dump_workflow  # noqa: E402
 from nodes.models.embedded import ADAPTERS, EMBEDDED_NAME  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from graphs_ip2p import GRAPHS as IP2P_GRAPHS  # noqa: E402
+
 WORKFLOWS = ROOT / "workflows"
 PROMPT = "a red circle on a blue background"
 COLUMN = 320
@@ -213,6 +216,7 @@ GRAPHS = {"txt2img": base, "img2img": img2img, "inpaint": inpaint, "hires-fix": 
           "controlnet": controlnet, "sega": sega, "sag": sag, "hires_fix_upscale_model": hires_fix_upscale_model,
           "model_merge_save": model_merge_save, "separate_vae": separate_vae, "style_model": style_model,
           "t2i_adapter": t2i_adapter, "gligen_boxes": gligen_boxes}
+GRAPHS.update(IP2P_GRAPHS)
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""

@@ -14,13 +14,17 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "clip_vision": ("clip_vision", "nodegraph-tiny-shapes-clip-vision.safetensors"),
     "style_model": ("style_models", "nodegraph-tiny-shapes-style.safetensors"),
     "gligen": ("gligen", "nodegraph-tiny-shapes-gligen.safetensors"),
+    "instruct_pix2pix": ("checkpoints", "nodegraph-tiny-shapes-instruct-pix2pix.safetensors"),
+    "depth2img": ("checkpoints", "nodegraph-tiny-shapes-depth.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py; the 2x upscaler (a tiny
 SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py; the silhouette T2I-Adapter
 (scripts/train_t2i_adapter.py); the CLIP vision tower and its T2I-Adapter style model, trained against the embedded
 text encoder by scripts/train_clip_vision.py; the text-box GLIGEN (scripts/train_gligen.py: it does not yet place
-shapes, see the model card)."""
+shapes, see the model card); and two UNet-only checkpoints that borrow the embedded text encoder and VAE
+(`nodegraph_config.parts_from`): InstructPix2Pix (scripts/train_instruct_pix2pix.py) and depth-to-image
+(scripts/train_depth2img.py)."""
 
 
 def default_adapter_path(kind: str) -> Path:
