@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=16, help="edits per kind, and depth maps")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (the workflows' 20 by default)")
+    parser.add_argument("--second-setting", action="store_true", help="also InstructPix2Pix at text 7.5, image 1.2")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--skip", choices=("pix2pix", "depth"), help="measure only the other model")
     args = parser.parse_args(argv)
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    figures: dict[str, float] = {"count": args.count}
+    figures: dict[str, float] = {"count": args.count, "steps": args.steps}
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         (root / "input").mkdir()
@@ -45,12 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         if args.skip != "pix2pix":
             edits = ev.eval_edits(args.count)
-            for label, scales in (("", {}), ("text7.5_image1.2_", {"text_scale": 7.5, "image_scale": 1.2})):
-                outcomes = [ev.judge_edit(edit, ev.pix2pix_edit(engine, edit, root / "input", seed, **scales))
-                            for seed, edit in enumerate(edits)]
+            settings = [("", {})] + [("text7.5_image1.2_", {"text_scale": 7.5, "image_scale": 1.2})] * args.second_setting
+            for label, scales in settings:
+                outcomes = []
+                for seed, edit in enumerate(edits):
+                    outcomes.append(ev.judge_edit(edit, ev.pix2pix_edit(engine, edit, root / "input", seed,
+                                                                        steps=args.steps, **scales)))
+                    got = outcomes[-1].result
+                    print(f"{label}{edit.instruction!r} on a {edit.source.fg} {edit.source.shape} on "
+                          f"{edit.source.bg}: got {got.fg} {got.shape} on {got.bg}", flush=True)
                 figures.update({label + key: round(value, 4) for key, value in ev.pix2pix_rates(outcomes).items()})
-                print(json.dumps({k: v for k, v in figures.items() if k.startswith(label or "colour")
-                                  or (not label and k.startswith(("shape", "background", "all")))}), flush=True)
             figures["pix2pix_seconds"] = round(time.perf_counter() - started, 1)
         if args.skip != "depth":
             started = time.perf_counter()
@@ -59,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             for seed, spec in enumerate(ev.eval_specs(args.count, seed=1)):
                 prompt, fg, bg = ev.depth_prompt(spec, rng)
                 for kind in scores:
-                    batch = ev.depth_images(engine, spec, prompt, root / "input", seed, base=kind == "base")
+                    batch = ev.depth_images(engine, spec, prompt, root / "input", seed, base=kind == "base",
+                                            steps=args.steps)
                     scores[kind] += ev.depth_scores(spec, batch, fg, bg)
+                    print(f"{kind} {prompt!r}: IoU {[round(s[0], 2) for s in scores[kind][-len(batch):]]}", flush=True)
             for kind, values in scores.items():
                 ious = np.array([v[0] for v in values])
                 figures[f"{kind}_iou_mean"] = round(float(ious.mean()), 4)
