@@ -23,7 +23,7 @@ from nodes.sd.loading.export import unet_state_dict
 from nodes.sd.shapes import render, spec_for
 from nodes.sd.types import ConcatLatent, CondItem
 from tiny_models import sd1_modules, write_checkpoint
-from training.concat_unet import widen_conv_in, write_unet_only
+from training.concat_unet import fold_input_gain, widen_conv_in, write_unet_only
 from training.instruct_pix2pix import EDIT_KINDS, edit_for, make_edit
 
 
@@ -99,6 +99,16 @@ def test_widened_unet_starts_as_the_base_model():
         widened = unet(torch.cat([x, torch.randn(1, 4, 8, 8)], 1), 500, encoder_hidden_states=states).sample
     assert unet.config.in_channels == 8 and unet.conv_in.weight.shape[1] == 8
     torch.testing.assert_close(widened, base)
+
+
+def test_folding_the_input_gain_reads_the_unscaled_input():
+    unet = widen_conv_in(sd1_modules(seed=2, text_hidden=64).unet, 5)
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:] = torch.randn(unet.conv_in.weight[:, 4:].shape)
+        x, extra, states = torch.randn(1, 4, 8, 8), torch.randn(1, 1, 8, 8), torch.randn(1, 77, 64)
+        trained = unet(torch.cat([x, extra * 10.0], 1), 300, encoder_hidden_states=states).sample
+        folded = fold_input_gain(unet, 10.0)(torch.cat([x, extra], 1), 300, encoder_hidden_states=states).sample
+    torch.testing.assert_close(folded, trained, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("fp16", 1e-3), ("fp8", 0.07)])

@@ -42,13 +42,26 @@ def widen_conv_in(unet: torch.nn.Module, in_channels: int) -> torch.nn.Module:
 
 
 class ConcatInput:
-    """Calls a UNet with `extra` stacked onto its noisy-latent input (the `unet` argument of `diffusion_loss`)."""
+    """Calls a UNet with `extra` stacked onto its noisy-latent input (the `unet` argument of `diffusion_loss`).
+
+    Training feeds `extra * gain` (a reparametrisation: Adam moves each weight by about the learning rate per
+    step whatever its gradient, so the zero-initialised extra weights act `gain` times faster);
+    `fold_input_gain` multiplies those weights by `gain` before export, so the shipped UNet reads `extra` itself.
+    """
 
     def __init__(self, unet: torch.nn.Module, extra: torch.Tensor) -> None:
         self.unet, self.extra = unet, extra
 
     def __call__(self, noisy: torch.Tensor, timesteps: torch.Tensor, **kwargs: Any) -> Any:
         return self.unet(torch.cat([noisy, self.extra.to(noisy)], dim=1), timesteps, **kwargs)
+
+
+def fold_input_gain(unet: torch.nn.Module, gain: float) -> torch.nn.Module:
+    """Scale conv_in's extra-channel weights by `gain` (in place): the UNet trained on `extra * gain` now reads
+    `extra` as diffusers' pipelines and ComfyUI feed it."""
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:] *= gain
+    return unet
 
 
 def write_unet_only(

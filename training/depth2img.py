@@ -23,7 +23,7 @@ from nodes.sd.depth import depth_to_latent, height_field
 from nodes.sd.shapes import ShapeSpec, caption, render
 from training import data
 from training.adapters import base_modules, caption_tokens, encode_items, train_and_write
-from training.concat_unet import ConcatInput, widen_conv_in, write_unet_only
+from training.concat_unet import ConcatInput, fold_input_gain, widen_conv_in, write_unet_only
 from training.config import UnetSettings
 from training.ema import EMA
 from training.loop import Phase, PhaseResult
@@ -51,6 +51,8 @@ class DepthSettings:
     warmup: int = 50
     min_lr_fraction: float = 0.1
     ema: float = 0.995
+    input_gain: float = 10.0
+    """Training multiplies the extra input by this (see training.concat_unet.ConcatInput); folded in at export."""
     steps: int = 6000
     resolution: int = 128
 
@@ -82,7 +84,7 @@ def depth_phase(settings: DepthSettings, run_dir: Path, checkpoint: str | Path, 
         texts = ["" if rng.random() < settings.caption_dropout else text for text in texts]
         with torch.no_grad():
             states = text_encoder(caption_tokens(texts, device)).last_hidden_state
-        model = ConcatInput(unet, depths[rows].to(device))
+        model = ConcatInput(unet, depths[rows].to(device) * settings.input_gain)
         loss = diffusion_loss(model, states, latents[rows].to(device), loss_settings, generator, alphas)  # type: ignore[arg-type]
         return loss, {}
 
@@ -111,7 +113,8 @@ def train_depth(
     phase = depth_phase(settings, run_dir, checkpoint, device, progress)
 
     def write(path: Path) -> None:
-        write_unet_only(copy.deepcopy(phase.modules["unet"]).cpu(), path, parts_from=Path(checkpoint).name,
+        unet = fold_input_gain(copy.deepcopy(phase.modules["unet"]).cpu(), settings.input_gain)
+        write_unet_only(unet, path, parts_from=Path(checkpoint).name,
                         dtype=dtype, metadata=metadata, extra_config={"kind": "depth2img"})
 
     return train_and_write(phase, run_dir / "depth2img.safetensors", steps=settings.steps, seconds=seconds,

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from nodes.sd.shapes import COLOURS, SHAPES, ShapeSpec
 from training import data
 from training.adapters import base_modules, caption_tokens, encode_items, train_and_write
-from training.concat_unet import ConcatInput, widen_conv_in, write_unet_only
+from training.concat_unet import ConcatInput, fold_input_gain, widen_conv_in, write_unet_only
 from training.config import UnetSettings
 from training.ema import EMA
 from training.loop import Phase, PhaseResult
@@ -84,6 +84,8 @@ class Pix2PixSettings:
     warmup: int = 50
     min_lr_fraction: float = 0.1
     ema: float = 0.995
+    input_gain: float = 4.0
+    """Training multiplies the extra input by this (see training.concat_unet.ConcatInput); folded in at export."""
     steps: int = 6000
     resolution: int = 128
 
@@ -123,7 +125,7 @@ def pix2pix_phase(settings: Pix2PixSettings, run_dir: Path, checkpoint: str | Pa
         image = sources[rows] / scaling * torch.tensor(keep_image).view(-1, 1, 1, 1)  # unscaled, as in the paper
         with torch.no_grad():
             states = text_encoder(caption_tokens(texts, device)).last_hidden_state
-        model = ConcatInput(unet, image.to(device))
+        model = ConcatInput(unet, image.to(device) * settings.input_gain)
         loss = diffusion_loss(model, states, targets[rows].to(device), loss_settings, generator, alphas)  # type: ignore[arg-type]
         return loss, {}
 
@@ -152,7 +154,8 @@ def train_pix2pix(
     phase = pix2pix_phase(settings, run_dir, checkpoint, device, progress)
 
     def write(path: Path) -> None:
-        write_unet_only(copy.deepcopy(phase.modules["unet"]).cpu(), path, parts_from=Path(checkpoint).name,
+        unet = fold_input_gain(copy.deepcopy(phase.modules["unet"]).cpu(), settings.input_gain)
+        write_unet_only(unet, path, parts_from=Path(checkpoint).name,
                         dtype=dtype, metadata=metadata, extra_config={"kind": "instruct_pix2pix"})
 
     return train_and_write(phase, run_dir / "instruct_pix2pix.safetensors", steps=settings.steps, seconds=seconds,
