@@ -3,7 +3,7 @@
     nice -n 10 python scripts/evaluate_ip2p_depth.py --count 16 --threads 1
 
 InstructPix2Pix: `count` edits of each kind (colour, shape, background), one seed each; success and preservation
-per kind, at the workflow's guidance scales (text 5, image 1.5) and a second setting. Depth: `count` depth maps,
+per kind, at the workflow's guidance scales (text 5, image 1.5) and (--second-setting) text 2, image 6. Depth: `count` depth maps,
 a batch of 4 each; IoU with the depth map's region beside the base model on the same prompts and seeds. The last
 line printed is one JSON object of named figures.
 """
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=16, help="edits per kind, and depth maps")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (the workflows' 20 by default)")
-    parser.add_argument("--second-setting", action="store_true", help="also InstructPix2Pix at text 7.5, image 1.2")
+    parser.add_argument("--second-setting", action="store_true", help="also InstructPix2Pix at text 2, image 6")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--skip", choices=("pix2pix", "depth"), help="measure only the other model")
     args = parser.parse_args(argv)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         if args.skip != "pix2pix":
             edits = ev.eval_edits(args.count)
-            settings = [("", {})] + [("text7.5_image1.2_", {"text_scale": 7.5, "image_scale": 1.2})] * args.second_setting
+            settings = [("", {})] + [("text2_image6_", {"text_scale": 2.0, "image_scale": 6.0})] * args.second_setting
             for label, scales in settings:
                 outcomes = []
                 for seed, edit in enumerate(edits):
