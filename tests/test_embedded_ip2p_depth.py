@@ -19,9 +19,16 @@ SHARE_BYTES = 22 * 10**6
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
+    """One torch thread: these 16 x 16-latent UNet calls are too small to share, and two threads on a busy
+    2-core machine ran them 5x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ip2p_depth")
     (root / "input").mkdir()
-    return engine_at(root, input_dir=root / "input")
+    yield engine_at(root, input_dir=root / "input")
+    torch.set_num_threads(threads)
 
 
 def test_both_are_listed_small_and_load_with_their_extra_input_channels(engine):
