@@ -54,8 +54,9 @@ def lora_graph(engine, prompt: str, seed: int, strength: float):
 def test_adapters_are_listed_first_and_small(engine):
     assert engine.env.models.list("loras")[0] == LORA_NAME
     assert engine.env.models.list("controlnet")[0] == CONTROL_NAME
-    for kind in ADAPTERS:
-        assert default_adapter_path(kind).stat().st_size < 8 * 2**20
+    for kind, (folder, _) in ADAPTERS.items():  # whole UNets (checkpoints/) are sized in test_embedded_ip2p_depth
+        if folder != "checkpoints":
+            assert default_adapter_path(kind).stat().st_size < 8 * 2**20
 
 
 def test_lora_strength_zero_is_the_base_image_exactly(engine):

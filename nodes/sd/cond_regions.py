@@ -9,7 +9,8 @@ model that `calc_cond_batch` (nodes/sd/denoisers.py) resolves against a latent a
   only while sigma lies inside it (ComfyUI's percent_to_sigma: fraction p is the training timestep
   (1 - p) * 999, 0 means "from the start" and 1 "to the end").
 - Concatenated latents (c_concat) for UNets with more input channels than the latent has: inpainting
-  UNets take [mask, masked-image latent] (5 extra channels), InstructPix2Pix UNets the image latent (4).
+  UNets take [mask, masked-image latent] (5 extra channels), InstructPix2Pix UNets the image latent (4),
+  depth-to-image UNets (SD2-depth layout) the depth map at latent size (1).
 - SDXL size conditioning (Podell et al. 2023, "SDXL", section 2.2): 6 time ids for the base UNet, 5 (with
   the aesthetic score) for the refiner.
 """
@@ -33,6 +34,7 @@ Region = tuple[int, int, int, int]
 INPAINT_EXTRA_CHANNELS = 5
 IP2P_EXTRA_CHANNELS = 4
 X4_UPSCALE_EXTRA_CHANNELS = 3
+DEPTH_EXTRA_CHANNELS = 1
 REFINER_TIME_IDS = 5
 DEFAULT_AESTHETIC_SCORE = {0: 6.0, 1: 2.5}
 """ComfyUI's refiner defaults when no score is given: 6 for the positive prompt, 2.5 for the negative."""
@@ -117,25 +119,32 @@ def concat_map(item: CondItem, extra_channels: int, batch: int, height: int, wid
 
     Args:
         item: the entry (its `concat`, from InpaintModelConditioning or InstructPixToPixConditioning).
-        extra_channels: the UNet's input channels minus the latent's: 0 (no concat), 5 or 4.
+        extra_channels: the UNet's input channels minus the latent's: 0 (no concat), 5, 4, 3 or 1.
         batch, height, width: the latent's shape.
     """
     if extra_channels == 0:
         return None
+    if item.concat is None and extra_channels == IP2P_EXTRA_CHANNELS:
+        # InstructPix2Pix's "no image" input (trained by dropping the image; ComfyUI feeds zeros too): a plain
+        # negative prompt is the fully unconditional prediction of DualCFGGuider's image + text guidance
+        return torch.zeros(batch, extra_channels, height, width)
     if item.concat is None:
         raise ValueError(
             f"this UNet takes {extra_channels} input channels besides the latent (an inpainting or InstructPix2Pix "
-            "model, or the x4 upscaler); give it conditioning from InpaintModelConditioning, "
-            "InstructPixToPixConditioning or SD_4XUpscale_Conditioning")
+            "model, the x4 upscaler or a depth model); give it conditioning from InpaintModelConditioning, "
+            "InstructPixToPixConditioning, SD_4XUpscale_Conditioning or DepthToImageConditioning")
     latent = item.concat.latent.to(torch.float32)
     if tuple(latent.shape[-2:]) != (height, width):
         latent = resize(latent, width, height, "bilinear", "center")
     latent = to_batch(latent, batch)
-    if extra_channels in (IP2P_EXTRA_CHANNELS, X4_UPSCALE_EXTRA_CHANNELS):  # x4 upscaler: the low-res image
+    if extra_channels in (IP2P_EXTRA_CHANNELS, X4_UPSCALE_EXTRA_CHANNELS, DEPTH_EXTRA_CHANNELS):
+        if latent.shape[1] != extra_channels:  # x4 upscaler: the low-res image; depth model: the depth map
+            raise ValueError(f"this UNet takes {extra_channels} extra input channel(s) but the conditioning's "
+                             f"concat has {latent.shape[1]} (conditioning made for another kind of model)")
         return latent
     if extra_channels != INPAINT_EXTRA_CHANNELS:
-        raise ValueError(f"a UNet taking {extra_channels} extra input channels is neither an inpainting (5) "
-                         f"nor an InstructPix2Pix (4) model")
+        raise ValueError(f"a UNet taking {extra_channels} extra input channels is neither an inpainting (5), "
+                         f"an InstructPix2Pix (4) nor a depth (1) model")
     if item.concat.mask is None:
         mask = torch.ones(batch, 1, height, width)
     else:

@@ -15,6 +15,8 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "style_model": ("style_models", "nodegraph-tiny-shapes-style.safetensors"),
     "gligen": ("gligen", "nodegraph-tiny-shapes-gligen.safetensors"),
     "classifier": ("classifiers", "nodegraph-tiny-shapes-noisy-classifier.safetensors"),
+    "instruct_pix2pix": ("checkpoints", "nodegraph-tiny-shapes-instruct-pix2pix.safetensors"),
+    "depth2img": ("checkpoints", "nodegraph-tiny-shapes-depth.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py; the 2x upscaler (a tiny
@@ -22,7 +24,9 @@ SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py; the si
 (scripts/train_t2i_adapter.py); the CLIP vision tower and its T2I-Adapter style model, trained against the embedded
 text encoder by scripts/train_clip_vision.py; the text-box GLIGEN (scripts/train_gligen.py: it does not yet place
 shapes, see the model card); the noise-aware latent classifier for classifier guidance
-(scripts/train_noisy_classifier.py)."""
+(scripts/train_noisy_classifier.py); and two UNet-only checkpoints that borrow the embedded text encoder and VAE
+(`nodegraph_config.parts_from`): InstructPix2Pix (scripts/train_instruct_pix2pix.py) and depth-to-image
+(scripts/train_depth2img.py)."""
 
 
 def default_adapter_path(kind: str) -> Path:

@@ -20,10 +20,13 @@ from pathlib import Path
 import torch
 
 from nodegraph.models import ModelManager
+from nodes.sd.loading.borrowed import BorrowedPartsCheckpoint, parts_from
 from nodes.sd.loading.configs import family_defaults, nodegraph_config, template, vae_config_from_weights
 from nodes.sd.loading.detect import UNET_PREFIX, VAE_PREFIX, detect_family
 from nodes.sd.loading.diffusers_folder import DiffusersFolderCheckpoint, read_json, vae_from_folder
-from nodes.sd.loading.files import PrefixView, WeightFile, check_suffix, file_signature, folder_signature
+from nodes.sd.loading.files import (
+    SAFETENSORS_SUFFIXES, PrefixView, WeightFile, check_suffix, file_signature, folder_signature,
+)
 from nodes.sd.loading.handles import LoadedCheckpoint, assemble, vae_handle
 from nodes.sd.loading.single_file import SingleFileCheckpoint, vae_from_original
 from nodes.sd.loading.vae_family import detect_vae_latent_format
@@ -56,7 +59,8 @@ def open_checkpoint(path: str | Path) -> SingleFileCheckpoint | DiffusersFolderC
             raise ValueError(f"{path}: a folder checkpoint must be a diffusers pipeline with model_index.json")
         return DiffusersFolderCheckpoint(path)
     check_suffix(path)
-    return SingleFileCheckpoint(path)
+    base = parts_from(path) if path.suffix.lower() in SAFETENSORS_SUFFIXES else None
+    return SingleFileCheckpoint(path) if base is None else BorrowedPartsCheckpoint(path, base)
 
 
 def inspected(path: Path, manager: ModelManager, key: tuple | None = None) -> SingleFileCheckpoint | DiffusersFolderCheckpoint:
