@@ -158,12 +158,27 @@ def _load_default(page) -> None:
     page.locator("[data-slot='dialog-overlay']").first.wait_for(state="detached", timeout=10_000)
 
 
+def _find_template(page, title: str) -> None:
+    """Wait for a template card; the browser renders its grid as it is scrolled, so scroll on until it shows."""
+    card = page.get_by_text(title, exact=True).first
+    for _ in range(20):
+        try:
+            card.wait_for(timeout=1_000)
+            return
+        except Exception:
+            box = page.locator("[role='dialog']").first.bounding_box()
+            if box:
+                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, 600)
+    card.wait_for(timeout=5_000)
+
+
 def test_default_workflow_from_the_templates_runs_with_ctrl_enter(comfy_page, artifacts):
     comfy_page.open()
     page = comfy_page.page
     _open_templates(page)
     for name in template_names():  # every shipped workflow is a template, with its thumbnail
-        page.get_by_text(DESCRIPTIONS.get(name, (name,))[0], exact=True).first.wait_for(timeout=10_000)
+        _find_template(page, DESCRIPTIONS.get(name, (name,))[0])
     _load_default(page)
     types = comfy_page.js("window.app.graph.nodes.map(n => n.type).sort()")
     assert types == DEFAULT_TYPES
