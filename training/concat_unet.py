@@ -86,6 +86,24 @@ def write_unet_only(
     return path
 
 
+def train_and_write_unet_only(phase: Any, settings: Any, run_dir: Path, checkpoint: str | Path,
+                              output: str | Path | None, *, kind: str, seconds: float | None, dtype: str,
+                              progress: bool, metadata: dict[str, str] | None) -> Any:
+    """Run (or resume) a widened-input UNet's phase; when complete, fold its input gain into the EMA weights and
+    write them as a UNet-only file borrowing the text encoder and VAE from `checkpoint` (InstructPix2Pix, depth)."""
+    import copy
+
+    from training.adapters import train_and_write
+
+    def write(path: Path) -> None:
+        unet = fold_input_gain(copy.deepcopy(phase.modules["unet"]).cpu(), settings.input_gain)
+        write_unet_only(unet, path, parts_from=Path(checkpoint).name, dtype=dtype, metadata=metadata,
+                        extra_config={"kind": kind})
+
+    return train_and_write(phase, run_dir / f"{kind}.safetensors", steps=settings.steps, seconds=seconds,
+                           progress=progress, output=output, write=write)
+
+
 def run_training_script(kind: str, settings_type: type, train: Any, dtype: str, doc: str,
                         argv: list[str] | None = None) -> int:
     """The command line of scripts/train_instruct_pix2pix.py and scripts/train_depth2img.py (`kind` is the

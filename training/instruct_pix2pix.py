@@ -17,7 +17,6 @@ there (they never occur in captions), so the instruction's kind shows in its wor
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 from dataclasses import dataclass, replace
@@ -28,8 +27,8 @@ from safetensors.torch import load_file
 
 from nodes.sd.shapes import COLOURS, SHAPES, ShapeSpec
 from training import data
-from training.adapters import base_modules, caption_tokens, encode_items, train_and_write
-from training.concat_unet import ConcatInput, fold_input_gain, widen_conv_in, write_unet_only
+from training.adapters import base_modules, caption_tokens, encode_items
+from training.concat_unet import ConcatInput, train_and_write_unet_only, widen_conv_in
 from training.config import UnetSettings
 from training.ema import EMA
 from training.loop import Phase, PhaseResult
@@ -152,11 +151,5 @@ def train_pix2pix(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     phase = pix2pix_phase(settings, run_dir, checkpoint, device, progress)
-
-    def write(path: Path) -> None:
-        unet = fold_input_gain(copy.deepcopy(phase.modules["unet"]).cpu(), settings.input_gain)
-        write_unet_only(unet, path, parts_from=Path(checkpoint).name,
-                        dtype=dtype, metadata=metadata, extra_config={"kind": "instruct_pix2pix"})
-
-    return train_and_write(phase, run_dir / "instruct_pix2pix.safetensors", steps=settings.steps, seconds=seconds,
-                           progress=progress, output=output, write=write)  # fmt: skip
+    return train_and_write_unet_only(phase, settings, run_dir, checkpoint, output, kind="instruct_pix2pix", seconds=seconds,
+                                     dtype=dtype, progress=progress, metadata=metadata)
