@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nodes.models.embedded import EMBEDDED_PATH  # noqa: E402
 from nodes.sd import personalization as P  # noqa: E402
 from nodes.sd.finetune import TrainingSet, stack_states, train  # noqa: E402
+from nodes.sd.finetune.lora_layers import to_kohya  # noqa: E402
 from nodes.sd.finetune.lora_train import LoraSettings, train_lora  # noqa: E402
 from nodes.sd.finetune.loop import _STATE_KEY as STATE_KEY, read_state  # noqa: E402
 from nodes.sd.lora import match_lora, read_lora, with_updated_weights  # noqa: E402
@@ -86,7 +87,8 @@ def score(generate: EulerGenerator, word: str) -> dict[str, float]:
     results = [classify(image) for image in base]
     base_all = [(r.shape, r.fg, r.bg) == (s.shape, s.fg, s.bg) for r, s in zip(results, specs)]
     base_shape = [r.shape == s.shape for r, s in zip(results, specs)]
-    return {"concept": sum(hearts) / SEEDS, "concept_and_colours": sum(h and c for h, c in zip(hearts, colours)) / SEEDS,
+    base_colours = [(r.fg, r.bg) == (s.fg, s.bg) for r, s in zip(results, specs)]
+    return {"base_colours": sum(base_colours) / SEEDS, "concept": sum(hearts) / SEEDS, "concept_and_colours": sum(h and c for h, c in zip(hearts, colours)) / SEEDS,
             "base_all": sum(base_all) / SEEDS, "base_shape": sum(base_shape) / SEEDS}  # fmt: skip
 
 
@@ -94,7 +96,7 @@ def class_data(loaded, out: Path, count: int = CLASS_IMAGES) -> tuple[torch.Tens
     """Prior-preservation data: the base model's own latents for prompts about the five old shapes (cached)."""
     specs = base_specs(count, offset=1)
     captions = tuple(caption(spec) for spec in specs)
-    path = out / "class_latents.safetensors"
+    path = out / ("class_latents.safetensors" if count == CLASS_IMAGES else f"class_latents_{count}.safetensors")
     if not path.exists():
         generate = EulerGenerator(loaded.model.unet, lambda text: encode(loaded.clip, text).embeds, lambda z: [z])
         latents = torch.cat([generate([c], [1000 + i])[0] for i, c in enumerate(captions)])
@@ -108,19 +110,24 @@ METHODS = {
     "dreambooth": (250, 1e-4),
     "custom_diffusion": (300, 1e-3),
     "lora": (300, 1e-3),
+    "lora_prior": (300, 1e-3),
 }
 LORA_RANK = 4
 
 
-def objective(method: str, loaded, latents: torch.Tensor, captions: list[str], out: Path) -> P.Objective | P.ConceptData:
+def objective(method: str, loaded, latents: torch.Tensor, captions: list[str], out: Path,
+              class_images: int = CLASS_IMAGES, prior_weight: float = 1.0, vectors: int = 2,
+              prior: str = "images") -> P.Objective | P.ConceptData:
     if method == "textual_inversion":
-        return P.textual_inversion(loaded.model, loaded.clip, P.ConceptData(latents, tuple(captions)), "heart", "circle", 2)
+        return P.textual_inversion(loaded.model, loaded.clip, P.ConceptData(latents, tuple(captions)), "heart", "circle", vectors)
     if method == "lora":  # TrainLoraNode's maths (nodes/sd/finetune/lora_train.py) on the same data
         return P.ConceptData(latents, tuple(captions))
-    data = P.ConceptData(latents, tuple(captions), *class_data(loaded, out))
+    data = P.ConceptData(latents, tuple(captions), *class_data(loaded, out, class_images))
     if method == "dreambooth":
-        return P.dreambooth(loaded.model, loaded.clip, data, prior_weight=1.0)
-    return P.custom_diffusion(loaded.model, loaded.clip, data, "heart", "circle", prior_weight=1.0)
+        return P.dreambooth(loaded.model, loaded.clip, data, prior_weight=prior_weight, prior=prior)
+    if method == "lora_prior":  # DreamBooth-LoRA: the same layers as TrainLoraNode's, plus the prior term
+        return P.lora(loaded.model, loaded.clip, data, LORA_RANK, prior_weight=prior_weight, prior=prior)
+    return P.custom_diffusion(loaded.model, loaded.clip, data, "heart", "circle", prior_weight=prior_weight, prior=prior)
 
 
 def train_and_save(method: str, loaded, objective: P.Objective | P.ConceptData, out: Path, steps: int, lr: float) -> tuple[float, int, EulerGenerator, str]:
@@ -154,6 +161,11 @@ def train_and_save(method: str, loaded, objective: P.Objective | P.ConceptData, 
         path = P.save_embedding(out / "embeddings" / "heart_ti.safetensors", trained["vectors"], token="heart")
         clip = replace(loaded.clip, embedding_dirs=(str(path.parent),))
         return seconds, path.stat().st_size, sampler(loaded.model.unet, lambda t: encode(clip, t).embeds, loaded.vae), "embedding:heart_ti"
+    if method == "lora_prior":
+        path = out / "heart_lora_prior.safetensors"
+        save_file(to_kohya(objective.lora_layers(), objective.lora_alpha), str(path))
+        unet = with_updated_weights(loaded.model.unet, match_lora(read_lora(path), loaded.model.unet, ()).unet)
+        return seconds, path.stat().st_size, sampler(unet, base_encode, loaded.vae), "heart"
     if method == "dreambooth":
         path = out / "heart_dreambooth.safetensors"
         tensors, config = checkpoint_tensors(P.tuned_model(loaded.model, objective.unet_overrides()), loaded.clip, loaded.vae)
@@ -198,6 +210,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/personalize"))
     parser.add_argument("--methods", default="base," + ",".join(METHODS))
     parser.add_argument("--steps", type=json.loads, default={}, help='e.g. {"lora": 100}')
+    parser.add_argument("--lr", type=json.loads, default={}, help='e.g. {"dreambooth": 3e-4}')
+    parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, help="prior-preservation images")
+    parser.add_argument("--prior-weight", type=float, default=1.0)
+    parser.add_argument("--prior", choices=P.PRIORS, default="images",
+                        help="class images as DreamBooth uses them, or as inputs whose target is the base model's output")
+    parser.add_argument("--vectors", type=int, default=2, help="textual inversion's vectors per token")
     parser.add_argument("--extend", type=Path, default=None,
                         help="continue each method's finished state in this run folder up to the new --steps "
                              "(the loop's LR is constant and every step's draws are seeded by its index, so this is "
@@ -228,11 +246,13 @@ def main() -> None:
             rows[method] = {**score(generate, "heart"), "seconds": 0.0, "bytes": 0, "steps": 0}
         else:
             steps, lr = METHODS[method]
-            steps = args.steps.get(method, steps)
-            seconds, size, generate, word = train_and_save(method, loaded, objective(method, loaded, latents, captions, out),
-                                                           out, steps, lr)  # fmt: skip
+            steps, lr = args.steps.get(method, steps), args.lr.get(method, lr)
+            goal = objective(method, loaded, latents, captions, out, args.class_images, args.prior_weight, args.vectors,
+                             args.prior)
+            seconds, size, generate, word = train_and_save(method, loaded, goal, out, steps, lr)
             rows[method] = {**score(generate, word), "seconds": seconds, "bytes": size, "steps": steps, "lr": lr,
-                            "word": word}  # fmt: skip
+                            "word": word, "class_images": args.class_images, "prior_weight": args.prior_weight,
+                            "vectors": args.vectors, "prior": args.prior}  # fmt: skip
         rows[method]["wall_seconds"] = time.perf_counter() - started
         (out / f"{method}.json").write_text(json.dumps(rows[method]))
         print(method, json.dumps(rows[method]), flush=True)

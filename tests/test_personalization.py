@@ -168,6 +168,53 @@ def test_custom_diffusion_changes_only_cross_attention_kv_and_its_patch_loads_as
         assert torch.allclose(value, expected.to(value.dtype), atol=1e-5), name
 
 
+def test_lora_with_prior_preservation_starts_at_the_base_and_saves_what_lora_loader_applies(loaded, concept, tmp_path):
+    """DreamBooth-LoRA: rank-4 layers (up = 0, so step 0 is the base model) trained with the class term; the kohya
+    file it saves puts exactly the trained W + up @ down into the UNet through our LoRA loader."""
+    from nodes.sd.finetune.lora_layers import to_kohya
+
+    objective = P.lora(loaded.model, loaded.clip, concept, rank=4, prior_weight=1.0)
+    assert objective.params and all(k.startswith("lora.") for k in objective.params)
+    start = objective.unet_overrides()
+    assert all(torch.equal(v, loaded.model.unet.get_parameter(n)) for n, v in start.items())
+    with torch.no_grad():  # the prior term is in the loss: a different class weight changes it
+        objective.prior_weight = 2.0
+        doubled = float(objective.step_fn(0, torch.Generator().manual_seed(5)))
+        objective.prior_weight = 1.0
+        assert doubled > float(objective.step_fn(0, torch.Generator().manual_seed(5)))
+    _train(objective, 4, 2e-3)
+    path = tmp_path / "heart_lora.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(to_kohya(objective.lora_layers(), objective.lora_alpha), str(path))
+    matched = match_lora(read_lora(path), loaded.model.unet, ())
+    assert not matched.not_loaded
+    patched = with_updated_weights(loaded.model.unet, matched.unet)
+    trained = {n: v.detach() for n, v in objective.unet_overrides().items()}
+    assert any(not torch.equal(v, loaded.model.unet.get_parameter(n)) for n, v in trained.items())
+    for name, value in patched.named_parameters():
+        expected = trained.get(name, loaded.model.unet.get_parameter(name))
+        assert torch.allclose(value, expected.to(value.dtype), atol=1e-5), name
+
+
+def test_the_distillation_prior_is_zero_while_the_model_is_the_base_and_grows_as_it_moves(loaded, concept):
+    """prior='distill': class items regress on the base UNet's own output, so at step 0 (LoRA up = 0) their term
+    is exactly zero whatever its weight; after training it is positive (the model moved on class prompts)."""
+    objective = P.lora(loaded.model, loaded.clip, concept, rank=4, prior_weight=1.0, prior="distill")
+
+    def loss_at(weight: float) -> float:
+        objective.prior_weight = weight
+        with torch.no_grad():
+            return float(objective.step_fn(0, torch.Generator().manual_seed(5)))
+
+    assert loss_at(1.0) == pytest.approx(loss_at(3.0), rel=1e-6)
+    objective.prior_weight = 1.0
+    train(objective.step_fn, objective.params, steps=3, seed=3, lr=5e-3)
+    assert loss_at(3.0) > loss_at(1.0)
+    with pytest.raises(ValueError, match="prior 'teacher' is not one of images, distill"):
+        P.dreambooth(loaded.model, loaded.clip, concept, prior_weight=1.0, prior="teacher")
+
+
 def test_captions_that_do_not_fit_one_window_are_refused(loaded):
     with pytest.raises(ValueError, match="longer than one"):
         P.caption_windows(loaded.clip.tokenizers[0], [" ".join(["red"] * 80)], "", 0)

@@ -9,6 +9,9 @@ they let change and in what they save:
 - DreamBooth (Ruiz et al. 2023, arXiv:2208.12242): the whole UNet, with a prior-preservation loss on
   class images the base model drew itself, so prompts about other things keep working. Saved as a
   checkpoint.
+- LoRA with prior preservation (DreamBooth-LoRA, as diffusers' train_dreambooth_lora.py): low-rank updates of
+  the UNet's transformer layers (Hu et al. 2021) trained with DreamBooth's class-image term. Saved in kohya's
+  layout, which LoraLoader reads.
 - Custom Diffusion (Kumari et al. 2023, "Multi-Concept Customization of Text-to-Image Diffusion",
   arXiv:2212.04488): only the cross-attention key and value projections (the part of the UNet that reads
   the text) plus a modifier token's vector, with the same prior preservation. Saved as a weight-difference
@@ -29,12 +32,15 @@ import torch
 from safetensors.torch import save_file
 
 from nodes.sd.finetune import noise_loss, unet_with
+from nodes.sd.finetune.lora_layers import create_lora_layers, overrides as lora_overrides
 from nodes.sd.loading.keymap import unet_rules
 from nodes.sd.tokenizer import SDTokenizer
 from nodes.sd.types import ClipHandle, ModelHandle
 
 PLACEHOLDER_ID = 0
 """Token id under a learned vector (any id but end-of-text; the vector replaces its embedding)."""
+PRIORS = ("images", "distill")
+"""Prior-preservation modes (Objective.prior)."""
 CROSS_ATTENTION_KV = (".attn2.to_k.weight", ".attn2.to_v.weight")
 """The weights Custom Diffusion trains: the cross-attention projections of the text states."""
 
@@ -128,7 +134,8 @@ class ConceptData:
 
 @dataclass
 class Objective:
-    """One method's trainable tensors (`params`, leaves named `unet.<weight>` or `vectors`) and its loss.
+    """One method's trainable tensors (`params`, leaves named `unet.<weight>`, `lora.<module>.lora_down|up` or
+    `vectors`) and its loss.
 
     `step_fn(index, generator)` is the fine-tuning core's step function (`nodes.sd.finetune.train`): every
     image of the concept each step, plus as many class images (drawn by the generator) weighted by
@@ -142,14 +149,30 @@ class Objective:
     params: dict[str, torch.Tensor]
     token: str = ""
     prior_weight: float = 0.0
+    lora_alpha: float = 0.0
+    prior: str = "images"
+    """How the class images keep the prior: "images" (DreamBooth: the noise-prediction loss on them) or "distill"
+    (the same noisy class latents regress on the base model's prediction)."""
+
+    def __post_init__(self) -> None:
+        if self.prior not in PRIORS:
+            raise ValueError(f"{self.method}: prior {self.prior!r} is not one of {', '.join(PRIORS)}")
 
     @property
     def vectors(self) -> torch.Tensor | None:
         return self.params.get("vectors")
 
     def unet_overrides(self) -> dict[str, torch.Tensor]:
-        """The trained UNet weights (`unet.<name>`), by UNet parameter name."""
-        return {name.removeprefix("unet."): value for name, value in self.params.items() if name.startswith("unet.")}
+        """The trained UNet weights (`unet.<name>`, and W + up @ down of LoRA layers), by UNet parameter name."""
+        weights = {name.removeprefix("unet."): value for name, value in self.params.items() if name.startswith("unet.")}
+        layers = self.lora_layers()
+        if layers:
+            weights.update(lora_overrides(self.model.unet, layers, self.lora_alpha))
+        return weights
+
+    def lora_layers(self) -> dict[str, torch.Tensor]:
+        """The LoRA layers by module name (`<module>.lora_down|up`), as `lora_layers.to_kohya` saves them."""
+        return {name.removeprefix("lora."): value for name, value in self.params.items() if name.startswith("lora.")}
 
     def encode(self, captions: Sequence[str], with_vectors: bool = True) -> torch.Tensor:
         """Captions' text states through the loaded encoder (frozen by the loader: gradients reach only the
@@ -162,6 +185,7 @@ class Objective:
         data = self.data
         latents, states = data.latents.float(), self.encode(data.captions)
         weights = torch.ones(latents.shape[0])
+        concept_count = latents.shape[0]
         if data.class_latents is not None and self.prior_weight > 0:
             class_latents, class_captions = data.class_batch(latents.shape[0], generator)
             with torch.no_grad():
@@ -170,8 +194,11 @@ class Objective:
             states = torch.cat([states, class_states])
             weights = torch.cat([weights, torch.full((class_latents.shape[0],), self.prior_weight)])
         unet = unet_with(self.model.unet, self.unet_overrides())
+        teacher = None
+        if self.prior == "distill" and latents.shape[0] > concept_count:
+            teacher = (unet_with(self.model.unet), torch.arange(latents.shape[0]) >= concept_count)
         return noise_loss(unet, latents, states, self.model.alphas_cumprod, generator,
-                          prediction=self.model.prediction, weights=weights)  # fmt: skip
+                          prediction=self.model.prediction, weights=weights, teacher=teacher)  # fmt: skip
 
 
 def _unet_params(model: ModelHandle, suffixes: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
@@ -188,17 +215,25 @@ def textual_inversion(model: ModelHandle, clip: ClipHandle, data: ConceptData, t
                      {"vectors": vectors}, token=token)  # fmt: skip
 
 
-def dreambooth(model: ModelHandle, clip: ClipHandle, data: ConceptData, prior_weight: float) -> Objective:
+def dreambooth(model: ModelHandle, clip: ClipHandle, data: ConceptData, prior_weight: float, prior: str = "images") -> Objective:
     """The whole UNet trains, with prior preservation on the class data (Ruiz et al. 2023)."""
-    return Objective("dreambooth", model, clip, data, _unet_params(model, None), prior_weight=prior_weight)
+    return Objective("dreambooth", model, clip, data, _unet_params(model, None), prior_weight=prior_weight, prior=prior)
+
+
+def lora(model: ModelHandle, clip: ClipHandle, data: ConceptData, rank: int, prior_weight: float, seed: int = 0,
+         prior: str = "images") -> Objective:
+    """Rank-`rank` LoRA layers on the UNet's transformer layers (alpha = rank), with DreamBooth's prior term."""
+    layers = create_lora_layers(model.unet, rank, torch.Generator().manual_seed(seed))
+    params = {f"lora.{name}": value.float() for name, value in layers.items()}
+    return Objective("lora", model, clip, data, params, prior_weight=prior_weight, lora_alpha=float(rank), prior=prior)
 
 
 def custom_diffusion(model: ModelHandle, clip: ClipHandle, data: ConceptData, token: str, init_word: str,
-                     prior_weight: float) -> Objective:  # fmt: skip
+                     prior_weight: float, prior: str = "images") -> Objective:  # fmt: skip
     """Cross-attention K/V and one modifier-token vector train (Kumari et al. 2023)."""
     params = _unet_params(model, CROSS_ATTENTION_KV)
     params["vectors"] = word_vectors(clip, init_word, 1).clone().requires_grad_(True)
-    return Objective("custom_diffusion", model, clip, data, params, token=token, prior_weight=prior_weight)
+    return Objective("custom_diffusion", model, clip, data, params, token=token, prior_weight=prior_weight, prior=prior)
 
 
 # -- saving ------------------------------------------------------------------------------------------

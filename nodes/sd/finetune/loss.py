@@ -123,6 +123,7 @@ def noise_loss(
     loss: str = "MSE",
     weights: torch.Tensor | None = None,
     timestep_range: tuple[int, int] | None = None,
+    teacher: tuple[UNetFn, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The denoising loss of one batch (a scalar to backpropagate).
 
@@ -136,6 +137,9 @@ def noise_loss(
         loss: one of LOSSES.
         weights: per-item weights [B] (DreamBooth's prior-preservation weight, say); the mean of
             weight * item loss is returned.
+        teacher: (a frozen UNet call, bool mask [B]): the masked items regress on that UNet's output for the
+            same noisy input instead of on the noise (prior preservation by distillation: the base model's
+            own prediction, a far less noisy target than a fresh noise draw).
     """
     if prediction not in ("epsilon", "v_prediction"):
         raise ValueError(f"unknown prediction type {prediction!r}; expected 'epsilon' or 'v_prediction'")
@@ -146,6 +150,14 @@ def noise_loss(
     if prediction == "v_prediction":
         alpha_bar = alphas_cumprod[timesteps.cpu()].to(torch.float32).view(-1, 1, 1, 1).to(latents.device)
         target = alpha_bar.sqrt() * noise - (1.0 - alpha_bar).sqrt() * latents.float()
+    if teacher is not None:
+        frozen, mask = teacher
+        mask = mask.to(latents.device)
+        if mask.any():
+            with torch.no_grad():
+                taught = frozen(noisy[mask], timesteps[mask], states[mask]).float()
+            target = target.clone()
+            target[mask] = taught
     per_item = regression(unet(noisy, timesteps, states), target, loss)
     if weights is not None:
         per_item = per_item * weights.to(per_item)
