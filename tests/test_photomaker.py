@@ -69,7 +69,8 @@ def hand_forward(state: dict[str, torch.Tensor], pixels: torch.Tensor, class_sta
     tower.load_state_dict({k: v for k, v in state.items() if k.startswith(("vision_model.", "visual_projection."))},
                           strict=False)
     pooled = tower.vision_model(pixel_values=pixels).pooler_output
-    ids = torch.cat([pooled @ state["visual_projection.weight"].t(), pooled @ state["visual_projection_2.weight"].t()], -1)
+    ids = torch.cat([pooled @ state["visual_projection.weight"].t(),
+                     pooled @ state["visual_projection_2.weight"].t()], -1)
     s = lambda name: state[f"fuse_module.{name}"]  # noqa: E731
 
     def mlp(x, name):
@@ -219,9 +220,11 @@ def test_nodes_through_the_engine(tmp_path, loaded):
     assert "photomaker-v1.bin" in engine.env.models.list("photomaker")
     graph = {"1": {"class_type": "PhotoMakerLoader", "inputs": {"photomaker_model_name": "photomaker-v1.bin"}},
              "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": EMBEDDED_PATH.name}},
-             "3": {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 40, "batch_size": 1, "color": 0x00FF00}},
-             "4": {"class_type": "PhotoMakerEncode", "inputs": {"photomaker": ["1", 0], "image": ["3", 0],
-                                                                "clip": ["2", 1], "text": "a photo of shape photomaker"}}}
+             "3": {"class_type": "EmptyImage",
+                   "inputs": {"width": 48, "height": 40, "batch_size": 1, "color": 0x00FF00}},
+             "4": {"class_type": "PhotoMakerEncode",
+                   "inputs": {"photomaker": ["1", 0], "image": ["3", 0], "clip": ["2", 1],
+                              "text": "a photo of shape photomaker"}}}
     from nodegraph.formats.api import from_api
 
     (cond,) = engine.run(from_api(graph, engine.registry), outputs=["4"]).values["4"][0]
