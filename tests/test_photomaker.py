@@ -31,21 +31,22 @@ HEADS = 1
 WIDTH = PROJ_1 + PROJ_2  # the fuse module's width = the text states' width (64: the embedded CLIP's)
 
 
-def tiny_state(seed: int = 0, heads: int = HEADS) -> dict[str, torch.Tensor]:
+def tiny_state(seed: int = 0, heads: int = HEADS, proj: tuple[int, int] = (PROJ_1, PROJ_2)) -> dict[str, torch.Tensor]:
     """A random ID encoder in the released key layout (bare names), norms and biases away from their defaults."""
     torch.manual_seed(seed)
-    tower = CLIPVisionModelWithProjection(tiny_config(heads))
+    tower = CLIPVisionModelWithProjection(tiny_config(heads, proj[0]))
+    width = sum(proj)
     state = {k: v for k, v in tower.state_dict().items() if not k.endswith("position_ids")}
-    state["visual_projection_2.weight"] = torch.randn(PROJ_2, HIDDEN) * 0.2
-    for mlp, inner in (("mlp1", 2 * WIDTH), ("mlp2", WIDTH)):
+    state["visual_projection_2.weight"] = torch.randn(proj[1], HIDDEN) * 0.2
+    for mlp, inner in (("mlp1", 2 * width), ("mlp2", width)):
         state[f"fuse_module.{mlp}.layernorm.weight"] = 1 + 0.1 * torch.randn(inner)
         state[f"fuse_module.{mlp}.layernorm.bias"] = 0.1 * torch.randn(inner)
-        state[f"fuse_module.{mlp}.fc1.weight"] = torch.randn(WIDTH, inner) / inner**0.5
-        state[f"fuse_module.{mlp}.fc1.bias"] = 0.1 * torch.randn(WIDTH)
-        state[f"fuse_module.{mlp}.fc2.weight"] = torch.randn(WIDTH, WIDTH) / WIDTH**0.5
-        state[f"fuse_module.{mlp}.fc2.bias"] = 0.1 * torch.randn(WIDTH)
-    state["fuse_module.layer_norm.weight"] = 1 + 0.1 * torch.randn(WIDTH)
-    state["fuse_module.layer_norm.bias"] = 0.1 * torch.randn(WIDTH)
+        state[f"fuse_module.{mlp}.fc1.weight"] = torch.randn(width, inner) / inner**0.5
+        state[f"fuse_module.{mlp}.fc1.bias"] = 0.1 * torch.randn(width)
+        state[f"fuse_module.{mlp}.fc2.weight"] = torch.randn(width, width) / width**0.5
+        state[f"fuse_module.{mlp}.fc2.bias"] = 0.1 * torch.randn(width)
+    state["fuse_module.layer_norm.weight"] = 1 + 0.1 * torch.randn(width)
+    state["fuse_module.layer_norm.bias"] = 0.1 * torch.randn(width)
     for key in ("vision_model.post_layernorm.weight", "vision_model.pre_layrnorm.bias"):
         state[key] = state[key] + 0.1 * torch.randn_like(state[key])
     return state
@@ -57,15 +58,15 @@ def write_bin(path: Path, state: dict[str, torch.Tensor]) -> Path:
     return path
 
 
-def tiny_config(heads: int) -> CLIPVisionConfig:
+def tiny_config(heads: int, projection: int = PROJ_1) -> CLIPVisionConfig:
     return CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=heads,
-                            image_size=32, patch_size=8, projection_dim=PROJ_1, hidden_act="quick_gelu")
+                            image_size=32, patch_size=8, projection_dim=projection, hidden_act="quick_gelu")
 
 
 def hand_forward(state: dict[str, torch.Tensor], pixels: torch.Tensor, class_states: torch.Tensor,
                  heads: int = HEADS) -> torch.Tensor:
     """The paper's ID encoder written out: pooled class token (transformers' tower), both projections, fuse."""
-    tower = CLIPVisionModelWithProjection(tiny_config(heads))
+    tower = CLIPVisionModelWithProjection(tiny_config(heads, state["visual_projection.weight"].shape[0]))
     tower.load_state_dict({k: v for k, v in state.items() if k.startswith(("vision_model.", "visual_projection."))},
                           strict=False)
     pooled = tower.vision_model(pixel_values=pixels).pooler_output
@@ -81,7 +82,7 @@ def hand_forward(state: dict[str, torch.Tensor], pixels: torch.Tensor, class_sta
 
     h = mlp(torch.cat([class_states, ids], -1), "mlp1") + class_states  # Eq. 1: MLP1 on [t; e] plus t
     h = mlp(h, "mlp2") + h  # MLP2 is residual
-    return F.layer_norm(h, (WIDTH,), s("layer_norm.weight"), s("layer_norm.bias"))
+    return F.layer_norm(h, h.shape[-1:], s("layer_norm.weight"), s("layer_norm.bias"))
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +177,9 @@ def test_encode_writes_fused_embeddings_only_at_the_class_word_copies(tmp_path, 
     expected = hand_forward(state, preprocess(images, 32), plain[0, positions])
     torch.testing.assert_close(out.embeds[0, positions], expected, atol=2e-5, rtol=1e-5)
     assert not torch.allclose(out.embeds[0, positions], plain[0, positions], atol=1e-2)
+    # one image, one-token words: the position ComfyUI writes (the class word's 1-based word index)
+    _, (single,) = pm.class_token_states(loaded.clip, prompt, 1)
+    assert single == prompt.split(" ").index(pm.TRIGGER_WORD) + 1 - 1
 
 
 def test_prompt_without_trigger_is_the_plain_text_encoding_as_in_comfyui(tmp_path, loaded):
@@ -234,3 +238,24 @@ def test_nodes_through_the_engine(tmp_path, loaded):
     expected = hand_forward(state, preprocess(green, 32), plain[0, [4]])
     torch.testing.assert_close(cond.embeds[0, [4]], expected, atol=2e-5, rtol=1e-5)
     assert torch.equal(cond.embeds[0, :4], plain[0, :4])
+
+
+def test_sdxl_clip_fuses_the_concatenated_states_of_both_encoders(tmp_path):
+    """PhotoMaker v1's own setting: CLIP-L and bigG states side by side (here 32 + 64 wide, as 768 + 1280), the
+    projections as wide as each, two reference images stacked on the class word; the pooled output is the
+    trigger-free prompt's."""
+    from tiny_models import make_sdxl_checkpoint
+
+    clip = load_checkpoint(make_sdxl_checkpoint(tmp_path)).clip
+    state = tiny_state(6, proj=(32, 64))
+    model = pm.load_photomaker(write_bin(tmp_path / "pm.bin", state), manager=ModelManager("cpu")).model
+    images = pixels_of(2, seed=8)
+    out = pm.photomaker_encode(model, clip, images, "a photo of a man photomaker smiling")
+    plain = text.encode(clip, "a photo of a man man smiling")
+    assert out.embeds.shape == (1, 77, 96)
+    positions = [5, 6]  # bos a photo of a man man
+    keep = [i for i in range(77) if i not in positions]
+    assert torch.equal(out.embeds[0, keep], plain.embeds[0, keep])
+    assert torch.equal(out.pooled, plain.pooled)
+    expected = hand_forward(state, preprocess(images, 32), plain.embeds[0, positions])
+    torch.testing.assert_close(out.embeds[0, positions], expected, atol=2e-5, rtol=1e-5)
