@@ -12,13 +12,24 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from nodes.sd import text
+import torch
+
+from nodes.sd import ksampler, text, vae
 from nodes.sd.photomaker import PhotoMakerIDEncoder, photomaker_encode
+from nodes.sd.types import Latent
 from training.classifier import classify
 from training.clip_vision import images_of
-from training.clip_vision_eval import generate
+from training.clip_vision_eval import SAMPLING
 from training.data import EVALUATION_STREAM, stream_specs
 from training.photomaker import MAX_IMAGES, PROMPT, PhotoMakerSettings, reference_pool
+
+
+def generate(loaded: Any, positive, negative, *, seed: int, steps: int = 20) -> torch.Tensor:
+    """One decoded 128 px IMAGE [1, H, W, 3] (the style model's measurement settings, steps aside)."""
+    latent = Latent(torch.zeros(1, 4, 16, 16))
+    out = ksampler.sample(loaded.model, seed=seed, positive=positive, negative=negative, latent=latent,
+                          **{**SAMPLING, "steps": steps})
+    return vae.decode(loaded.vae, out.samples)
 
 
 def trials(count: int, seed: int = 0) -> list[tuple[Any, list[Any]]]:
@@ -44,23 +55,10 @@ def photomaker_effect(loaded: Any, model: PhotoMakerIDEncoder, *, count: int = 3
         conds = {"photomaker": (photomaker_encode(model, loaded.clip, images_of(refs, 128), prompt),),
                  "text_only": (text.encode(loaded.clip, prompt),)}
         for mode, positive in conds.items():
-            image = generate(loaded, positive, empty, seed=index) if steps == 20 else \
-                generate_steps(loaded, positive, empty, index, steps)
+            image = generate(loaded, positive, empty, seed=index, steps=steps)
             found = classify((image[0].clamp(0, 1).numpy() * 255).round().astype("uint8"))
             hits[mode]["shape"] += found.shape == spec.shape
             hits[mode]["fg"] += found.fg == spec.fg
             hits[mode]["bg"] += found.bg == spec.bg
     return {mode: {key: round(value / count, 3) for key, value in counts.items()} for mode, counts in hits.items()}
 
-
-def generate_steps(loaded: Any, positive, negative, seed: int, steps: int):
-    """One image with fewer steps (the fast test's setting)."""
-    import torch
-
-    from nodes.sd import ksampler, vae
-    from nodes.sd.types import Latent
-
-    latent = Latent(torch.zeros(1, 4, 16, 16))
-    out = ksampler.sample(loaded.model, seed=seed, positive=positive, negative=negative, latent=latent, steps=steps,
-                          cfg=6.0, sampler_name="euler", scheduler="simple")
-    return vae.decode(loaded.vae, out.samples)
