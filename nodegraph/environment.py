@@ -18,6 +18,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "clip_vision": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "style_models": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "gligen": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
+    "photomaker": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
     "configs": (".yaml", ".yml"),
     "diffusers": (),  # pipeline folders only: listed by their model_index.json
     "vae_approx": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),

@@ -27,6 +27,7 @@ import graphs_inversion  # noqa: E402
 import graphs_ip2p  # noqa: E402
 import graphs_metrics  # noqa: E402
 import graphs_personalize  # noqa: E402
+import graphs_photomaker  # noqa: E402
 import graphs_time  # noqa: E402
 import graphs_training  # noqa: E402
 import graphs_xyz  # noqa: E402
@@ -231,6 +232,7 @@ GRAPHS.update(graphs_attend.GRAPHS)  # Attend-and-Excite, MultiDiffusion panoram
 GRAPHS.update(graphs_personalize.GRAPHS)  # issue 19's personalization workflow
 GRAPHS.update(graphs_time.GRAPHS)  # TIME model editing, classifier guidance
 GRAPHS.update(graphs_ip2p.GRAPHS)  # InstructPix2Pix, depth-to-image
+GRAPHS.update(graphs_photomaker.GRAPHS)  # PhotoMaker on the shapes
 OUTLINE_SPEC = dict(shape="triangle", fg="green", bg="white", size="large", horizontal="left", vertical="top",
                     cx=0.33, cy=0.35, radius=0.3, rotation=10.0)
 """The shape whose outline example_outline.png shows (a large triangle up and to the left)."""

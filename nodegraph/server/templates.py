@@ -49,6 +49,7 @@ DESCRIPTIONS = {
     "classifier-guidance": ("Classifier guidance", "Steer an empty prompt toward a shape with a noisy classifier."),
     "instruct-pix2pix": ("InstructPix2Pix", "Edit an image by an instruction."),
     "depth2img": ("Depth to image", "Generate a picture that follows a depth map."),
+    "photomaker": ("PhotoMaker", "Draw the shape and colour four reference images share (PhotoMaker ID encoder)."),
 }
 """Title and description of each shipped workflow; one not listed here is shown under its file name."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

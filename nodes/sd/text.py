@@ -203,12 +203,14 @@ def _encode_one(
 
 
 @torch.no_grad()
-def encode(clip: ClipHandle, text: str) -> CondItem:
+def encode(clip: ClipHandle, text: str, *, token_windows: list[list[list[Token]]] | None = None) -> CondItem:
     """Encode a prompt into one conditioning entry (ComfyUI's CLIPTextEncode).
 
     Args:
         clip: the CLIP handle (its encoders, tokenizers, layer choice, embedding folders and patches).
         text: the prompt, with ComfyUI weighting syntax and `embedding:name` references.
+        token_windows: per encoder, windows already tokenized (PhotoMakerEncode edits the tokens); `text` is
+            then not read.
 
     Returns:
         A CondItem with `embeds` [1, 77 * windows, dim] (SDXL: CLIP-L and bigG concatenated, pooled set),
@@ -223,7 +225,8 @@ def encode(clip: ClipHandle, text: str) -> CondItem:
             undo = patch.apply(run)
             if undo is not None:
                 undos.append(undo)
-        token_windows = tokenize(clip, text)
+        if token_windows is None:
+            token_windows = tokenize(clip, text)
         final_norm = clip.family != "sdxl"
         outputs = [
             _encode_one(encoder, tokenizer, windows, clip.layer_idx, final_norm)

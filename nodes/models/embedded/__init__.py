@@ -17,6 +17,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "classifier": ("classifiers", "nodegraph-tiny-shapes-noisy-classifier.safetensors"),
     "instruct_pix2pix": ("checkpoints", "nodegraph-tiny-shapes-instruct-pix2pix.safetensors"),
     "depth2img": ("checkpoints", "nodegraph-tiny-shapes-depth.safetensors"),
+    "photomaker": ("photomaker", "nodegraph-tiny-shapes-photomaker.safetensors"),
 }
 """Adapter kind -> (model folder it is listed in, file name): the style LoRA (trigger ', striped') and the
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py; the 2x upscaler (a tiny
@@ -26,7 +27,8 @@ text encoder by scripts/train_clip_vision.py; the text-box GLIGEN (scripts/train
 shapes, see the model card); the noise-aware latent classifier for classifier guidance
 (scripts/train_noisy_classifier.py); and two UNet-only checkpoints that borrow the embedded text encoder and VAE
 (`nodegraph_config.parts_from`): InstructPix2Pix (scripts/train_instruct_pix2pix.py) and depth-to-image
-(scripts/train_depth2img.py)."""
+(scripts/train_depth2img.py); and a PhotoMaker ID encoder whose "identity" is the reference renders' shape and
+colour (scripts/train_photomaker.py)."""
 
 
 def default_adapter_path(kind: str) -> Path:
