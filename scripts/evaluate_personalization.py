@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--lr", type=json.loads, default={}, help='e.g. {"dreambooth": 3e-4}')
     parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, help="prior-preservation images")
     parser.add_argument("--prior-weight", type=float, default=1.0)
+    parser.add_argument("--class-per-step", type=int, default=0, help="class images per step (0: as many as concept images)")
     parser.add_argument("--prior", choices=P.PRIORS, default="images",
                         help="class images as DreamBooth uses them, or as inputs whose target is the base model's output")
     parser.add_argument("--vectors", type=int, default=2, help="textual inversion's vectors per token")
@@ -249,10 +250,13 @@ def main() -> None:
             steps, lr = args.steps.get(method, steps), args.lr.get(method, lr)
             goal = objective(method, loaded, latents, captions, out, args.class_images, args.prior_weight, args.vectors,
                              args.prior)
+            if isinstance(goal, P.Objective):
+                goal.class_per_step = args.class_per_step
             seconds, size, generate, word = train_and_save(method, loaded, goal, out, steps, lr)
             rows[method] = {**score(generate, word), "seconds": seconds, "bytes": size, "steps": steps, "lr": lr,
                             "word": word, "class_images": args.class_images, "prior_weight": args.prior_weight,
-                            "vectors": args.vectors, "prior": args.prior}  # fmt: skip
+                            "vectors": args.vectors, "prior": args.prior,
+                            "class_per_step": args.class_per_step}  # fmt: skip
         rows[method]["wall_seconds"] = time.perf_counter() - started
         (out / f"{method}.json").write_text(json.dumps(rows[method]))
         print(method, json.dumps(rows[method]), flush=True)

@@ -265,6 +265,33 @@ def test_custom_diffusion_node_saves_where_the_loaders_look(tmp_path):
     assert info["step"] == 2 and len(info["losses"]) == 2
 
 
+def test_dreambooth_lora_node_saves_a_lora_that_loraloader_applies_as_the_returned_model(loaded, tmp_path):
+    engine = engine_at(tmp_path, input_dir=WORKFLOWS / "input")
+    graph = graphs_personalize.textual_inversion()
+    graph["22"] = {"class_type": "DreamBoothLoraTrain", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "latents": ["21", 0], "captions": graphs_personalize.captions(),
+        "rank": 2, "steps": 2, "learning_rate": 0.005, "seed": 0, "lora_name": "heart_db_lora",
+        "prior_loss_weight": 1.0, "class_latents": ["21", 0], "class_captions": "a red circle on a blue background",
+        "prior": "distill"}}  # fmt: skip
+    graph["6"]["inputs"].update(text="a red heart on a blue background", clip=["4", 1])
+    graph["3"]["inputs"].update(model=["22", 0], steps=2)
+    result = engine.run(from_api(graph))
+    assert [m["filename"] for m in result.ui["22"]["models"]] == ["heart_db_lora.safetensors"]
+    path = engine.env.models.folder_dirs("loras")[0] / "heart_db_lora.safetensors"
+    matched = match_lora(read_lora(path), loaded.model.unet, ())
+    assert not matched.not_loaded and matched.unet.by_param
+    applied = with_updated_weights(loaded.model.unet, matched.unet)
+    returned = result.values["22"][0].unet
+    changed = 0
+    for name, value in applied.named_parameters():
+        base = loaded.model.unet.get_parameter(name)
+        changed += not torch.equal(value, base)
+        assert torch.allclose(value, returned.get_parameter(name), atol=1e-6), name
+    assert changed == len(matched.unet.by_param)
+    info, _ = read_state(next((tmp_path / "temp" / "training").glob("lora-heart_db_lora*")))
+    assert info["step"] == 2 and info["settings"]["prior"] == "distill"
+
+
 def test_dreambooth_node_output_saves_as_a_checkpoint_that_differs_from_the_base(loaded, tmp_path):
     engine = engine_at(tmp_path, input_dir=WORKFLOWS / "input")
     graph = graphs_personalize.textual_inversion()

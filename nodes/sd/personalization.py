@@ -150,6 +150,8 @@ class Objective:
     token: str = ""
     prior_weight: float = 0.0
     lora_alpha: float = 0.0
+    class_per_step: int = 0
+    """Class images in each step's batch (0: as many as the concept has)."""
     prior: str = "images"
     """How the class images keep the prior: "images" (DreamBooth: the noise-prediction loss on them) or "distill"
     (the same noisy class latents regress on the base model's prediction)."""
@@ -187,7 +189,7 @@ class Objective:
         weights = torch.ones(latents.shape[0])
         concept_count = latents.shape[0]
         if data.class_latents is not None and self.prior_weight > 0:
-            class_latents, class_captions = data.class_batch(latents.shape[0], generator)
+            class_latents, class_captions = data.class_batch(self.class_per_step or latents.shape[0], generator)
             with torch.no_grad():
                 class_states = self.encode(class_captions, with_vectors=False)
             latents = torch.cat([latents, class_latents.float()])

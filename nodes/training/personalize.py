@@ -8,6 +8,8 @@ resumed from its state file when run again with the same settings) and gives bac
 - TextualInversionTrain writes an embedding (`emb_params`) into the embeddings folder; the prompt word it
   returns (`embedding:<name>`) uses it in any CLIPTextEncode.
 - DreamBoothTrain returns the fine-tuned MODEL (CheckpointSave writes it as a checkpoint).
+- DreamBoothLoraTrain trains LoRA layers with DreamBooth's prior term, writes them into the loras folder (kohya
+  layout, LoraLoader reads it) and returns the MODEL with them applied.
 - CustomDiffusionTrain writes the K/V patch into the loras folder (LoraLoaderModelOnly applies it) and the
   modifier token as an embedding, and returns the patched MODEL and the prompt word.
 
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from nodegraph import Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
+from nodegraph import Combo, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
 
 from ..sd.types import ClipHandle, Latent, ModelHandle
 
@@ -123,6 +125,9 @@ _PRIOR = (
     Socket("class_latents", "LATENT", optional=True,
            tooltip="Prior preservation: latents the base model drew for prompts about other things."),
     String("class_captions", "", multiline=True, optional=True, tooltip="One caption per class latent (or one for all)."),
+    Combo("prior", ("images", "distill"), "images", optional=True,
+          tooltip="images: the class latents' noise-prediction loss (DreamBooth); distill: the noisy class latents "
+                  "regress on the base model's own prediction (keeps other prompts' colours far better)."),
 )  # fmt: skip
 
 
@@ -170,14 +175,54 @@ class DreamBoothTrain(Node):
     @classmethod
     def execute(cls, ctx: NodeContext, model: ModelHandle, clip: ClipHandle, latents: Latent, captions: str,
                 steps: int, learning_rate: float, seed: int, run_name: str, prior_loss_weight: float,
-                class_latents: Latent | None = None, class_captions: str = "") -> tuple[ModelHandle, int]:  # fmt: skip
+                class_latents: Latent | None = None, class_captions: str = "",
+                prior: str = "images") -> tuple[ModelHandle, int]:  # fmt: skip
         P = _personalization()
         texts = _caption_list(captions, latents.samples.shape[0], "", "DreamBoothTrain captions")
         data = _data(latents, texts, class_latents, class_captions, "DreamBoothTrain")
-        objective = P.dreambooth(model, clip, data, prior_loss_weight)
-        result = _train(ctx, objective, steps=steps, lr=learning_rate, seed=seed, name=run_name, extra={})
+        objective = P.dreambooth(model, clip, data, prior_loss_weight, prior)
+        result = _train(ctx, objective, steps=steps, lr=learning_rate, seed=seed, name=run_name, extra={"prior": prior})
         trained = {name.removeprefix("unet."): value for name, value in result.params.items()}
         return P.tuned_model(model, trained), result.step
+
+
+class DreamBoothLoraTrain(Node):
+    schema = NodeSchema(
+        type_id="DreamBoothLoraTrain", display_name="Train DreamBooth LoRA", category=CATEGORY,
+        description="Trains LoRA layers on the UNet's transformer layers (Hu et al. 2021) with DreamBooth's prior "
+                    "preservation; saves them into loras (kohya layout, LoraLoader reads it) and returns the MODEL "
+                    "with them applied. Resumes from its saved state.",
+        inputs=(*_COMMON, Int("rank", 4, min=1, max=128), Int("steps", 600, min=1, max=100000),
+                Float("learning_rate", 0.001, min=0.0, max=1.0, step=0.0001),
+                Int("seed", 0, min=0, max=0xFFFFFFFFFFFFFFFF),
+                String("lora_name", "heart_lora", check=lambda v, env: _name_problem(v, "lora_name")), *_PRIOR),
+        outputs=(Out("MODEL"), Out("INT", "steps")),
+        output_node=True,
+    )
+
+    @classmethod
+    def execute(cls, ctx: NodeContext, model: ModelHandle, clip: ClipHandle, latents: Latent, captions: str,
+                rank: int, steps: int, learning_rate: float, seed: int, lora_name: str, prior_loss_weight: float,
+                class_latents: Latent | None = None, class_captions: str = "", prior: str = "images") -> NodeResult:  # fmt: skip
+        from safetensors.torch import save_file
+
+        from ..sd.finetune.lora_layers import to_kohya
+
+        P = _personalization()
+        texts = _caption_list(captions, latents.samples.shape[0], "", "DreamBoothLoraTrain captions")
+        data = _data(latents, texts, class_latents, class_captions, "DreamBoothLoraTrain")
+        objective = P.lora(model, clip, data, rank, prior_loss_weight, seed=seed, prior=prior)
+        result = _train(ctx, objective, steps=steps, lr=learning_rate, seed=seed, name=lora_name,
+                        extra={"rank": rank, "prior": prior})  # fmt: skip
+        objective.params = result.params
+        path = _folder(ctx, "loras") / f"{lora_name}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written LoRA
+        save_file(to_kohya(objective.lora_layers(), objective.lora_alpha), str(tmp), metadata={"nodegraph_method": "dreambooth_lora"})
+        tmp.replace(path)
+        trained = {name: value.detach() for name, value in objective.unet_overrides().items()}
+        ui = {"models": [{"filename": path.name, "subfolder": "", "type": "loras"}], "loss": result.losses[-1:]}
+        return NodeResult(outputs=(P.tuned_model(model, trained), result.step), ui=ui)
 
 
 class CustomDiffusionTrain(Node):
@@ -197,13 +242,13 @@ class CustomDiffusionTrain(Node):
     def execute(cls, ctx: NodeContext, model: ModelHandle, clip: ClipHandle, latents: Latent, captions: str,
                 token: str, init_word: str, steps: int, learning_rate: float, seed: int, name: str,
                 prior_loss_weight: float, class_latents: Latent | None = None,
-                class_captions: str = "") -> NodeResult:  # fmt: skip
+                class_captions: str = "", prior: str = "images") -> NodeResult:  # fmt: skip
         P = _personalization()
         texts = _caption_list(captions, latents.samples.shape[0], token, "CustomDiffusionTrain captions")
         data = _data(latents, texts, class_latents, class_captions, "CustomDiffusionTrain")
-        objective = P.custom_diffusion(model, clip, data, token, init_word, prior_loss_weight)
+        objective = P.custom_diffusion(model, clip, data, token, init_word, prior_loss_weight, prior)
         result = _train(ctx, objective, steps=steps, lr=learning_rate, seed=seed, name=name,
-                        extra={"init_word": init_word})  # fmt: skip
+                        extra={"init_word": init_word, "prior": prior})  # fmt: skip
         trained = {k.removeprefix("unet."): v for k, v in result.params.items() if k.startswith("unet.")}
         patch = P.save_weight_patch(_folder(ctx, "loras") / f"{name}.safetensors", model.unet, trained, "custom_diffusion")
         folder = _folder(ctx, "embeddings")
@@ -214,4 +259,4 @@ class CustomDiffusionTrain(Node):
         return NodeResult(outputs=outputs, ui=ui)
 
 
-NODES = (TextualInversionTrain, DreamBoothTrain, CustomDiffusionTrain)
+NODES = (TextualInversionTrain, DreamBoothTrain, DreamBoothLoraTrain, CustomDiffusionTrain)
