@@ -20,7 +20,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -104,30 +104,45 @@ def class_data(loaded, out: Path, count: int = CLASS_IMAGES) -> tuple[torch.Tens
     return load_file(str(path))["latents"], captions
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """One method's settings (the table's row; every field can be overridden on the command line)."""
+
+    steps: int
+    lr: float
+    prior: str = "images"
+    class_images: int = CLASS_IMAGES
+    prior_weight: float = 1.0
+    class_per_step: int = 0
+    vectors: int = 2
+
+
 METHODS = {
-    # method: (steps, learning rate)
-    "textual_inversion": (300, 5e-3),
-    "dreambooth": (250, 1e-4),
-    "custom_diffusion": (300, 1e-3),
-    "lora": (300, 1e-3),
-    "lora_prior": (300, 1e-3),
+    "textual_inversion": Recipe(300, 5e-3),
+    "dreambooth": Recipe(800, 2e-4, prior="distill", class_images=128, prior_weight=2.0, class_per_step=10),
+    "custom_diffusion": Recipe(600, 1e-3),
+    "lora": Recipe(300, 1e-3),  # TrainLoraNode's maths: no prior term
+    "lora_prior": Recipe(600, 1e-3, prior="distill", class_images=128),  # DreamBoothLoraTrain's
 }
 LORA_RANK = 4
 
 
 def objective(method: str, loaded, latents: torch.Tensor, captions: list[str], out: Path,
-              class_images: int = CLASS_IMAGES, prior_weight: float = 1.0, vectors: int = 2,
-              prior: str = "images") -> P.Objective | P.ConceptData:
+              recipe: Recipe) -> P.Objective | P.ConceptData:
+    class_images, prior_weight, vectors, prior = recipe.class_images, recipe.prior_weight, recipe.vectors, recipe.prior
     if method == "textual_inversion":
         return P.textual_inversion(loaded.model, loaded.clip, P.ConceptData(latents, tuple(captions)), "heart", "circle", vectors)
     if method == "lora":  # TrainLoraNode's maths (nodes/sd/finetune/lora_train.py) on the same data
         return P.ConceptData(latents, tuple(captions))
     data = P.ConceptData(latents, tuple(captions), *class_data(loaded, out, class_images))
-    if method == "dreambooth":
-        return P.dreambooth(loaded.model, loaded.clip, data, prior_weight=prior_weight, prior=prior)
     if method == "lora_prior":  # DreamBooth-LoRA: the same layers as TrainLoraNode's, plus the prior term
-        return P.lora(loaded.model, loaded.clip, data, LORA_RANK, prior_weight=prior_weight, prior=prior)
-    return P.custom_diffusion(loaded.model, loaded.clip, data, "heart", "circle", prior_weight=prior_weight, prior=prior)
+        goal = P.lora(loaded.model, loaded.clip, data, LORA_RANK, prior_weight=prior_weight, prior=prior)
+    elif method == "dreambooth":
+        goal = P.dreambooth(loaded.model, loaded.clip, data, prior_weight=prior_weight, prior=prior)
+    else:
+        goal = P.custom_diffusion(loaded.model, loaded.clip, data, "heart", "circle", prior_weight=prior_weight, prior=prior)
+    goal.class_per_step = recipe.class_per_step
+    return goal
 
 
 def train_and_save(method: str, loaded, objective: P.Objective | P.ConceptData, out: Path, steps: int, lr: float) -> tuple[float, int, EulerGenerator, str]:
@@ -211,12 +226,12 @@ def main() -> None:
     parser.add_argument("--methods", default="base," + ",".join(METHODS))
     parser.add_argument("--steps", type=json.loads, default={}, help='e.g. {"lora": 100}')
     parser.add_argument("--lr", type=json.loads, default={}, help='e.g. {"dreambooth": 3e-4}')
-    parser.add_argument("--class-images", type=int, default=CLASS_IMAGES, help="prior-preservation images")
-    parser.add_argument("--prior-weight", type=float, default=1.0)
-    parser.add_argument("--class-per-step", type=int, default=0, help="class images per step (0: as many as concept images)")
-    parser.add_argument("--prior", choices=P.PRIORS, default="images",
+    parser.add_argument("--class-images", type=int, help="prior-preservation images")
+    parser.add_argument("--prior-weight", type=float)
+    parser.add_argument("--class-per-step", type=int, help="class images per step (0: as many as concept images)")
+    parser.add_argument("--prior", choices=P.PRIORS,
                         help="class images as DreamBooth uses them, or as inputs whose target is the base model's output")
-    parser.add_argument("--vectors", type=int, default=2, help="textual inversion's vectors per token")
+    parser.add_argument("--vectors", type=int, help="textual inversion's vectors per token")
     parser.add_argument("--extend", type=Path, default=None,
                         help="continue each method's finished state in this run folder up to the new --steps "
                              "(the loop's LR is constant and every step's draws are seeded by its index, so this is "
@@ -235,7 +250,7 @@ def main() -> None:
     if args.extend is not None:
         for method in args.methods.split(","):
             extend_state(args.extend / f"{method}.state.safetensors", out / f"{method}.state.safetensors",
-                         args.steps.get(method, METHODS.get(method, (0,))[0]))  # fmt: skip
+                         args.steps.get(method, METHODS[method].steps if method in METHODS else 0))  # fmt: skip
     loaded = load_checkpoint(EMBEDDED_PATH)
     images, captions = concept_images()
     latents = vae_encode(loaded.vae, images_to_tensor(images).permute(0, 2, 3, 1) * 0.5 + 0.5)
@@ -246,17 +261,14 @@ def main() -> None:
             generate = sampler(loaded.model.unet, lambda text: encode(loaded.clip, text).embeds, loaded.vae)
             rows[method] = {**score(generate, "heart"), "seconds": 0.0, "bytes": 0, "steps": 0}
         else:
-            steps, lr = METHODS[method]
-            steps, lr = args.steps.get(method, steps), args.lr.get(method, lr)
-            goal = objective(method, loaded, latents, captions, out, args.class_images, args.prior_weight, args.vectors,
-                             args.prior)
-            if isinstance(goal, P.Objective):
-                goal.class_per_step = args.class_per_step
-            seconds, size, generate, word = train_and_save(method, loaded, goal, out, steps, lr)
-            rows[method] = {**score(generate, word), "seconds": seconds, "bytes": size, "steps": steps, "lr": lr,
-                            "word": word, "class_images": args.class_images, "prior_weight": args.prior_weight,
-                            "vectors": args.vectors, "prior": args.prior,
-                            "class_per_step": args.class_per_step}  # fmt: skip
+            recipe = replace(METHODS[method], steps=args.steps.get(method, METHODS[method].steps),
+                             lr=args.lr.get(method, METHODS[method].lr),
+                             **{k: v for k in ("prior", "class_images", "prior_weight", "class_per_step", "vectors")
+                                if (v := getattr(args, k)) is not None})  # fmt: skip
+            goal = objective(method, loaded, latents, captions, out, recipe)
+            seconds, size, generate, word = train_and_save(method, loaded, goal, out, recipe.steps, recipe.lr)
+            rows[method] = {**score(generate, word), "seconds": seconds, "bytes": size, **asdict(recipe),
+                            "word": word}  # fmt: skip
         rows[method]["wall_seconds"] = time.perf_counter() - started
         (out / f"{method}.json").write_text(json.dumps(rows[method]))
         print(method, json.dumps(rows[method]), flush=True)
