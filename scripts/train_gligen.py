@@ -1,6 +1,9 @@
 """Train the shipped tiny GLIGEN (boxes for the embedded model) and write it into nodes/models/embedded/.
 
-    nice -n 10 python scripts/train_gligen.py --threads 1 --minutes 11 --lr 3e-3
+The shipped file came from two phases, the second resuming the first (training/gligen.py, GligenSettings):
+
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/train_gligen.py --threads 1 --minutes 28
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/train_gligen.py --threads 1 --minutes 16 --resume --high-t-fraction 0.5
 
 Then `python scripts/evaluate_gligen.py --trials 12` measures its box hit rate into the model card.
 """

@@ -343,15 +343,18 @@ def box_hit_rates(engine, trials: int, *, steps: int = 20, seed: int = 0) -> dic
 
     Each trial draws a seen (shape, colours) combination and a corner; the prompt names no position, the box
     names the shape ("a red circle"); "without" runs the same prompt and seeds through the txt2img workflow.
-    Without position words the embedded model draws the shape near the centre, on the corner all four boxes
+    "named_shape": the shapes classifier reads the shape and colour the box names (a "named_shape_hit": that, in
+    the box). Without position words the embedded model draws the shape near the centre, on the corner all four boxes
     share, so "without" hits about one time in four, and its distance is about 40 px.
     """
     from nodes.sd.shapes import training_combinations
+    from nodes.sd.shapes_classifier import classify
     from training.adapter_eval import images, workflow
 
     rng = random.Random(seed)
     combos = training_combinations()
     hits, distances = {"with": 0, "without": 0}, {"with": [], "without": []}
+    named, named_hits = {"with": 0, "without": 0}, {"with": 0, "without": 0}
     total = 0
     for trial in range(trials):
         shape, fg, bg = rng.choice(combos)
@@ -363,10 +366,17 @@ def box_hit_rates(engine, trials: int, *, steps: int = 20, seed: int = 0) -> dic
         for key, graph in (("with", grounded), ("without", plain)):
             found = images(engine, graph)
             hits[key] += sum(box_hit(image, box) for image in found)
+            read = [classify(image) for image in found]
+            named[key] += sum(c.shape == shape and c.fg == fg for c in read)
+            named_hits[key] += sum(c.shape == shape and c.fg == fg and box_hit(i, box) for c, i in zip(read, found))
             for centre in filter(None, map(shape_centroid, found)):
                 distances[key].append(math.dist(centre, (box[0] + BOX / 2, box[1] + BOX / 2)))
         total += len(found)
     mean = lambda v: round(sum(v) / max(1, len(v)), 1)  # noqa: E731
     return {"images": total, "hit_rate_with_gligen": round(hits["with"] / total, 3),
             "hit_rate_without": round(hits["without"] / total, 3),
-            "distance_px_with_gligen": mean(distances["with"]), "distance_px_without": mean(distances["without"])}
+            "distance_px_with_gligen": mean(distances["with"]), "distance_px_without": mean(distances["without"]),
+            "named_shape_rate_with_gligen": round(named["with"] / total, 3),
+            "named_shape_rate_without": round(named["without"] / total, 3),
+            "named_shape_hit_rate_with_gligen": round(named_hits["with"] / total, 3),
+            "named_shape_hit_rate_without": round(named_hits["without"] / total, 3)}
