@@ -162,7 +162,8 @@ def train_gligen(settings: GligenSettings, checkpoint: str | Path, work_dir: str
             log(f"step {step} loss {sum(losses[-50:]) / 50:.4f} attention {sum(attention_losses[-50:]) / 50:.4f} "
                 f"({time.perf_counter() - started:.0f} s)")
     seconds = earlier_seconds + time.perf_counter() - started
-    history.append({"settings": asdict(settings), "steps": step - first_step, "seconds": round(seconds - earlier_seconds, 1)})
+    history.append({"settings": asdict(settings), "steps": step - first_step,
+                    "seconds": round(seconds - earlier_seconds, 1)})
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "seconds": seconds,
                 "history": json.dumps(history)}, state_path)
     model.eval().requires_grad_(False)
