@@ -23,8 +23,8 @@ ADAPTERS: dict[str, tuple[str, str]] = {
 outline ControlNet, both trained for the embedded model by scripts/train_adapters.py; the 2x upscaler (a tiny
 SRVGGNetCompact) trained on the same shapes by scripts/train_upscaler.py; the silhouette T2I-Adapter
 (scripts/train_t2i_adapter.py); the CLIP vision tower and its T2I-Adapter style model, trained against the embedded
-text encoder by scripts/train_clip_vision.py; the text-box GLIGEN (scripts/train_gligen.py: it does not yet place
-shapes, see the model card); the noise-aware latent classifier for classifier guidance
+text encoder by scripts/train_clip_vision.py; the text-box GLIGEN (scripts/train_gligen.py: it puts the named
+shape in its box, see the model card); the noise-aware latent classifier for classifier guidance
 (scripts/train_noisy_classifier.py); and two UNet-only checkpoints that borrow the embedded text encoder and VAE
 (`nodegraph_config.parts_from`): InstructPix2Pix (scripts/train_instruct_pix2pix.py) and depth-to-image
 (scripts/train_depth2img.py); and a PhotoMaker ID encoder whose "identity" is the reference renders' shape and
