@@ -206,3 +206,40 @@ def test_broken_x4_files_fail_in_the_loader_naming_what_is_wrong(tmp_path, edit,
     with pytest.raises(ValueError) as error:
         open_checkpoint(path)
     assert message in str(error.value)
+
+
+def test_checkpoint_save_round_trip_keeps_the_x4_schedule_and_kind(tiny, tmp_path):
+    """CheckpointSave's tensors and metadata reopen as the x4 upscaler, on its own schedule, v-prediction."""
+    import json
+
+    from nodes.sd.loading.configs import METADATA_KEY
+    from nodes.sd.saving import checkpoint_tensors
+
+    engine, _ = tiny
+    loaded = load_checkpoint(engine.env.models.resolve("checkpoints", "x4-upscaler-ema.safetensors"))
+    tensors, config = checkpoint_tensors(loaded.model, loaded.clip, loaded.vae)
+    assert config["schedule"]["beta_start"] == 0.0001 and config["schedule"]["beta_end"] == 0.02
+    path = tmp_path / "saved_x4.safetensors"
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(config)})
+    again = load_checkpoint(path)
+    assert again.kind == X4_KIND and again.model.prediction == "v_prediction" and again.vae.scaling_factor == 0.08333
+    torch.testing.assert_close(again.model.alphas_cumprod, loaded.model.alphas_cumprod)
+    mine, want = resolve(again.model.unet_ref).state_dict(), resolve(loaded.model.unet_ref).state_dict()
+    assert all(torch.equal(mine[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("layout", ["ldm", "diffusers"])
+def test_unet_only_x4_files_load_as_the_x4_upscaler(tiny, tmp_path, layout):
+    """UNETLoader's reader: an x4 UNet alone, in the LDM or the diffusers key layout."""
+    from nodes.sd.loading.export import unet_state_dict
+    from nodes.sd.unet_only import UnetFile
+
+    _, modules = tiny
+    tensors = unet_state_dict(modules.unet, prefix="") if layout == "ldm" else dict(modules.unet.state_dict())
+    path = tmp_path / f"x4_unet_{layout}.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    unet_file = UnetFile(path)
+    assert (unet_file.kind, unet_file.prediction, unet_file.schedule["beta_end"]) == (X4_KIND, "v_prediction", 0.02)
+    built = unet_file.build(device="cpu", dtype=torch.float32)
+    want = modules.unet.state_dict()
+    assert all(torch.equal(built.state_dict()[k], want[k]) for k in want)
