@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, EulerDiscreteScheduler, StableDiffusionUpscalePipeline
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, StableDiffusionUpscalePipeline
 from safetensors.torch import load_file, save_file
 
 from nodegraph.formats.api import from_api
@@ -51,7 +51,7 @@ def tiny(tmp_path_factory):
     return engine, modules
 
 
-def upscale_prompt(ckpt="x4-upscaler-ema.safetensors", augmentation=AUGMENTATION):
+def upscale_prompt(ckpt="x4-upscaler-ema.safetensors", augmentation=AUGMENTATION, sampler="euler", scheduler="normal"):
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["1", 1]}},
@@ -61,7 +61,7 @@ def upscale_prompt(ckpt="x4-upscaler-ema.safetensors", augmentation=AUGMENTATION
             "images": ["4", 0], "positive": ["2", 0], "negative": ["3", 0], "scale_ratio": 4.0,
             "noise_augmentation": augmentation}},
         "6": {"class_type": "KSampler", "inputs": {
-            "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0,
             "model": ["1", 0], "positive": ["5", 0], "negative": ["5", 1], "latent_image": ["5", 2]}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
     }
@@ -147,16 +147,28 @@ def test_one_denoiser_step_equals_the_upscale_pipelines_unet_call(tiny):
     assert (x0[:1] - x0[1:]).abs().max() > 1e-3  # the prompt reaches the UNet, so the check can fail
 
 
-def test_upscale_workflow_equals_diffusers_upscale_pipeline(tiny):
+@pytest.mark.parametrize("sampler, scheduler, reference", [
+    ("euler", "normal", lambda: EulerDiscreteScheduler(**X4_DIFFUSERS_SCHEDULE, timestep_spacing="linspace")),
+    # SD's DDIM config (leading spacing, steps_offset 1: timesteps 751, 501, 251, 1) is ComfyUI's ddim_uniform
+    ("ddim", "ddim_uniform", lambda: DDIMScheduler(**X4_DIFFUSERS_SCHEDULE, timestep_spacing="leading", steps_offset=1,
+                                                   clip_sample=False, set_alpha_to_one=True)),
+])
+def test_upscale_workflow_equals_diffusers_upscale_pipeline(tiny, sampler, scheduler, reference):
     engine, modules = tiny
-    result = engine.run(from_api(upscale_prompt()), outputs=["2", "3", "4", "7"]).values
+    prompt = upscale_prompt(sampler=sampler, scheduler=scheduler)
+    result = engine.run(from_api(prompt), outputs=["2", "3", "4", "7"]).values
     image, low_res = result["7"][0], result["4"][0]
     assert image.shape == (1, 64, 64, 3)  # 4x the 16 px input
-    reference = EulerDiscreteScheduler(**X4_DIFFUSERS_SCHEDULE, timestep_spacing="linspace")
+    reference = reference()
     reference.set_timesteps(STEPS)
     noise = prepare_noise(torch.zeros(1, 4, 16, 16), SEED, [0])
-    sigma_max = float(reference.sigmas.max())  # ours starts at sqrt(1 + sigma_max^2) * noise, as ComfyUI
-    noise = noise * (1 + sigma_max**2) ** 0.5 / float(reference.init_noise_sigma)
+    if hasattr(reference, "sigmas"):  # ours starts at sqrt(1 + sigma_max^2) * noise, as ComfyUI, at t = 999
+        sigma_max = float(reference.sigmas.max())
+        noise = noise * (1 + sigma_max**2) ** 0.5 / float(reference.init_noise_sigma)
+    else:  # DDIM works on VP latents; ComfyUI starts below t = 999 at sigma * noise, i.e. sigma / sqrt(1 + sigma^2) there
+        alpha = float(reference.alphas_cumprod[int(reference.timesteps[0])])
+        sigma = ((1 - alpha) / alpha) ** 0.5
+        noise = noise * sigma / (1 + sigma**2) ** 0.5
     with torch.no_grad():
         expected = x4_pipeline(modules, reference)(
             prompt_embeds=result["2"][0][0].embeds, negative_prompt_embeds=result["3"][0][0].embeds,
@@ -164,7 +176,7 @@ def test_upscale_workflow_equals_diffusers_upscale_pipeline(tiny):
             noise_level=round(350 * AUGMENTATION), generator=torch.Generator().manual_seed(0), latents=noise,
             output_type="pt").images
     diff = (image.movedim(-1, 1) - expected).abs().max().item()
-    print(f"x4 upscale: max abs pixel difference {diff:.2e}")
+    print(f"x4 upscale {sampler}/{scheduler}: max abs pixel difference {diff:.2e}")
     assert diff < TOLERANCE
     assert image.std() > 0.01
 
