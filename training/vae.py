@@ -76,8 +76,10 @@ def latent_statistics(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def fold_latent_statistics(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Make the encoder emit z' = (z - mean) / std / 0.18215, and the decoder accept it, in place.
+def fold_latent_statistics(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor,
+                           scaling_factor: float = SD1_SCALING_FACTOR) -> torch.Tensor:
+    """Make the encoder emit z' = (z - mean) / std / scaling_factor (SD1's 0.18215 unless given), and the decoder
+    accept it, in place.
 
     quant_conv's mean rows are scaled and shifted, its log-variance rows shifted by 2 log(scale), and
     post_quant_conv absorbs the inverse map, so decode(encode(x)) is unchanged and the file stays a plain
@@ -87,7 +89,7 @@ def fold_latent_statistics(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Te
         The per-channel scale applied (for the record).
     """
     channels = mean.shape[0]
-    scale = (1.0 / (std.double() * SD1_SCALING_FACTOR)).to(torch.float64)
+    scale = (1.0 / (std.double() * scaling_factor)).to(torch.float64)
     mean = mean.double()
     quant, post = vae.quant_conv, vae.post_quant_conv
     weight, bias = quant.weight.double(), quant.bias.double()

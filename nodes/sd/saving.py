@@ -67,14 +67,18 @@ def _prediction_keys(model: ModelHandle) -> Tensors:
 
 
 def _schedule(model: ModelHandle) -> dict[str, Any]:
-    """The family's training schedule; a model sampled on another one is saved with a warning (the file
-    format records a beta schedule, not the cumulative alphas a handle carries)."""
-    schedule = dict(family_defaults(model.family)["schedule"])
-    expected = alphas_cumprod(schedule)
-    if model.alphas_cumprod.shape != expected.shape or not torch.allclose(model.alphas_cumprod.double().cpu(), expected):
-        logger.warning("saving a %s model whose noise schedule is not the family's: the file records the "
-                       "family's schedule", model.family)
-    return schedule
+    """The family's training schedule, or the x4 upscaler's (an SD2-family model with its own); a model sampled
+    on another one is saved with a warning (the file format records a beta schedule, not the cumulative alphas a
+    handle carries)."""
+    from nodes.sd.loading.x4_upscaler import X4_SCHEDULE
+
+    for schedule in (dict(family_defaults(model.family)["schedule"]), dict(X4_SCHEDULE)):
+        expected = alphas_cumprod(schedule)
+        if model.alphas_cumprod.shape == expected.shape and torch.allclose(model.alphas_cumprod.double().cpu(), expected):
+            return schedule
+    logger.warning("saving a %s model whose noise schedule is not the family's: the file records the "
+                   "family's schedule", model.family)
+    return dict(family_defaults(model.family)["schedule"])
 
 
 def checkpoint_tensors(model: ModelHandle, clip: ClipHandle, vae: VaeHandle) -> tuple[Tensors, dict[str, Any]]:

@@ -31,6 +31,7 @@ from nodes.sd.loading.configs import family_defaults, nodegraph_config, unet_con
 from nodes.sd.loading.detect import UNET_PREFIX, detect_prediction, is_ignored
 from nodes.sd.loading.files import WeightFile
 from nodes.sd.loading.keymap import unet_rules
+from nodes.sd.loading.x4_upscaler import X4_KIND, X4_PREDICTION, X4_SCHEDULE, is_x4_upscaler, x4_unet_config
 from nodes.sd.types import Family, Prediction
 
 WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
@@ -176,14 +177,22 @@ class UnetFile:
             if self.family not in ("sd1", "sd2", "sdxl"):
                 raise ValueError(f"{path.name}: nodegraph_config family {self.family!r} is not sd1, sd2 or sdxl")
             overrides = dict(config.get("unet", {}))
-            self.config = unet_config_from_ldm(shapes, self.family, overrides, self._pooled_dim(shapes, overrides))
+            self.kind = X4_KIND if self.family == "sd2" and is_x4_upscaler(shapes) else "sd"
+            if self.kind == X4_KIND:  # the x4 upscaler's UNet (nodes/sd/loading/x4_upscaler.py)
+                self.config = x4_unet_config(shapes, overrides)
+            else:
+                self.config = unet_config_from_ldm(shapes, self.family, overrides, self._pooled_dim(shapes, overrides))
             rules = unet_rules(list(new_unet(self.config).state_dict()), self.config)
             check_keys({rule.source for rule in rules}, self.names, f"UNet ({path.name})")
             tells = ("input_blocks.0.0.weight", "output_blocks.11.1.transformer_blocks.0.norm1.bias")
             probe = {UNET_PREFIX + key: weights[self.names[key]] for key in tells if key in self.names}
             probe.update({key: weights[key] for key in ("v_pred",) if key in weights})
-            self.prediction: Prediction = detect_prediction(probe, self.metadata, self.family, config)
-            self.schedule = config.get("schedule") or family_defaults(self.family)["schedule"]
+            if self.kind == X4_KIND:  # its schedule and prediction show in no tensor
+                self.prediction: Prediction = config.get("prediction", X4_PREDICTION)
+                self.schedule = config.get("schedule") or dict(X4_SCHEDULE)
+            else:
+                self.prediction = detect_prediction(probe, self.metadata, self.family, config)
+                self.schedule = config.get("schedule") or family_defaults(self.family)["schedule"]
 
     def _pooled_dim(self, shapes: Mapping[str, torch.Tensor], overrides: Mapping[str, Any]) -> int | None:
         if "label_emb.0.0.weight" not in shapes:

@@ -69,7 +69,10 @@ class X4UpscaleConditioning:
         out: dict[str, Any] = {"class_labels": torch.full((x.shape[0],), level, dtype=torch.long, device=x.device)}
         image = kwargs.get("c_concat")
         if image is not None and self.noise_augmentation > 0:
+            # every entry of the call (cond and uncond alike) gets the same noisy image, as in ComfyUI (one
+            # seed per entry) and diffusers (one noisy image for both halves of the CFG batch)
             generator = torch.Generator().manual_seed(AUGMENTATION_SEED)
-            noise = torch.randn(image.shape, generator=generator, dtype=torch.float32).to(image)
-            out["c_concat"] = augment(image, level, noise)
+            rows = image.shape[0] // max(1, entries)
+            noise = torch.randn((rows, *image.shape[1:]), generator=generator, dtype=torch.float32).to(image)
+            out["c_concat"] = augment(image, level, noise.repeat(image.shape[0] // rows, 1, 1, 1))
         return out

@@ -124,12 +124,12 @@ def load_checkpoint(
     if isinstance(source, DiffusersFolderCheckpoint):
         schedule, open_clip, clip_layer_idx = source.schedule, source.open_clip, None
     else:
-        schedule, open_clip = source.config.get("schedule"), source.layout.open_clip
+        schedule, open_clip = source.schedule, source.layout.open_clip
         clip_layer_idx = source.config.get("clip_layer_idx")
     loaded = assemble(
         family=source.family, prediction=source.prediction, schedule=schedule, unet=unet, vae=vae,
         vae_config=source.vae_config, encoders=encoders, open_clip=open_clip, device=manager.device, dtype=dtype,
-        source=str(path), metadata=source.metadata, clip_layer_idx=clip_layer_idx,
+        source=str(path), metadata=source.metadata, clip_layer_idx=clip_layer_idx, kind=source.kind,
     )
     if embedding_dirs:
         clip = replace(loaded.clip, embedding_dirs=tuple(str(d) for d in embedding_dirs))

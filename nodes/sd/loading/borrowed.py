@@ -57,6 +57,7 @@ class BorrowedPartsCheckpoint(SingleFileCheckpoint):
             own = nodegraph_config(self.metadata)
             self.config: dict[str, Any] = {**self.base.config, **{k: v for k, v in own.items() if k != "unet"}}
             self.prediction = own.get("prediction", self.base.prediction)
+            self.kind, self.schedule = self.base.kind, self.config.get("schedule", self.base.schedule)
             unet_part = _Shapes(PrefixView(weights, UNET_PREFIX, is_ignored), weights, UNET_PREFIX)
             self.unet_config = unet_config_from_ldm(unet_part, self.family, own.get("unet", {}), None)
             unet = new_unet(self.unet_config)

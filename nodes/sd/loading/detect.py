@@ -45,7 +45,7 @@ _IGNORED_NAMES = {
     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
     "posterior_mean_coef1", "posterior_mean_coef2", "logvar", "lvlb_weights",
 }  # fmt: skip
-_IGNORED_PREFIXES = ("model_ema.",)
+_IGNORED_PREFIXES = ("model_ema.", "low_scale_model.")  # the x4 upscaler stores its augmentation schedule there
 _IGNORED_SUFFIXES = ("embeddings.position_ids", "model.logit_scale", "model.attn_mask")
 
 

@@ -19,6 +19,9 @@ from nodes.sd.loading.files import read_weights
 
 from nodes.sd.loading.keymap import KeyRule, clip_rules
 from nodes.sd.loading.single_file import legacy_vae_attention_names
+from nodes.sd.loading.x4_upscaler import (
+    X4_KIND, X4_PREDICTION, X4_SCALING_FACTOR, X4_SCHEDULE, check_low_res_scheduler, is_x4_folder,
+)
 from nodes.sd.types import Family, Prediction
 
 _WEIGHT_NAMES = (
@@ -110,6 +113,15 @@ class DiffusersFolderCheckpoint:
         self.open_clip = (True,) if self.family == "sd2" else (False, True) if self.family == "sdxl" else (False,)
         self.metadata = {key: json.dumps(value) if not isinstance(value, str) else value for key, value in index.items()}
         self.vae_config = read_json(root / "vae" / "config.json")
+        self.kind = X4_KIND if is_x4_folder(index, read_json(root / "unet" / "config.json")) else "sd"
+        if self.kind == X4_KIND:  # StableDiffusionUpscalePipeline: its scheduler config holds the x4 schedule
+            self.schedule = self.schedule or dict(X4_SCHEDULE)
+            self.vae_config.setdefault("scaling_factor", X4_SCALING_FACTOR)  # old folders lack it (diffusers sets it too)
+            if "prediction_type" not in scheduler:
+                self.prediction = X4_PREDICTION
+            low_res = root / "low_res_scheduler" / "scheduler_config.json"
+            if low_res.is_file():
+                check_low_res_scheduler(read_json(low_res), low_res)
 
     def build_unet(self, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
         return unet_from_folder(self.path / "unet", device=device, dtype=dtype)

@@ -24,6 +24,8 @@ class LoadedCheckpoint:
     family: Family
     metadata: dict[str, str] = field(default_factory=dict)
     """The file's safetensors metadata (for a diffusers folder: its model_index.json, as strings)."""
+    kind: str = "sd"
+    """"sd", or "sd_x4_upscaler" (nodes/sd/loading/x4_upscaler.py)."""
 
 
 def tokenizer_for(open_clip: bool) -> SDTokenizer:
@@ -57,6 +59,7 @@ def assemble(
     source: str,
     metadata: Mapping[str, str],
     clip_layer_idx: int | None = None,
+    kind: str = "sd",
 ) -> LoadedCheckpoint:
     """Wrap the parts (ModelRefs, or modules) in handles with the family's defaults (schedule, CLIP layer)."""
     defaults = family_defaults(family)
@@ -83,4 +86,5 @@ def assemble(
         vae=vae_handle(vae, device, source, config=vae_config),
         family=family,
         metadata=dict(metadata),
+        kind=kind,
     )

@@ -78,6 +78,7 @@ def unet_rules(keys: Iterable[str], config: Mapping[str, Any]) -> list[KeyRule]:
         "time_embedding.linear_2": "time_embed.2",
         "add_embedding.linear_1": "label_emb.0.0",
         "add_embedding.linear_2": "label_emb.0.2",
+        "class_embedding": "label_emb",  # the x4 upscaler's nn.Embedding of the noise level
         "class_embedding.linear_1": "label_emb.0.0",  # unCLIP's image-embedding input (adm_in_channels)
         "class_embedding.linear_2": "label_emb.0.2",
         "mid_block.resnets.0": "middle_block.0",

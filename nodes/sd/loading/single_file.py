@@ -21,6 +21,9 @@ from nodes.sd.loading.configs import (
 from nodes.sd.loading.detect import LAYOUTS, UNET_PREFIX, VAE_PREFIX, detect_family, detect_prediction, is_ignored
 from nodes.sd.loading.files import PrefixView, WeightFile
 from nodes.sd.loading.keymap import KeyRule, clip_rules, open_clip_rules, to_module, unet_rules, vae_rules
+from nodes.sd.loading.x4_upscaler import (
+    X4_KIND, X4_PREDICTION, X4_SCHEDULE, is_x4_upscaler, x4_unet_config, x4_vae_overrides,
+)
 from nodes.sd.types import Family
 
 Tensors = dict[str, torch.Tensor]
@@ -103,7 +106,15 @@ class SingleFileCheckpoint:
             self.metadata = weights.metadata
             self.config = nodegraph_config(self.metadata)
             self.family: Family = detect_family(list(weights))
-            self.prediction = detect_prediction(weights, self.metadata, self.family, self.config)
+            self.kind = X4_KIND if self.family == "sd2" and is_x4_upscaler(weights, UNET_PREFIX) else "sd"
+            """"sd", or "sd_x4_upscaler" (an SD2-family file with the x4 upscaler's UNet, VAE and schedule)."""
+            if self.kind == X4_KIND:  # its schedule and prediction show in no tensor: ComfyUI fixes them too
+                self.prediction = self.config.get("prediction", X4_PREDICTION)
+                self.schedule = self.config.get("schedule") or X4_SCHEDULE
+                self.config = {**self.config, "vae": x4_vae_overrides(self.config.get("vae", {}))}
+            else:
+                self.prediction = detect_prediction(weights, self.metadata, self.family, self.config)
+                self.schedule = self.config.get("schedule")
             self.layout = LAYOUTS[self.family]
             self._text_configs: list[dict[str, Any]] = []
             defaults = family_defaults(self.family)
@@ -120,7 +131,10 @@ class SingleFileCheckpoint:
                 check_part(module, rules, part, self._text_what(index))
             pooled_dim = int(self._text_configs[-1]["projection_dim"]) if self.family == "sdxl" else None
             unet_part = _Shapes(PrefixView(weights, UNET_PREFIX, is_ignored), weights, UNET_PREFIX)
-            self.unet_config = unet_config_from_ldm(unet_part, self.family, self.config.get("unet", {}), pooled_dim)
+            if self.kind == X4_KIND:
+                self.unet_config = x4_unet_config(unet_part, self.config.get("unet", {}))
+            else:
+                self.unet_config = unet_config_from_ldm(unet_part, self.family, self.config.get("unet", {}), pooled_dim)
             unet = new_unet(self.unet_config)
             check_part(unet, unet_rules(list(unet.state_dict()), self.unet_config), unet_part, "UNet")
             vae_part = _Shapes(PrefixView(weights, VAE_PREFIX, is_ignored), weights, VAE_PREFIX)
