@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from nodegraph.errors import ValidationFailed
 from nodegraph.formats import ui_from_native, ui_to_api
 from nodegraph.formats.api import from_api, to_api
 from nodegraph.formats.ui import from_ui
-from nodegraph.workflow import Link, NodeInstance, Workflow
+from nodegraph.workflow import Link, NodeInstance, Workflow, WorkflowFormatError
 
 REGISTRY = registry()
 PROPERTY = settings(max_examples=200, deadline=None, database=None,
@@ -346,9 +347,15 @@ def test_validation_of_malformed_workflows_raises_only_its_error_and_names_nodes
                                                                                  max_size=4)}),
                        min_size=1, max_size=4))
 def test_api_prompts_with_garbage_values_fail_validation_only(prompt):
-    """What a /prompt body carries: any JSON values and links; the engine answers with its own error type."""
+    """What a /prompt body carries: any JSON values and links; the engine answers with its own error types: a
+    malformed link (a negative slot) is a format error naming the node and input (the server's 400), anything
+    else a validation failure."""
     prompt = json.loads(json.dumps(prompt, allow_nan=True))
-    workflow = from_api(prompt)
+    try:
+        workflow = from_api(prompt)
+    except WorkflowFormatError as error:
+        assert re.search(r"node \S+ input '[^']*': negative slot", str(error)), error
+        return
     try:
         graph = Engine(REGISTRY).compile(workflow)
         Engine(REGISTRY)._keys(graph, graph.order(), "nonce")
