@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from nodegraph import Combo, Float, Int, Node, NodeContext, NodeResult, NodeSchema, Out, Socket, String
+from nodegraph.paths import atomic_write_bytes
 
 from ..sd.types import ClipHandle, Latent, ModelHandle
 
@@ -204,7 +205,7 @@ class DreamBoothLoraTrain(Node):
     def execute(cls, ctx: NodeContext, model: ModelHandle, clip: ClipHandle, latents: Latent, captions: str,
                 rank: int, steps: int, learning_rate: float, seed: int, lora_name: str, prior_loss_weight: float,
                 class_latents: Latent | None = None, class_captions: str = "", prior: str = "images") -> NodeResult:  # fmt: skip
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from ..sd.finetune.lora_layers import to_kohya
 
@@ -217,9 +218,8 @@ class DreamBoothLoraTrain(Node):
         objective.params = result.params
         path = _folder(ctx, "loras") / f"{lora_name}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written LoRA
-        save_file(to_kohya(objective.lora_layers(), objective.lora_alpha), str(tmp), metadata={"nodegraph_method": "dreambooth_lora"})
-        tmp.replace(path)
+        tensors = to_kohya(objective.lora_layers(), objective.lora_alpha)
+        atomic_write_bytes(path, save(tensors, metadata={"nodegraph_method": "dreambooth_lora"}))  # never half a file
         trained = {name: value.detach() for name, value in objective.unet_overrides().items()}
         ui = {"models": [{"filename": path.name, "subfolder": "", "type": "loras"}], "loss": result.losses[-1:]}
         return NodeResult(outputs=(P.tuned_model(model, trained), result.step), ui=ui)
