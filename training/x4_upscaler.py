@@ -159,6 +159,14 @@ def vae_step_loss(vae: AutoencoderKL, images: Tensor, settings: X4Settings,
     return loss, {"l1": float(l1.detach()), "align": float(align.detach())}
 
 
+def set_cosine_lr(optimizer: torch.optim.Optimizer, peak: float, elapsed: float, budget: float,
+                  floor_fraction: float = 0.0) -> None:
+    """Learning rate on a cosine over a wall-clock budget: `peak` at the start, `floor_fraction * peak` at the end."""
+    fraction = floor_fraction + (1 - floor_fraction) * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+    for group in optimizer.param_groups:
+        group["lr"] = peak * fraction
+
+
 def train_vae(vae: AutoencoderKL, high: Tensor, settings: X4Settings, log: Callable[[str], None]) -> int:
     """Adam with the learning rate decayed on a cosine over the time budget."""
     generator = torch.Generator().manual_seed(settings.seed + 1)
@@ -167,10 +175,7 @@ def train_vae(vae: AutoencoderKL, high: Tensor, settings: X4Settings, log: Calla
     started, step, budget = time.perf_counter(), 0, settings.vae_minutes * 60
     while (elapsed := time.perf_counter() - started) < budget:
         step += 1
-        fraction = settings.vae_min_lr_fraction + (1 - settings.vae_min_lr_fraction) * 0.5 * (
-            1 + math.cos(math.pi * elapsed / budget))
-        for group in optimizer.param_groups:
-            group["lr"] = settings.vae_learning_rate * fraction
+        set_cosine_lr(optimizer, settings.vae_learning_rate, elapsed, budget, settings.vae_min_lr_fraction)
         (images,) = _crops([high * 2 - 1], [1], settings.vae_crop, settings.batch_size, generator)
         loss, figures = vae_step_loss(vae, images, settings, generator)
         optimizer.zero_grad(set_to_none=True)
@@ -194,8 +199,7 @@ def finetune_decoder(vae: AutoencoderKL, high: Tensor, settings: X4Settings, log
     started, step, budget = time.perf_counter(), 0, settings.decoder_minutes * 60
     while (elapsed := time.perf_counter() - started) < budget:
         step += 1
-        for group in optimizer.param_groups:
-            group["lr"] = settings.vae_learning_rate / 2 * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+        set_cosine_lr(optimizer, settings.vae_learning_rate / 2, elapsed, budget)
         (images,) = _crops([high * 2 - 1], [1], high.shape[-1], settings.decoder_batch_size, generator)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mean
