@@ -296,7 +296,6 @@ def evaluate_x4(path: str, *, count: int = 32, steps: int = 10, seed: int = 0,
     from nodes.sd.loading import load_checkpoint
     from nodes.sd.text import encode
     from nodes.sd.vae import decode, encode as vae_encode
-    from nodes.sd.types import Latent
 
     loaded = load_checkpoint(path)
     low, high = evaluation_set(count)
